@@ -1,0 +1,23 @@
+"""Names of queues, exchanges and collections, in one place."""
+
+from __future__ import annotations
+
+# RabbitMQ topology (also used by the embedded bus, so names match everywhere)
+COMMANDS_EXCHANGE = "cer.commands"  # direct; routing key = partition number
+COMMAND_QUEUE_PREFIX = "cer.commands."  # + partition number; quorum, single active consumer
+EVENTS_EXCHANGE = "cer.events"  # topic; routing key = event type
+EVENT_QUEUE_PREFIX = "cer.events."  # + consumer group; quorum
+RETRY_EXCHANGE = "cer.retry"  # direct; routing key = tier name
+RETRY_QUEUE_PREFIX = "cer.retry."  # + delay in ms; classic, x-message-ttl, DLX -> cer.requeue
+REQUEUE_EXCHANGE = "cer.requeue"  # direct; routing key = original queue name
+DEAD_EXCHANGE = "cer.dead"  # fanout
+DEAD_QUEUE = "cer.dead-letters"
+REPLY_QUEUE_PREFIX = "cer.reply."  # + process id; exclusive, auto-delete
+
+# MongoDB collections
+RESOURCES = "resources"  # current version of every FHIR resource, per tenant
+HISTORY = "resource_history"  # every version (vread, _history)
+PROCESSED = "processed_messages"  # message ids already applied, with their replies
+PROVIDERS = "providers"  # tenants with their client credentials (public keys)
+PATIENTS = "patients"  # sandbox / known patients (pseudonymous)
+CLOCK = "clock"  # sandbox clock offset, shared by API and workers

@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): FHIR provider side, patient channel, sandbox, operations."""

@@ -1,0 +1,12 @@
+"""Every ``web.AppKey`` of the application, in one module."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.bootstrap import Services
+
+SERVICES: web.AppKey[Services] = web.AppKey("services")

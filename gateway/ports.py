@@ -1,0 +1,221 @@
+"""Ports: the interfaces the application needs from the outside world.
+
+Each port is a ``typing.Protocol``; every adapter in ``adapters/`` implements
+exactly one of them, and has an embedded in-process twin. One contract test
+suite per port (``tests/contract/``) runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+Document = dict[str, Any]
+Filter = Mapping[str, Any]
+Sort = Sequence[tuple[str, int]]
+
+
+# --------------------------------------------------------------------------- store
+
+
+class DuplicateKey(Exception):
+    """A write would break a unique index (the store's concurrency guard)."""
+
+
+@dataclass(frozen=True)
+class Index:
+    """A store index: ``fields`` are ``(path, 1 | -1)``; ``unique`` makes it a guard.
+
+    ``sparse`` (unique only): documents missing the first field are not indexed.
+    """
+
+    fields: tuple[tuple[str, int], ...]
+    unique: bool = False
+    sparse: bool = False
+
+    @property
+    def name(self) -> str:
+        return "_".join(f"{p}_{d}" for p, d in self.fields)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """An event waiting in a document's outbox, with where it is kept."""
+
+    collection: str
+    doc_id: str
+    event: Document
+
+
+class Store(Protocol):
+    """A document store with MongoDB's guarantees and nothing more.
+
+    Documents are JSON-like dicts with a string ``_id``. Instants are stored as
+    fixed-width ISO strings (``gateway.timeutil.to_store``) so they sort.
+
+    Filters are a subset of MongoDB's query language, the same on every adapter:
+    equality on (dotted) paths, where a list field matches if any element
+    equals; operators ``$eq $ne $gt $gte $lt $lte $in $nin $exists``; and
+    top-level ``$and`` / ``$or``. Updates are ``$set $unset $inc $setOnInsert``
+    and ``$push`` (with optional ``$each``).
+
+    The outbox (ARCHITECTURE.md): ``events`` passed to ``insert`` / ``update_one``
+    are written into the same document's ``_outbox`` array in the same atomic
+    single-document write, so a state change and its events are never parted.
+    A relay reads ``pending_events`` and removes what it published with
+    ``clear_events``. ``_outbox`` is never returned by reads.
+    """
+
+    async def start(self, indexes: Mapping[str, Sequence[Index]]) -> None:
+        """Connect and make sure the collections' indexes exist."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def insert(self, coll: str, doc: Document, events: Sequence[Document] = ()) -> None:
+        """Insert one document; raises ``DuplicateKey`` on ``_id`` or a unique index."""
+
+    async def get(self, coll: str, doc_id: str) -> Document | None: ...
+
+    async def find_one(self, coll: str, filter: Filter, sort: Sort | None = None) -> Document | None: ...
+
+    async def find(
+        self,
+        coll: str,
+        filter: Filter,
+        *,
+        sort: Sort | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[Document]:
+        """All matching documents; ``limit=0`` means no limit."""
+
+    async def count(self, coll: str, filter: Filter) -> int: ...
+
+    async def update_one(
+        self,
+        coll: str,
+        filter: Filter,
+        update: Mapping[str, Any],
+        *,
+        events: Sequence[Document] = (),
+        upsert: bool = False,
+    ) -> Document | None:
+        """Atomically update the first match and return it *after* the update.
+
+        Returns ``None`` when nothing matched and ``upsert`` is false: the
+        condition in ``filter`` is the concurrency guard (a booking is
+        ``{"_id": slot, "status": "free"}``). Raises ``DuplicateKey``.
+        """
+
+    async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int: ...
+
+    async def delete_one(self, coll: str, filter: Filter) -> bool: ...
+
+    async def delete_many(self, coll: str, filter: Filter) -> int: ...
+
+    async def pending_events(self, limit: int = 500) -> list[OutboxItem]:
+        """Events still in outboxes, oldest document first (by insertion)."""
+
+    async def clear_events(self, items: Sequence[OutboxItem]) -> None:
+        """Remove published events (by their ``id``) from their documents' outboxes."""
+
+
+# --------------------------------------------------------------------------- bus
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message on the bus: a command or a domain event.
+
+    ``id`` is the deduplication key: a consumer that sees an ``id`` twice
+    applies it once. ``tenant`` is the provider (None for patient-wide work);
+    it picks the command partition so one provider's changes keep their order.
+    """
+
+    id: str
+    type: str
+    body: Document
+    tenant: str | None = None
+    correlation_id: str = ""
+    attempt: int = 0
+    reply_to: str | None = None
+    created_at: str = ""
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+MessageHandler = Callable[[Envelope], Awaitable[Document | None]]
+
+
+class Retry(Exception):
+    """Raised by a handler: try this message again later (through the retry tiers)."""
+
+    def __init__(self, reason: str = "", delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(Exception):
+    """Raised by a handler: this message can never succeed; dead-letter it now."""
+
+
+class RequestTimeout(Exception):
+    """No reply to a request within its timeout."""
+
+
+class MessageBus(Protocol):
+    """Commands in, events out; at least once, with retry tiers and dead letters.
+
+    Topology (the same names on every adapter, see ``gateway.constants``):
+    commands go to one of ``command_partitions`` durable queues chosen by a
+    hash of the tenant; events go to a topic exchange keyed by event type and
+    each consumer group has its own durable queue. A handler that raises
+    ``Retry`` or any unexpected exception gets the message again after the
+    next retry delay (``Envelope.attempt`` counts); after the last delay, or
+    on ``Reject``, the message goes to the dead-letter queue. A handler's
+    return value is sent as the reply when the message has ``reply_to``.
+    Messages are persistent and publishes confirmed.
+    """
+
+    async def start(self) -> None:
+        """Connect and declare the topology."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def send(self, msg: Envelope) -> None:
+        """Publish a command to its tenant's partition; returns when confirmed."""
+
+    async def request(self, msg: Envelope, timeout: float) -> Document:
+        """Send a command and await the handler's reply; ``RequestTimeout`` otherwise."""
+
+    async def publish(self, msg: Envelope) -> None:
+        """Publish a domain event (routing key = ``msg.type``); returns when confirmed."""
+
+    async def consume_commands(self, handler: MessageHandler) -> None:
+        """Start consuming every command partition; returns once registered."""
+
+    async def consume_events(
+        self, group: str, patterns: Sequence[str], handler: MessageHandler
+    ) -> None:
+        """Start consuming events matching ``patterns`` (topic syntax) as ``group``."""
+
+    async def dead_letters(self, limit: int = 100) -> list[Envelope]:
+        """Take up to ``limit`` dead-lettered messages (for inspection and replay)."""
+
+
+# --------------------------------------------------------------------------- clock
+
+
+class Clock(Protocol):
+    """What time it is. In sandbox mode the time can be set and advanced."""
+
+    def now(self) -> datetime:
+        """The current instant, timezone-aware (UTC)."""
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or earlier if the clock was set or advanced."""

@@ -1,0 +1,43 @@
+"""Instants: UTC in the store, offsets honoured on input, days in Europe/Warsaw."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
+
+WARSAW = ZoneInfo("Europe/Warsaw")
+
+
+def utc(dt: datetime) -> datetime:
+    """An aware datetime in UTC. A naive one is refused: FHIR instants carry offsets."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime: an instant needs a time zone offset")
+    return dt.astimezone(UTC)
+
+
+def to_store(dt: datetime) -> str:
+    """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store."""
+    d = utc(dt)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def from_store(s: str) -> datetime:
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def parse_instant(s: str) -> datetime:
+    """Parse an ISO 8601 instant with an offset (``Z`` or ``+01:00``)."""
+    return utc(datetime.fromisoformat(s.replace("Z", "+00:00")))
+
+
+def to_fhir(dt: datetime) -> str:
+    """FHIR ``instant`` text in UTC, e.g. ``2026-11-25T08:00:00Z`` (ms kept when present)."""
+    d = utc(dt)
+    if d.microsecond:
+        return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    return d.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def warsaw_day(dt: datetime) -> date:
+    """The calendar day in Europe/Warsaw (day boundaries follow DST)."""
+    return utc(dt).astimezone(WARSAW).date()
