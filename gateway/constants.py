@@ -21,3 +21,4 @@ PROCESSED = "processed_messages"  # message ids already applied, with their repl
 PROVIDERS = "providers"  # tenants with their client credentials (public keys)
 PATIENTS = "patients"  # sandbox / known patients (pseudonymous)
 CLOCK = "clock"  # sandbox clock offset, shared by API and workers
+USED_JTI = "used_jti"  # client-assertion ids already seen (replay guard)

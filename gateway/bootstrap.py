@@ -1,0 +1,130 @@
+"""Wiring: the one place that builds the adapters and the services from settings.
+
+Nothing connects here; ``start`` / ``stop`` open and close the resources inside
+the running event loop (the app factory calls them from ``cleanup_ctx``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from adapters.clock import SandboxClock
+from adapters.factory import make_bus, make_clock, make_store
+from gateway import constants as c
+from gateway.auth import TokenService
+from gateway.metrics import Metrics
+from gateway.ports import Clock, MessageBus, Store
+from gateway.schema import INDEXES
+from gateway.settings import Settings
+from gateway.worker import CommandWorker, relay_outbox
+
+log = structlog.get_logger("gateway.bootstrap")
+
+
+@dataclass
+class Services:
+    """Everything a handler may need, built once per process."""
+
+    settings: Settings
+    store: Store
+    bus: MessageBus
+    clock: Clock
+    tokens: TokenService
+    metrics: Metrics
+    outbox_signal: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_services(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    bus: MessageBus | None = None,
+    clock: Clock | None = None,
+) -> Services:
+    clock = clock or make_clock(settings)
+    secret = (settings.token_secret or secrets.token_hex(32)).encode()
+    return Services(
+        settings=settings,
+        store=store or make_store(settings),
+        bus=bus or make_bus(settings, clock),
+        clock=clock,
+        tokens=TokenService(secret, settings.token_ttl_seconds, clock),
+        metrics=Metrics(),
+    )
+
+
+async def start(services: Services, *, workers: bool) -> None:
+    await services.store.start(INDEXES)
+    await services.bus.start()
+    if isinstance(services.clock, SandboxClock):
+        await _load_clock(services)
+        services.tasks.append(asyncio.create_task(_follow_clock(services), name="clock-sync"))
+    if workers:
+        worker = CommandWorker(
+            services.store, services.bus, services.clock, services.metrics, services.outbox_signal
+        )
+        await worker.start()
+        services.tasks.append(
+            asyncio.create_task(
+                relay_outbox(
+                    services.store,
+                    services.bus,
+                    services.metrics,
+                    services.outbox_signal,
+                    services.settings.outbox_poll_seconds,
+                ),
+                name="outbox-relay",
+            )
+        )
+    log.info(
+        "gateway.started",
+        pid=os.getpid(),
+        workers=workers,
+        mode=services.settings.cer_mode,
+        bus=type(services.bus).__name__,
+        store=type(services.store).__name__,
+    )
+
+
+async def stop(services: Services) -> None:
+    for task in services.tasks:
+        task.cancel()
+    for task in services.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    services.tasks.clear()
+    await services.bus.close()
+    await services.store.close()
+
+
+async def save_clock(services: Services) -> None:
+    """Share the sandbox clock's offset with other processes (API and workers)."""
+    assert isinstance(services.clock, SandboxClock)
+    await services.store.update_one(
+        c.CLOCK,
+        {"_id": "sandbox"},
+        {"$set": {"offset_seconds": services.clock.offset.total_seconds()}},
+        upsert=True,
+    )
+
+
+async def _load_clock(services: Services) -> None:
+    assert isinstance(services.clock, SandboxClock)
+    doc = await services.store.get(c.CLOCK, "sandbox")
+    if doc is not None:
+        services.clock.set_offset(timedelta(seconds=float(doc["offset_seconds"])))
+
+
+async def _follow_clock(services: Services) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(Exception):
+            await _load_clock(services)

@@ -1,0 +1,103 @@
+"""Bearer tokens on requests, and the token endpoint (OAuth2 client credentials, RFC 7523)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway import constants as c
+from gateway.auth import AuthError, Principal, parse_token_request, verify_client_assertion
+from gateway.errors import FhirError, Issue
+from gateway.http.keys import SERVICES
+from gateway.http.responses import json_response
+from gateway.ports import DuplicateKey
+from gateway.timeutil import to_store
+
+
+def _unauthorized(message: str, kind: str) -> FhirError:
+    return FhirError(
+        401,
+        [Issue("login", message)],
+        code="unauthorized",
+        headers={"WWW-Authenticate": f'Bearer realm="cer-gateway-{kind}"'},
+    )
+
+
+def principal(request: web.Request, kind: str) -> Principal:
+    """The verified caller of ``kind`` (provider or patient), or 401/403."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("an Authorization: Bearer token is required", kind)
+    try:
+        who = request.app[SERVICES].tokens.verify(token.strip())
+    except AuthError as err:
+        raise _unauthorized(err.message, kind) from err
+    if who.kind != kind:
+        raise FhirError(
+            403, [Issue("forbidden", f"this endpoint needs a {kind} token")], code="forbidden"
+        )
+    return who
+
+
+def provider_id(request: web.Request) -> str:
+    """The tenant of the request: every read and write is scoped to it."""
+    return principal(request, "provider").subject
+
+
+def token_endpoint_url(request: web.Request) -> str:
+    base = request.app[SERVICES].settings.public_base_url.rstrip("/")
+    if base:
+        return f"{base}/auth/token"
+    return str(request.url.with_query(None))
+
+
+async def token(request: web.Request) -> web.Response:
+    """``POST /auth/token``: client credentials with a ``private_key_jwt`` assertion."""
+    services = request.app[SERVICES]
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(400, "invalid_request", "use application/x-www-form-urlencoded")
+    form = await request.post()
+    try:
+        client_id, assertion, scope = parse_token_request({k: str(v) for k, v in form.items()})
+        provider = await services.store.find_one(c.PROVIDERS, {"client_id": client_id})
+        if provider is None:
+            raise AuthError("invalid_client", "unknown client_id")
+        store = services.store
+        now = services.clock.now()
+
+        async def first_use(jti: str) -> bool:
+            try:
+                await store.insert(c.USED_JTI, {"_id": f"{client_id}:{jti}", "at": to_store(now)})
+            except DuplicateKey:
+                return False
+            return True
+
+        await verify_client_assertion(
+            assertion,
+            client_id=client_id,
+            public_key_pem=provider["public_key_pem"],
+            audience=token_endpoint_url(request),
+            now=now,
+            first_use=first_use,
+        )
+    except AuthError as err:
+        status = 401 if err.code == "invalid_client" else 400
+        return _oauth_error(status, err.code, err.message)
+    access = services.tokens.issue(Principal("provider", provider["_id"]))
+    body: dict[str, Any] = {
+        "access_token": access,
+        "token_type": "bearer",
+        "expires_in": services.settings.token_ttl_seconds,
+        "scope": scope or "system/*.cruds",
+    }
+    return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _oauth_error(status: int, code: str, message: str) -> web.Response:
+    return json_response(
+        {"error": code, "error_description": message},
+        status,
+        headers={"Cache-Control": "no-store"},
+    )

@@ -1,0 +1,143 @@
+"""Sandbox endpoints (only when ``CER_MODE=sandbox``): test providers, patients, clock."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from datetime import date, timedelta
+from typing import Any
+
+import isodate
+from aiohttp import web
+
+from adapters.clock import SandboxClock
+from gateway import constants as c
+from gateway import pesel
+from gateway.auth import Principal, generate_client_keypair
+from gateway.bootstrap import save_clock
+from gateway.errors import FhirError, Issue
+from gateway.events import new_id
+from gateway.http.keys import SERVICES
+from gateway.http.responses import json_response
+from gateway.timeutil import parse_instant, to_fhir, to_store
+from mappings.validation import parse_json
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body:
+        return {}
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise FhirError(400, [Issue("structure", "send a JSON object")])
+    return data
+
+
+async def create_provider(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    data = await _json(request)
+    name = data.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > 200):
+        raise FhirError(400, [Issue("value", "name must be a string of at most 200 characters")])
+    provider_id = f"prov-{new_id()[:12]}"
+    client_id = f"client-{new_id()[:16]}"
+    private_pem, public_pem = generate_client_keypair()
+    await services.store.insert(
+        c.PROVIDERS,
+        {
+            "_id": provider_id,
+            "client_id": client_id,
+            "name": name or f"Sandbox provider {provider_id[-6:]}",
+            "public_key_pem": public_pem,
+            "sandbox": True,
+            "created": to_store(services.clock.now()),
+        },
+    )
+    token = services.tokens.issue(Principal("provider", provider_id))
+    return json_response(
+        {
+            "provider_id": provider_id,
+            "client_id": client_id,
+            "private_key_pem": private_pem,
+            "token": token,
+            "token_endpoint": "/auth/token",
+        },
+        201,
+    )
+
+
+async def create_patient(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    data = await _json(request)
+    rng = random.Random(secrets.randbits(64))
+    try:
+        born = (
+            date.fromisoformat(data["birth_date"])
+            if data.get("birth_date")
+            else date(rng.randint(1950, 2005), rng.randint(1, 12), rng.randint(1, 28))
+        )
+    except (TypeError, ValueError) as exc:
+        raise FhirError(400, [Issue("value", "birth_date must be YYYY-MM-DD")]) from exc
+    sex = data.get("sex") or rng.choice(["female", "male"])
+    if sex not in ("female", "male"):
+        raise FhirError(400, [Issue("value", "sex must be 'female' or 'male'")])
+    if not date(1800, 1, 1) <= born <= date(2299, 12, 31):
+        raise FhirError(400, [Issue("value", "birth_date must be between 1800 and 2299")])
+    for _ in range(20):
+        number = pesel.generate(born, sex, rng=rng)
+        if await services.store.get(c.PATIENTS, number) is None:
+            break
+    await services.store.update_one(
+        c.PATIENTS,
+        {"_id": number},
+        {"$set": {"birth_date": born.isoformat(), "sex": sex, "sandbox": True}},
+        upsert=True,
+    )
+    token = services.tokens.issue(Principal("patient", number))
+    return json_response(
+        {"pesel": number, "birth_date": born.isoformat(), "sex": sex, "token": token}, 201
+    )
+
+
+def _clock(request: web.Request) -> SandboxClock:
+    clock = request.app[SERVICES].clock
+    assert isinstance(clock, SandboxClock)
+    return clock
+
+
+async def get_clock(request: web.Request) -> web.Response:
+    clock = _clock(request)
+    return json_response(
+        {"now": to_fhir(clock.now()), "offset_seconds": clock.offset.total_seconds()}
+    )
+
+
+async def set_clock(request: web.Request) -> web.Response:
+    clock = _clock(request)
+    data = await _json(request)
+    if ("set" in data) == ("advance" in data):
+        raise FhirError(400, [Issue("invalid", "send exactly one of {set} or {advance}")])
+    try:
+        if "set" in data:
+            clock.set(parse_instant(str(data["set"])))
+        else:
+            delta = isodate.parse_duration(str(data["advance"]))
+            if not isinstance(delta, timedelta):
+                delta = delta.totimedelta(start=clock.now())
+            clock.advance(delta)
+    except (ValueError, isodate.ISO8601Error) as exc:
+        raise FhirError(
+            400,
+            [Issue("value", f"{exc}; use an ISO datetime with offset or a duration like P1DT2H")],
+        ) from exc
+    await save_clock(request.app[SERVICES])
+    return json_response(
+        {"now": to_fhir(clock.now()), "offset_seconds": clock.offset.total_seconds()}
+    )
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_post("/sandbox/providers", create_provider)
+    app.router.add_post("/sandbox/patients", create_patient)
+    app.router.add_get("/sandbox/clock", get_clock)
+    app.router.add_post("/sandbox/clock", set_clock)

@@ -1,0 +1,241 @@
+"""Versioned FHIR resources of one provider (tenant), kept with their central model.
+
+Every write is one command applied by a worker (``apply_put`` / ``apply_delete``):
+it claims the next version in the history collection (the ``_id``
+``tenant/type/id/version`` is the guard against two writers), then moves the
+current document forward with a condition on the version it read, writing the
+domain event into the same document's outbox. A redelivered command finds its
+own message id on the document or the history entry and changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway import constants as c
+from gateway.errors import FhirError, Issue, not_found, version_conflict
+from gateway.events import event
+from gateway.ports import Document, DuplicateKey, Store
+from gateway.timeutil import to_fhir, to_store
+
+RESOURCE_TYPES = ("Location", "Schedule", "Slot", "Appointment")
+
+
+def doc_id(tenant: str, rtype: str, rid: str) -> str:
+    return f"{tenant}/{rtype}/{rid}"
+
+
+@dataclass(frozen=True)
+class Written:
+    """The outcome of a write, as the API answers it."""
+
+    status: int  # 200 updated, 201 created
+    version: int
+    last_updated: str
+    resource: dict[str, Any]
+
+    def to_reply(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "version": self.version,
+            "last_updated": self.last_updated,
+            "resource": self.resource,
+        }
+
+
+def with_meta(resource: dict[str, Any], rid: str, version: int, at: datetime) -> dict[str, Any]:
+    out = dict(resource)
+    out["id"] = rid
+    meta = dict(out.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = to_fhir(at)
+    out["meta"] = meta
+    return out
+
+
+async def read(store: Store, tenant: str, rtype: str, rid: str) -> Document:
+    """The current version; 404 if unknown (or another tenant's), 410 if deleted."""
+    doc = await store.get(c.RESOURCES, doc_id(tenant, rtype, rid))
+    if doc is None:
+        raise not_found(f"{rtype}/{rid}")
+    if doc.get("deleted"):
+        raise FhirError(410, [Issue("deleted", f"{rtype}/{rid} was deleted")], code="gone")
+    return doc
+
+
+async def read_version(store: Store, tenant: str, rtype: str, rid: str, version: int) -> Document:
+    doc = await store.get(c.HISTORY, f"{doc_id(tenant, rtype, rid)}/{version}")
+    if doc is None:
+        raise not_found(f"{rtype}/{rid}/_history/{version}")
+    return doc
+
+
+async def apply_put(
+    store: Store,
+    *,
+    now: datetime,
+    tenant: str,
+    rtype: str,
+    rid: str,
+    resource: dict[str, Any],
+    central: dict[str, Any],
+    if_match: int | None,
+    msg_id: str,
+    correlation_id: str,
+    ident_key: str | None = None,
+    extra_events: list[dict[str, Any]] | None = None,
+) -> Written:
+    """Create or update ``rtype/rid`` for ``tenant`` (FHIR update-as-create)."""
+    key = doc_id(tenant, rtype, rid)
+    for _ in range(5):
+        current = await store.get(c.RESOURCES, key)
+        if current is not None and current.get("last_msg") == msg_id:
+            # Redelivery of a command that was fully applied.
+            return Written(
+                200 if current["version"] > 1 else 201,
+                current["version"],
+                current["last_updated"],
+                current["resource"],
+            )
+        live = current is not None and not current.get("deleted")
+        cur_version = current["version"] if current is not None else 0
+        if if_match is not None and (not live or cur_version != if_match):
+            raise version_conflict(if_match, cur_version if live else None)
+        version = cur_version + 1
+        stored = with_meta(resource, rid, version, now)
+        at = to_store(now)
+        hist = {
+            "_id": f"{key}/{version}",
+            "tenant": tenant,
+            "type": rtype,
+            "rid": rid,
+            "version": version,
+            "last_updated": at,
+            "deleted": False,
+            "resource": stored,
+            "msg": msg_id,
+        }
+        try:
+            await store.insert(c.HISTORY, hist)
+        except DuplicateKey:
+            existing = await store.get(c.HISTORY, f"{key}/{version}")
+            if existing is None or existing.get("msg") != msg_id:
+                continue  # another writer took this version: read again
+            # Our own history entry from an interrupted earlier try: finish the write.
+            stored, at = existing["resource"], existing["last_updated"]
+        created = not live
+        ev = event(
+            f"resource.{rtype}.{'created' if created else 'updated'}",
+            {"type": rtype, "id": rid, "version": version},
+            tenant=tenant,
+            correlation_id=correlation_id,
+            now=now,
+        )
+        fields = {
+            "tenant": tenant,
+            "type": rtype,
+            "rid": rid,
+            "version": version,
+            "last_updated": at,
+            "deleted": False,
+            "resource": stored,
+            "central": central,
+            "last_msg": msg_id,
+        }
+        update: dict[str, Any] = {"$set": fields}
+        if ident_key:
+            fields["ident_key"] = ident_key
+        else:
+            update["$unset"] = {"ident_key": ""}
+        events = [ev, *(extra_events or [])]
+        if current is None:
+            try:
+                await store.insert(c.RESOURCES, {"_id": key, **fields}, events=events)
+            except DuplicateKey as exc:
+                if await store.get(c.RESOURCES, key) is not None:
+                    continue
+                raise FhirError(
+                    409,
+                    [Issue("duplicate", f"another {rtype} already has this identifier")],
+                    code="duplicate",
+                ) from exc
+        else:
+            try:
+                done = await store.update_one(
+                    c.RESOURCES,
+                    {"_id": key, "version": cur_version},
+                    update,
+                    events=events,
+                )
+            except DuplicateKey as exc:
+                raise FhirError(
+                    409,
+                    [Issue("duplicate", f"another {rtype} already has this identifier")],
+                    code="duplicate",
+                ) from exc
+            if done is None:
+                continue
+        return Written(201 if created else 200, version, at, stored)
+    raise FhirError(409, [Issue("conflict", f"{rtype}/{rid} is changing concurrently; retry")])
+
+
+async def apply_delete(
+    store: Store,
+    *,
+    now: datetime,
+    tenant: str,
+    rtype: str,
+    rid: str,
+    msg_id: str,
+    correlation_id: str,
+) -> int | None:
+    """Mark deleted (kept for history); returns the deletion's version, None if absent."""
+    key = doc_id(tenant, rtype, rid)
+    for _ in range(5):
+        current = await store.get(c.RESOURCES, key)
+        if current is None:
+            return None
+        if current.get("deleted"):
+            return int(current["version"])
+        version = current["version"] + 1
+        at = to_store(now)
+        try:
+            await store.insert(
+                c.HISTORY,
+                {
+                    "_id": f"{key}/{version}",
+                    "tenant": tenant,
+                    "type": rtype,
+                    "rid": rid,
+                    "version": version,
+                    "last_updated": at,
+                    "deleted": True,
+                    "resource": None,
+                    "msg": msg_id,
+                },
+            )
+        except DuplicateKey:
+            existing = await store.get(c.HISTORY, f"{key}/{version}")
+            if existing is None or existing.get("msg") != msg_id:
+                continue
+        ev = event(
+            f"resource.{rtype}.deleted",
+            {"type": rtype, "id": rid, "version": version},
+            tenant=tenant,
+            correlation_id=correlation_id,
+            now=now,
+        )
+        done = await store.update_one(
+            c.RESOURCES,
+            {"_id": key, "version": current["version"]},
+            {
+                "$set": {"deleted": True, "version": version, "last_updated": at, "last_msg": msg_id},
+                "$unset": {"ident_key": ""},
+            },
+            events=[ev],
+        )
+        if done is not None:
+            return version
+    raise FhirError(409, [Issue("conflict", f"{rtype}/{rid} is changing concurrently; retry")])

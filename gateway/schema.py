@@ -1,0 +1,25 @@
+"""Collections and their indexes, created at start-up by every store adapter.
+
+Unique indexes are concurrency guards (ARCHITECTURE.md): the store, not the
+application, decides who wins a race.
+"""
+
+from __future__ import annotations
+
+from gateway import constants as c
+from gateway.ports import Index
+
+INDEXES: dict[str, list[Index]] = {
+    c.RESOURCES: [
+        Index((("tenant", 1), ("type", 1), ("last_updated", 1))),
+        # Conditional create (If-None-Exist on identifier): one live resource per
+        # business identifier within a tenant and type.
+        Index((("ident_key", 1),), unique=True, sparse=True),
+    ],
+    c.HISTORY: [Index((("tenant", 1), ("type", 1), ("rid", 1), ("version", 1)))],
+    c.PROCESSED: [],
+    c.PROVIDERS: [Index((("client_id", 1),), unique=True)],
+    c.PATIENTS: [],
+    c.CLOCK: [],
+    c.USED_JTI: [],
+}

@@ -1,0 +1,103 @@
+"""The worker: applies commands from the bus, relays outbox events to the bus.
+
+Commands are deduplicated by message id (``processed_messages`` keeps each
+applied id with its reply), so a redelivered command answers the same and
+changes nothing twice. The outbox relay publishes events written with state
+changes and only then clears them: at least once, never lost while the broker
+is down (they wait in the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from gateway import constants as c
+from gateway.errors import FhirError
+from gateway.events import event_envelope
+from gateway.handlers import COMMAND_HANDLERS
+from gateway.logging import bind_correlation
+from gateway.metrics import Metrics
+from gateway.ports import Clock, DuplicateKey, Envelope, MessageBus, Reject, Store
+from gateway.timeutil import to_store
+
+log = structlog.get_logger("gateway.worker")
+
+
+class CommandWorker:
+    """Consumes command partitions and applies each command once."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: MessageBus,
+        clock: Clock,
+        metrics: Metrics,
+        outbox_signal: asyncio.Event,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.metrics = metrics
+        self.outbox_signal = outbox_signal
+
+    async def start(self) -> None:
+        await self.bus.consume_commands(self.handle)
+
+    async def handle(self, msg: Envelope) -> dict[str, Any] | None:
+        bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, command=msg.type)
+        done = await self.store.get(c.PROCESSED, msg.id)
+        if done is not None:
+            self.metrics.messages_consumed_total.labels("command", "duplicate").inc()
+            log.info("command.duplicate")
+            reply: dict[str, Any] | None = done.get("reply")
+            return reply
+        handler = COMMAND_HANDLERS.get(msg.type)
+        if handler is None:
+            raise Reject(f"unknown command type {msg.type!r}")
+        try:
+            reply = await handler(self.store, self.clock, msg)
+        except FhirError as err:
+            reply = err.to_reply()
+        with contextlib.suppress(DuplicateKey):
+            await self.store.insert(
+                c.PROCESSED,
+                {"_id": msg.id, "type": msg.type, "at": to_store(self.clock.now()), "reply": reply},
+            )
+        self.outbox_signal.set()
+        self.metrics.messages_consumed_total.labels("command", "ok").inc()
+        log.info("command.applied", outcome=(reply or {}).get("status") or "error")
+        return reply
+
+
+async def relay_outbox(
+    store: Store,
+    bus: MessageBus,
+    metrics: Metrics,
+    signal: asyncio.Event,
+    poll_seconds: float,
+    batch: int = 500,
+) -> None:
+    """Publish outbox events forever; cleared only after the broker confirmed them."""
+    while True:
+        try:
+            items = await store.pending_events(batch)
+            metrics.outbox_pending.set(len(items))
+            if items:
+                for item in items:
+                    await bus.publish(event_envelope(item.event))
+                    metrics.messages_published_total.labels("event").inc()
+                await store.clear_events(items)
+                if len(items) == batch:
+                    continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # broker or store down: the events wait in the store
+            log.warning("outbox.relay_failed", error=repr(exc))
+            await asyncio.sleep(min(poll_seconds * 4, 2.0))
+        signal.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signal.wait(), poll_seconds)
