@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -89,7 +89,7 @@ def test_every_line_is_json_with_correlation_level_and_utc_timestamp(cap: Captur
         assert line["correlation_id"] == "c0ffee00c0ffee00c0ffee00c0ffee00"
         assert line["level"] in ("info", "warning")
         ts = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
-        assert ts.utcoffset() is not None and ts.utcoffset().total_seconds() == 0
+        assert ts.utcoffset() == timedelta(0)
         assert line["timestamp"].endswith("Z")
     assert lines[0]["event"] == "first" and lines[0]["n"] == 1
     assert lines[2]["logger"] == "aiohttp.access"
