@@ -80,7 +80,9 @@ class Store(Protocol):
 
     async def get(self, coll: str, doc_id: str) -> Document | None: ...
 
-    async def find_one(self, coll: str, filter: Filter, sort: Sort | None = None) -> Document | None: ...
+    async def find_one(
+        self, coll: str, filter: Filter, sort: Sort | None = None
+    ) -> Document | None: ...
 
     async def find(
         self,

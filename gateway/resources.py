@@ -231,7 +231,12 @@ async def apply_delete(
             c.RESOURCES,
             {"_id": key, "version": current["version"]},
             {
-                "$set": {"deleted": True, "version": version, "last_updated": at, "last_msg": msg_id},
+                "$set": {
+                    "deleted": True,
+                    "version": version,
+                    "last_updated": at,
+                    "last_msg": msg_id,
+                },
                 "$unset": {"ident_key": ""},
             },
             events=[ev],

@@ -71,14 +71,14 @@ def hint(base: str, token: str, sandbox: bool) -> str:
         f"  metadata: curl -s {base}/fhir/metadata",
         "  sample provider token (valid 1 h):",
         f"    export TOKEN={token}",
-        f"  read the sample facility:  curl -s -H \"Authorization: Bearer $TOKEN\" "
+        f'  read the sample facility:  curl -s -H "Authorization: Bearer $TOKEN" '
         f"{base}/fhir/Location/sample-clinic",
     ]
     if sandbox:
         lines += [
             f"  a new test provider:        curl -s -X POST {base}/sandbox/providers",
             f"  a test patient:             curl -s -X POST {base}/sandbox/patients "
-            "-d '{\"sex\":\"female\",\"birth_date\":\"1970-05-01\"}'",
+            '-d \'{"sex":"female","birth_date":"1970-05-01"}\'',
             f"  the sandbox clock:          curl -s {base}/sandbox/clock",
         ]
     lines.append("")

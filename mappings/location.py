@@ -20,7 +20,9 @@ def to_central(res: dict[str, Any]) -> CentralLocation:
     status = res.get("status", "active")
     if status not in STATUSES:
         issues.append(
-            Issue("code-invalid", f"status must be one of {', '.join(STATUSES)}", ["Location.status"])
+            Issue(
+                "code-invalid", f"status must be one of {', '.join(STATUSES)}", ["Location.status"]
+            )
         )
     addr = res.get("address") or {}
     postal = addr.get("postalCode")

@@ -45,7 +45,9 @@ def parse_json(body: bytes) -> Any:
         raise FhirError(400, [Issue("structure", f"the body is not valid JSON: {exc}")]) from exc
 
 
-def validate_resource(data: Any, expected: str | None = None, path: str | None = None) -> dict[str, Any]:
+def validate_resource(
+    data: Any, expected: str | None = None, path: str | None = None
+) -> dict[str, Any]:
     """Check ``data`` is a structurally valid R4 resource (of type ``expected``)."""
     root = path or expected or "Resource"
     if not isinstance(data, dict):
@@ -70,7 +72,8 @@ def validate_resource(data: Any, expected: str | None = None, path: str | None =
         model = model_for(rtype)
     except (ImportError, AttributeError) as exc:
         raise FhirError(
-            400, [Issue("not-supported", f"unknown resourceType {rtype!r}", [f"{root}.resourceType"])]
+            400,
+            [Issue("not-supported", f"unknown resourceType {rtype!r}", [f"{root}.resourceType"])],
         ) from exc
     try:
         model.model_validate(data)
@@ -80,8 +83,10 @@ def validate_resource(data: Any, expected: str | None = None, path: str | None =
             loc = tuple(err.get("loc", ()))
             where = fhirpath(path or rtype, loc)
             kind = err.get("type", "")
-            code = "structure" if kind == "extra_forbidden" else (
-                "required" if kind == "missing" else "value"
+            code = (
+                "structure"
+                if kind == "extra_forbidden"
+                else ("required" if kind == "missing" else "value")
             )
             msg = err.get("msg", "invalid")
             if kind == "extra_forbidden":

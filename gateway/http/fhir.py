@@ -55,8 +55,9 @@ def parse_if_match(value: str | None) -> int | None:
     return int(m.group(1))
 
 
-def resource_headers(request: web.Request, rtype: str, rid: str, version: int,
-                     last_updated: str) -> dict[str, str]:
+def resource_headers(
+    request: web.Request, rtype: str, rid: str, version: int, last_updated: str
+) -> dict[str, str]:
     base = str(request.url.origin())
     return {
         "ETag": f'W/"{version}"',
@@ -65,11 +66,15 @@ def resource_headers(request: web.Request, rtype: str, rid: str, version: int,
     }
 
 
-async def send_and_wait(request: web.Request, type_: str, body: dict[str, Any],
-                        tenant: str) -> dict[str, Any]:
+async def send_and_wait(
+    request: web.Request, type_: str, body: dict[str, Any], tenant: str
+) -> dict[str, Any]:
     services = request.app[SERVICES]
     msg = command(
-        type_, body, tenant=tenant, correlation_id=request["correlation_id"],
+        type_,
+        body,
+        tenant=tenant,
+        correlation_id=request["correlation_id"],
         now=services.clock.now(),
     )
     services.metrics.messages_published_total.labels("command").inc()
@@ -78,8 +83,13 @@ async def send_and_wait(request: web.Request, type_: str, body: dict[str, Any],
     except RequestTimeout as exc:
         raise FhirError(
             503,
-            [Issue("timeout", "the change is queued but was not applied in time; "
-                   "read the resource again later")],
+            [
+                Issue(
+                    "timeout",
+                    "the change is queued but was not applied in time; "
+                    "read the resource again later",
+                )
+            ],
             code="timeout",
         ) from exc
     if "error" in reply:
@@ -102,8 +112,12 @@ async def update(request: web.Request) -> web.Response:
     res = validate_resource(data, rtype)
     if res.get("id") not in (None, rid):
         raise FhirError(
-            400, [Issue("invalid", "the id in the body differs from the id in the URL",
-                        [f"{rtype}.id"])]
+            400,
+            [
+                Issue(
+                    "invalid", "the id in the body differs from the id in the URL", [f"{rtype}.id"]
+                )
+            ],
         )
     reply = await send_and_wait(
         request,
@@ -129,9 +143,7 @@ async def read(request: web.Request) -> web.Response:
     etag = f'W/"{doc["version"]}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    return fhir_response(
-        doc["resource"], 200, {"ETag": etag, "Last-Modified": doc["last_updated"]}
-    )
+    return fhir_response(doc["resource"], 200, {"ETag": etag, "Last-Modified": doc["last_updated"]})
 
 
 def routes(app: web.Application) -> None:

@@ -27,7 +27,10 @@ def _render(request: web.Request, err: FhirError) -> web.Response:
     headers = dict(err.headers)
     if path.startswith("/patient/") or path.startswith("/channels/"):
         return problem_response(
-            err.status, err.code, err.issues[0].diagnostics if err.issues else "", extra=err.extra,
+            err.status,
+            err.code,
+            err.issues[0].diagnostics if err.issues else "",
+            extra=err.extra,
             headers=headers,
         )
     if path.startswith("/fhir") or path.startswith("/sandbox"):
@@ -48,7 +51,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.status, "invalid")
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(
+            exc.status, "invalid"
+        )
         reason = exc.reason or "error"
         if exc.status == 404:
             reason = f"no such endpoint: {request.method} {request.path}"
@@ -59,8 +64,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _render(request, FhirError(exc.status, [Issue(code, reason)], code=code))
     except Exception:
         log.exception("http.unhandled")
-        err = FhirError(500, [Issue("exception", "internal error; the correlation id identifies it")])
-        return _render(request, err)
+        internal = FhirError(
+            500, [Issue("exception", "internal error; the correlation id identifies it")]
+        )
+        return _render(request, internal)
 
 
 @web.middleware

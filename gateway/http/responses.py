@@ -32,7 +32,11 @@ def json_response(
 
 
 def problem_response(
-    status: int, code: str, detail: str, *, extra: dict[str, Any] | None = None,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """RFC 9457 problem details with our stable ``code``."""
