@@ -12,7 +12,7 @@ from gateway import resources
 from gateway.errors import FhirError, Issue
 from gateway.events import command
 from gateway.http.auth import provider_id
-from gateway.http.keys import SERVICES
+from gateway.http.keys import CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
 from gateway.ports import RequestTimeout
 from mappings import location as location_map
@@ -74,7 +74,7 @@ async def send_and_wait(
         type_,
         body,
         tenant=tenant,
-        correlation_id=request["correlation_id"],
+        correlation_id=request[CORRELATION_ID],
         now=services.clock.now(),
     )
     services.metrics.messages_published_total.labels("command").inc()

@@ -10,3 +10,4 @@ if TYPE_CHECKING:
     from gateway.bootstrap import Services
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")
+CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)

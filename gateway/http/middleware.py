@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import FhirError, Issue
+from gateway.http.keys import CORRELATION_ID
 from gateway.http.responses import fhir_response, json_response, problem_response
 from gateway.logging import bind_correlation, new_correlation_id
 
@@ -75,7 +76,7 @@ async def correlation_middleware(request: web.Request, handler: Handler) -> web.
     cid = request.headers.get(CORRELATION_HEADER) or request.headers.get("X-Request-Id")
     if not cid or len(cid) > 100 or not cid.replace("-", "").isalnum():
         cid = new_correlation_id()
-    request["correlation_id"] = cid
+    request[CORRELATION_ID] = cid
     bind_correlation(cid, method=request.method, path=request.path)
     try:
         response = await handler(request)

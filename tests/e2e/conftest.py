@@ -1,0 +1,78 @@
+"""End-to-end fixtures: the real app over HTTP, on the embedded default and on RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.http.app import create_app
+from gateway.settings import Settings
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1/")
+# Event consumer groups the end-to-end tests use (their queues are deleted around tests).
+E2E_GROUPS = ("test-slice", "webhooks", "notifications", "waiting-room")
+
+
+async def purge_rabbit(settings: Settings, groups: tuple[str, ...] = E2E_GROUPS) -> None:
+    """Delete the gateway's queues so each test starts from an empty broker."""
+    from gateway import constants as c
+
+    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
+    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.retry_delays]
+    names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in groups]
+    names.append(c.DEAD_QUEUE)
+    try:
+        conn = await aio_pika.connect(AMQP_URL, timeout=5)
+    except Exception as exc:  # pragma: no cover - the broker must run where tests run
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: {exc!r}")
+    try:
+        channel = await conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await conn.close()
+
+
+def settings_for(backend: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "cer_mode": "sandbox",
+        "retry_delays": [0.2, 0.5],
+        "command_timeout_seconds": 20.0,
+        "outbox_poll_seconds": 0.05,
+    }
+    if backend == "rabbitmq":
+        base["amqp_url"] = AMQP_URL
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client(
+    backend: str, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = settings_for(backend)
+    if backend == "rabbitmq":
+        await purge_rabbit(settings)
+    app = create_app(settings)
+    yield await aiohttp_client(app)
+
+
+async def new_provider(client: TestClient[Any, Any]) -> dict[str, Any]:
+    resp = await client.post("/sandbox/providers", json={"name": "Test clinic"})
+    assert resp.status == 201, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
