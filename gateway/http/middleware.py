@@ -7,6 +7,7 @@ channel problem+json, everything else plain JSON.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -78,10 +79,16 @@ async def correlation_middleware(request: web.Request, handler: Handler) -> web.
         cid = new_correlation_id()
     request[CORRELATION_ID] = cid
     bind_correlation(cid, method=request.method, path=request.path)
+    started = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers[CORRELATION_HEADER] = cid
         raise
     response.headers[CORRELATION_HEADER] = cid
+    log.info(
+        "http.request",
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
     return response
