@@ -1,0 +1,1171 @@
+"""The embedded ``Store``: documents in dicts, indexes in sorted lists, one process.
+
+It keeps MongoDB's guarantees as the gateway relies on them (``gateway.ports.Store``):
+
+* Every method is ``async`` but never awaits, so each call runs to the end
+  before another coroutine runs: a conditional ``update_one`` is atomic, and
+  two bookers racing for a slot get one winner.
+* Unique indexes (compound, sparse) are checked before anything changes, on
+  insert, update and upsert; a violation raises ``DuplicateKey`` and leaves the
+  document as it was.
+* Documents are copied on the way in and out (an ``orjson`` round trip, a
+  ``copy.deepcopy`` for values JSON cannot carry): callers never alias store
+  state. Inside, a stored document is never mutated in place: an update copies
+  the containers along the paths it changes and swaps the new version in.
+* The outbox: events are kept with their document and written in the same
+  step as the change; a global sequence orders them for ``pending_events``.
+  Deleting a document drops its pending events, exactly as on MongoDB where
+  they live inside the document.
+
+Indexes. Every declared index ``(f1, ..., fn)`` is a dict from the values of
+``f1..f(n-1)`` to a list of ``(key(fn), _id)`` kept sorted with ``bisect``. A
+query with equality (or ``$in``) on the prefix fields reads only its buckets;
+on the last field it takes a point, a set of points or a range, and when the
+sort starts with the last field it walks the bucket in order and stops after
+``skip + limit`` matches. The planner picks the usable index with the fewest
+candidates (``_id`` equality wins outright); candidates are always re-checked
+with the full filter, so an index only ever narrows the scan.
+
+Values order as MongoDB orders them for sort and index (BSON type order: empty
+array, null/missing, numbers, strings, objects, arrays, booleans, other);
+comparison operators only match values of the same type class, like MongoDB.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import uuid
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from gateway.ports import Document, DuplicateKey, Filter, Index, OutboxItem, Sort
+
+__all__ = ["MemoryStore"]
+
+OUTBOX_FIELDS = ("_outbox", "_outbox_at")  # reserved: the MongoDB adapter keeps its outbox there
+
+# --------------------------------------------------------------------------- copying
+
+_ORJSON_OPTS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _refuse(obj: Any) -> Any:
+    raise TypeError(f"not JSON: {type(obj).__name__}")
+
+
+def _copy(value: Any) -> Any:
+    """A private deep copy: orjson round trip (fast), deepcopy for anything else."""
+    try:
+        return orjson.loads(orjson.dumps(value, default=_refuse, option=_ORJSON_OPTS))
+    except (TypeError, orjson.JSONEncodeError):
+        return copy.deepcopy(value)
+
+
+# --------------------------------------------------------------------------- values
+
+_MISSING: Any = object()
+
+# BSON comparison order, used for sort keys and index keys
+_R_EMPTY_ARRAY = 0  # sort/index key of an empty array: below null, as in MongoDB
+_R_NULL = 1
+_R_NUMBER = 2
+_R_STRING = 3
+_R_OBJECT = 4
+_R_ARRAY = 5
+_R_BOOL = 8
+_R_OTHER = 9
+
+_NULL_KEY: tuple[Any, ...] = (_R_NULL, None)
+_EMPTY_KEY: tuple[Any, ...] = (_R_EMPTY_ARRAY,)
+_NUMBER_TYPES = (int, float)
+
+
+def _key(v: Any) -> tuple[Any, ...]:
+    """A hashable key that sorts like MongoDB and is equal exactly when MongoDB says equal."""
+    t = type(v)
+    if t is str:
+        return (_R_STRING, v)
+    if t is int or t is float:
+        return (_R_NUMBER, v)
+    if v is None:
+        return _NULL_KEY
+    if t is bool:
+        return (_R_BOOL, v)
+    if t is dict:
+        return (_R_OBJECT, tuple((k, _key(x)) for k, x in v.items()))
+    if t is list or t is tuple:
+        return (_R_ARRAY, tuple(_key(x) for x in v))
+    if isinstance(v, str):
+        return (_R_STRING, str(v))
+    if isinstance(v, bool):
+        return (_R_BOOL, bool(v))
+    if isinstance(v, int | float):
+        return (_R_NUMBER, v)
+    return (_R_OTHER, t.__qualname__, v)
+
+
+def _type_class(v: Any) -> Any:
+    """Comparison operators only match within one class (MongoDB's type bracketing)."""
+    t = type(v)
+    if t is str:
+        return _R_STRING
+    if t is int or t is float:
+        return _R_NUMBER
+    if v is None:
+        return _R_NULL
+    if t is bool:
+        return _R_BOOL
+    if t is dict:
+        return _R_OBJECT
+    if t is list:
+        return _R_ARRAY
+    return t
+
+
+def _eq(a: Any, b: Any) -> bool:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is dict or ta is list:  # field order counts, and true is not 1
+            return _key(a) == _key(b)
+        return bool(a == b)
+    if ta in _NUMBER_TYPES and tb in _NUMBER_TYPES:
+        return bool(a == b)
+    return False
+
+
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _resolve(doc: Any, parts: Sequence[str]) -> list[Any]:
+    """The values at a dotted path; through arrays, every element's value (MongoDB paths)."""
+    cur = [doc]
+    for part in parts:
+        nxt: list[Any] = []
+        for v in cur:
+            if type(v) is dict:
+                x = v.get(part, _MISSING)
+                if x is not _MISSING:
+                    nxt.append(x)
+            elif type(v) is list:
+                if part.isdigit():
+                    i = int(part)
+                    if i < len(v):
+                        nxt.append(v[i])
+                for el in v:
+                    if type(el) is dict:
+                        x = el.get(part, _MISSING)
+                        if x is not _MISSING:
+                            nxt.append(x)
+        if not nxt:
+            return nxt
+        cur = nxt
+    return cur
+
+
+def _getter(path: str) -> Callable[[Document], list[Any]]:
+    if "." not in path:
+
+        def get(doc: Document) -> list[Any]:
+            v = doc.get(path, _MISSING)
+            return [] if v is _MISSING else [v]
+
+        return get
+    parts = _split(path)
+    return lambda doc: _resolve(doc, parts)
+
+
+def _index_keys(vals: list[Any]) -> list[tuple[Any, ...]]:
+    """Index keys of one field (multikey: one per array element, as MongoDB indexes)."""
+    if not vals:
+        return [_NULL_KEY]
+    if len(vals) == 1 and type(vals[0]) is not list:
+        return [_key(vals[0])]
+    out: list[tuple[Any, ...]] = []
+    for v in vals:
+        if type(v) is list:
+            out.extend(_key(e) for e in v) if v else out.append(_EMPTY_KEY)
+        else:
+            out.append(_key(v))
+    return list(dict.fromkeys(out))
+
+
+def _sort_key(vals: list[Any], descending: bool) -> tuple[Any, ...]:
+    """An array sorts by its smallest element ascending, its largest descending (MongoDB)."""
+    keys = _index_keys(vals)
+    if len(keys) == 1:
+        return keys[0]
+    return max(keys) if descending else min(keys)
+
+
+def _sort_key_fn(
+    get: Callable[[Document], list[Any]], desc: bool
+) -> Callable[[Document], tuple[Any, ...]]:
+    return lambda d: _sort_key(get(d), desc)
+
+
+def _sort_docs(docs: list[Document], sort: Sort) -> None:
+    for path, direction in reversed(sort):  # stable sorts, least significant key first
+        get = _getter(path)
+        desc = direction < 0
+        docs.sort(key=_sort_key_fn(get, desc), reverse=desc)
+
+
+# --------------------------------------------------------------------------- filters
+
+Pred = Callable[[Document], bool]
+
+_COMPARE = {
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+}
+_RANGE_OPS = frozenset(_COMPARE)
+
+
+def _is_operator_doc(cond: Any) -> bool:
+    return type(cond) is dict and bool(cond) and all(k.startswith("$") for k in cond)
+
+
+def _values_eq(vals: list[Any], x: Any) -> bool:
+    """MongoDB equality on a path: the value, or any element of an array, equals ``x``."""
+    if x is None and not vals:
+        return True
+    for v in vals:
+        if _eq(v, x):
+            return True
+        if type(v) is list:
+            for e in v:
+                if _eq(e, x):
+                    return True
+    return False
+
+
+def _all_of(preds: list[Pred]) -> Pred:
+    if len(preds) == 1:
+        return preds[0]
+
+    def all_of(d: Document) -> bool:
+        for p in preds:
+            if not p(d):
+                return False
+        return True
+
+    return all_of
+
+
+def _any_of(preds: list[Pred]) -> Pred:
+    return lambda d: any(p(d) for p in preds)
+
+
+def _negate(pred: Pred) -> Pred:
+    return lambda d: not pred(d)
+
+
+def _exists_pred(path: str, want: bool) -> Pred:
+    get = _getter(path)
+    return lambda d: bool(get(d)) is want
+
+
+def _compile(filter: Filter) -> Pred:
+    preds: list[Pred] = []
+    for key, cond in filter.items():
+        if key == "$and" or key == "$or" or key == "$nor":
+            if not isinstance(cond, list | tuple) or not cond:
+                raise ValueError(f"{key} needs a non-empty list of filters")
+            subs = [_compile(f) for f in cond]
+            if key == "$and":
+                preds.append(_all_of(subs))
+            elif key == "$or":
+                preds.append(_any_of(subs))
+            else:
+                preds.append(_negate(_any_of(subs)))
+        elif key.startswith("$"):
+            raise ValueError(f"unsupported top-level operator {key}")
+        else:
+            preds.append(_compile_field(key, cond))
+    if not preds:
+        return lambda d: True
+    return _all_of(preds)
+
+
+def _compile_field(path: str, cond: Any) -> Pred:
+    if not _is_operator_doc(cond):
+        return _eq_pred(path, cond)
+    preds: list[Pred] = []
+    for op, x in cond.items():
+        if op == "$eq":
+            preds.append(_eq_pred(path, x))
+        elif op == "$ne":
+            preds.append(_negate(_eq_pred(path, x)))
+        elif op in _RANGE_OPS:
+            preds.append(_compare_pred(path, op, x))
+        elif op == "$in":
+            preds.append(_in_pred(path, x))
+        elif op == "$nin":
+            preds.append(_negate(_in_pred(path, x)))
+        elif op == "$exists":
+            preds.append(_exists_pred(path, bool(x)))
+        else:
+            raise ValueError(f"unsupported query operator {op}")
+    if len(preds) == 1:
+        return preds[0]
+    return lambda d: all(p(d) for p in preds)
+
+
+def _eq_pred(path: str, x: Any) -> Pred:
+    x = _copy(x) if type(x) in (dict, list) else x
+    if "." in path or type(x) in (dict, list, tuple):
+        get = _getter(path)
+        return lambda d: _values_eq(get(d), x)
+    tx = type(x)
+    if x is None:
+
+        def eq_none(d: Document) -> bool:
+            v = d.get(path)
+            return v is None or (type(v) is list and any(e is None for e in v))
+
+        return eq_none
+    if tx is bool:
+
+        def eq_bool(d: Document) -> bool:
+            v = d.get(path)
+            return v is x or (type(v) is list and any(e is x for e in v))
+
+        return eq_bool
+    if tx is str:
+
+        def eq_str(d: Document) -> bool:
+            v = d.get(path)
+            return v == x or (type(v) is list and x in v)
+
+        return eq_str
+    if tx is int or tx is float:
+
+        def eq_num(d: Document) -> bool:
+            v: Any = d.get(path)
+            tv = type(v)
+            if tv is int or tv is float:
+                return bool(v == x)
+            return tv is list and any(_eq(e, x) for e in v)
+
+        return eq_num
+    get = _getter(path)
+    return lambda d: _values_eq(get(d), x)
+
+
+def _compare_pred(path: str, op: str, x: Any) -> Pred:
+    if x is None:
+        if op in ("$gte", "$lte"):  # MongoDB: {$gte: null} matches null and missing
+            return _eq_pred(path, None)
+        return lambda d: False
+    cls = _type_class(x)
+    cmp = _COMPARE[op]
+    get = _getter(path)
+    if cls in (_R_OBJECT, _R_ARRAY):
+        kx = _key(x)
+
+        def ok_key(v: Any) -> bool:
+            return _type_class(v) == cls and bool(cmp(_key(v), kx))
+
+        ok: Callable[[Any], bool] = ok_key
+    elif cls == _R_NUMBER:
+
+        def ok_num(v: Any) -> bool:
+            tv = type(v)
+            return (tv is int or tv is float) and bool(cmp(v, x))
+
+        ok = ok_num
+    else:
+
+        def ok_other(v: Any) -> bool:
+            if _type_class(v) != cls:
+                return False
+            try:
+                return bool(cmp(v, x))
+            except TypeError:
+                return False
+
+        ok = ok_other
+
+    if "." not in path and cls == _R_STRING:
+
+        def str_fast(d: Document) -> bool:
+            v = d.get(path)
+            if type(v) is str:
+                return bool(cmp(v, x))
+            return type(v) is list and any(type(e) is str and cmp(e, x) for e in v)
+
+        return str_fast
+
+    def pred(d: Document) -> bool:
+        for v in get(d):
+            if ok(v):
+                return True
+            if type(v) is list and cls != _R_ARRAY and any(ok(e) for e in v):
+                return True
+        return False
+
+    return pred
+
+
+def _in_pred(path: str, xs: Any) -> Pred:
+    if not isinstance(xs, list | tuple | set | frozenset):
+        raise ValueError("$in / $nin need an array")
+    xs = list(xs)
+    if "." not in path and all(type(x) is str or x is None for x in xs):
+        strs = frozenset(x for x in xs if x is not None)
+        has_none = any(x is None for x in xs)
+
+        def in_str(d: Document) -> bool:
+            v = d.get(path)
+            if type(v) is str:
+                return v in strs
+            if v is None:
+                return has_none
+            if type(v) is list:
+                return any((type(e) is str and e in strs) or (e is None and has_none) for e in v)
+            return False
+
+        return in_str
+    get = _getter(path)
+    xs = _copy(xs)
+    return lambda d: any(_values_eq(get(d), x) for x in xs)
+
+
+# --------------------------------------------------------------------------- updates
+
+_UPDATE_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert", "$push"})
+
+
+def _check_update(update: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    if not update:
+        raise ValueError("empty update")
+    for op, fields in update.items():
+        if op not in _UPDATE_OPS:
+            if not op.startswith("$"):
+                raise ValueError("replacement documents are not supported: use $set")
+            raise ValueError(f"unsupported update operator {op}")
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"{op} needs a document")
+        for path in fields:
+            if path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS:
+                raise ValueError(f"{path} is reserved for the outbox")
+    ops: dict[str, dict[str, Any]] = _copy({op: dict(f) for op, f in update.items()})
+    return ops
+
+
+class _Writer:
+    """Applies update paths to a new version of a document, copying what it changes."""
+
+    def __init__(self, base: Document) -> None:
+        self.doc: Document = dict(base)
+        self._fresh: set[int] = {id(self.doc)}
+
+    def _own(self, parent: Any, part: Any, child: Any) -> Any:
+        if id(child) in self._fresh:
+            return child
+        new: Any = dict(child) if type(child) is dict else list(child)
+        parent[part] = new
+        self._fresh.add(id(new))
+        return new
+
+    def _parent(self, parts: Sequence[str], create: bool) -> tuple[Any, Any] | None:
+        """The container holding the last part (copied for writing), or None if absent."""
+        cur: Any = self.doc
+        for part in parts[:-1]:
+            if type(cur) is dict:
+                nxt = cur.get(part, _MISSING)
+                if nxt is _MISSING:
+                    if not create:
+                        return None
+                    nxt = {}
+                    cur[part] = nxt
+                    self._fresh.add(id(nxt))
+                    cur = nxt
+                    continue
+                key: Any = part
+            elif type(cur) is list:
+                if not part.isdigit():
+                    raise ValueError(f"cannot use the part {part!r} to traverse an array")
+                key = int(part)
+                if key >= len(cur):
+                    if not create:
+                        return None
+                    cur.extend([None] * (key + 1 - len(cur)))
+                    cur[key] = nxt = {}
+                    self._fresh.add(id(nxt))
+                    cur = nxt
+                    continue
+                nxt = cur[key]
+            else:  # pragma: no cover - guarded below
+                raise ValueError("cannot traverse a scalar")
+            if type(nxt) is not dict and type(nxt) is not list:
+                if not create:
+                    return None
+                raise ValueError(f"cannot create field {part!r}.* in a {type(nxt).__name__}")
+            cur = self._own(cur, key, nxt)
+        last: Any = parts[-1]
+        if type(cur) is list:
+            if not last.isdigit():
+                raise ValueError(f"cannot use the part {last!r} to traverse an array")
+            last = int(last)
+        return cur, last
+
+    def get(self, parts: Sequence[str]) -> Any:
+        cur: Any = self.doc
+        for part in parts:
+            if type(cur) is dict:
+                cur = cur.get(part, _MISSING)
+            elif type(cur) is list and part.isdigit() and int(part) < len(cur):
+                cur = cur[int(part)]
+            else:
+                return _MISSING
+            if cur is _MISSING:
+                return _MISSING
+        return cur
+
+    def set(self, parts: Sequence[str], value: Any) -> None:
+        where = self._parent(parts, create=True)
+        assert where is not None
+        cont, last = where
+        if type(cont) is list and last >= len(cont):
+            cont.extend([None] * (last + 1 - len(cont)))
+        cont[last] = value
+
+    def unset(self, parts: Sequence[str]) -> None:
+        where = self._parent(parts, create=False)
+        if where is None:
+            return
+        cont, last = where
+        if type(cont) is dict:
+            cont.pop(last, None)
+        elif last < len(cont):
+            cont[last] = None  # MongoDB: $unset on an array element leaves null
+
+    def apply(self, ops: Mapping[str, Mapping[str, Any]], inserting: bool) -> None:
+        for op, fields in ops.items():
+            for path, value in fields.items():
+                parts = _split(path)
+                if op == "$set" or (op == "$setOnInsert" and inserting):
+                    self.set(parts, value)
+                elif op == "$unset":
+                    self.unset(parts)
+                elif op == "$inc":
+                    if type(value) not in _NUMBER_TYPES:
+                        raise ValueError(f"$inc needs a number for {path}")
+                    cur = self.get(parts)
+                    if cur is _MISSING:
+                        self.set(parts, value)
+                    elif type(cur) in _NUMBER_TYPES:
+                        self.set(parts, cur + value)
+                    else:
+                        raise ValueError(f"$inc on a non-numeric field {path}")
+                elif op == "$push":
+                    cur = self.get(parts)
+                    if cur is _MISSING:
+                        cur = []
+                    elif type(cur) is not list:
+                        raise ValueError(f"$push on a non-array field {path}")
+                    if type(value) is dict and any(k.startswith("$") for k in value):
+                        if set(value) != {"$each"} or type(value["$each"]) is not list:
+                            raise ValueError("$push supports only {$each: [...]} as a modifier")
+                        self.set(parts, [*cur, *value["$each"]])
+                    else:
+                        self.set(parts, [*cur, value])
+
+
+def _touched(ops: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The paths an update may change ($setOnInsert never changes an existing document)."""
+    return list({p for op, fields in ops.items() if op != "$setOnInsert" for p in fields})
+
+
+def _upsert_seed(filter: Filter) -> list[tuple[str, Any]]:
+    """The equality conditions MongoDB copies into an upserted document."""
+    out: list[tuple[str, Any]] = []
+    for key, cond in filter.items():
+        if key == "$and":
+            for sub in cond:
+                out.extend(_upsert_seed(sub))
+        elif key.startswith("$"):
+            continue
+        elif _is_operator_doc(cond):
+            if "$eq" in cond:
+                out.append((key, cond["$eq"]))
+        else:
+            out.append((key, cond))
+    return out
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _conjuncts(filter: Filter) -> Iterator[tuple[str, Any]]:
+    for key, cond in filter.items():
+        if key == "$and":
+            for sub in cond:
+                yield from _conjuncts(sub)
+        elif not key.startswith("$"):
+            yield key, cond
+
+
+_Bound = tuple[tuple[Any, ...], bool]  # (key, inclusive)
+
+
+class _Constraints:
+    """What the top-level conjunction says about single fields, for the planner."""
+
+    def __init__(self, filter: Filter) -> None:
+        self.eq: dict[str, list[tuple[Any, ...]]] = {}
+        self.ranges: dict[str, tuple[_Bound, _Bound]] = {}  # type-bracketed, both ends
+        for path, cond in _conjuncts(filter):
+            if _is_operator_doc(cond):
+                if "$eq" in cond:
+                    self._add_eq(path, [cond["$eq"]])
+                if "$in" in cond and isinstance(cond["$in"], list | tuple):
+                    self._add_eq(path, list(cond["$in"]))
+                lo: _Bound | None = None
+                hi: _Bound | None = None
+                cls = None
+                ok = True
+                for op in ("$gt", "$gte", "$lt", "$lte"):
+                    if op not in cond:
+                        continue
+                    x = cond[op]
+                    c = _type_class(x)
+                    if c not in (_R_NUMBER, _R_STRING) or (cls is not None and c != cls):
+                        ok = False
+                        break
+                    cls = c
+                    if op in ("$gt", "$gte"):
+                        lo = (_key(x), op == "$gte")
+                    else:
+                        hi = (_key(x), op == "$lte")
+                if ok and cls is not None and path not in self.ranges:
+                    # open ends stay within the type bracket
+                    lo = lo or ((cls,), True)
+                    hi = hi or ((cls + 1,), False)
+                    self.ranges[path] = (lo, hi)
+            else:
+                self._add_eq(path, [cond])
+
+    def _add_eq(self, path: str, values: list[Any]) -> None:
+        # arrays as values match whole arrays or elements: leave those to the scan
+        if any(type(v) in (list, tuple) for v in values):
+            return
+        keys = list(dict.fromkeys(_key(v) for v in values))
+        if path not in self.eq or len(keys) < len(self.eq[path]):
+            self.eq[path] = keys
+
+
+def _point(key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Search bounds covering exactly the entries whose key equals ``key``."""
+    return (key,), ((*key, 1),)
+
+
+class _Idx:
+    """One declared index: prefix values -> sorted [(key of last field, _id)]."""
+
+    def __init__(self, spec: Index) -> None:
+        self.spec = spec
+        self.paths = tuple(p for p, _ in spec.fields)
+        self.getters = [_getter(p) for p in self.paths]
+        self.unique = spec.unique
+        self.sparse = spec.sparse
+        self.buckets: dict[tuple[Any, ...], list[tuple[tuple[Any, ...], str]]] = {}
+        self.multikey = False
+
+    def touched_by(self, paths: Iterable[str]) -> bool:
+        """Whether an update of these paths can change this index's entries."""
+        for path in paths:
+            for mine in self.paths:
+                if path == mine or mine.startswith(path + ".") or path.startswith(mine + "."):
+                    return True
+        return False
+
+    def entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        first = self.getters[0](doc)
+        if self.sparse and not first:
+            return []
+        per_field = [_index_keys(first)] + [_index_keys(g(doc)) for g in self.getters[1:]]
+        if all(len(k) == 1 for k in per_field):
+            keys = [k[0] for k in per_field]
+            return [(tuple(keys[:-1]), keys[-1])]
+        self.multikey = True
+        return [(combo[:-1], combo[-1]) for combo in itertools.product(*per_field)]
+
+    def add(self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+        for prefix, key in entries:
+            bucket = self.buckets.get(prefix)
+            if bucket is None:
+                self.buckets[prefix] = [(key, doc_id)]
+            else:
+                insort(bucket, (key, doc_id))
+
+    def remove(
+        self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]
+    ) -> None:
+        for prefix, key in entries:
+            bucket = self.buckets[prefix]
+            i = bisect_left(bucket, (key, doc_id))
+            if i < len(bucket) and bucket[i] == (key, doc_id):
+                del bucket[i]
+            if not bucket:
+                del self.buckets[prefix]
+
+    def conflict(
+        self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]
+    ) -> bool:
+        for prefix, key in entries:
+            bucket = self.buckets.get(prefix)
+            if not bucket:
+                continue
+            i = bisect_left(bucket, (key,))
+            while i < len(bucket) and bucket[i][0] == key:
+                if bucket[i][1] != doc_id:
+                    return True
+                i += 1
+        return False
+
+
+class _Plan:
+    def __init__(
+        self,
+        idx: _Idx,
+        slices: list[tuple[list[tuple[tuple[Any, ...], str]], int, int]],
+        ordered: bool,
+    ) -> None:
+        self.idx = idx
+        self.slices = slices
+        self.count = sum(hi - lo for _, lo, hi in slices)
+        self.ordered = ordered  # entries come in the order of the sort's first key
+
+    def ids(self) -> Iterator[str]:
+        dedupe = self.idx.multikey or len(self.slices) > 1
+        seen: set[str] = set()
+        for bucket, lo, hi in self.slices:
+            for i in range(lo, hi):
+                doc_id = bucket[i][1]
+                if dedupe:
+                    if doc_id in seen:
+                        continue
+                    seen.add(doc_id)
+                yield doc_id
+
+    def ordered_entries(self, descending: bool) -> Iterator[tuple[tuple[Any, ...], str]]:
+        def walk(
+            bucket: list[tuple[tuple[Any, ...], str]], lo: int, hi: int
+        ) -> Iterator[tuple[tuple[Any, ...], str]]:
+            rng = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
+            for i in rng:
+                yield bucket[i]
+
+        walks = [walk(b, lo, hi) for b, lo, hi in self.slices if hi > lo]
+        if len(walks) == 1:
+            return walks[0]
+        return heapq.merge(*walks, reverse=descending)
+
+
+def _plan(coll: _Coll, cons: _Constraints, sort: Sort | None, want: int) -> _Plan | None:
+    best: _Plan | None = None
+    best_score = 0
+    sort_first = sort[0][0] if sort else None
+    for idx in coll.indexes:
+        paths = idx.paths
+        prefix_paths, last = paths[:-1], paths[-1]
+        if any(p not in cons.eq for p in prefix_paths):
+            continue
+        if idx.sparse:
+            first = paths[0]
+            if first in cons.eq:
+                if _NULL_KEY in cons.eq[first]:
+                    continue
+            elif not (len(paths) == 1 and first in cons.ranges):
+                continue
+        prefixes = list(itertools.product(*(cons.eq[p] for p in prefix_paths)))
+        if len(prefixes) > 256:
+            continue
+        if last in cons.eq:
+            bounds = [_point(k) for k in cons.eq[last]]
+        elif last in cons.ranges:
+            (lo_key, lo_inc), (hi_key, hi_inc) = cons.ranges[last]
+            lo_b = (lo_key,) if lo_inc else ((*lo_key, 1),)
+            hi_b = ((*hi_key, 1),) if hi_inc else (hi_key,)
+            bounds = [(lo_b, hi_b)]
+        else:
+            bounds = [((), ((_R_OTHER + 1,),))]  # the whole bucket
+        slices = []
+        for prefix in prefixes:
+            bucket = idx.buckets.get(prefix)
+            if not bucket:
+                continue
+            for lo_b, hi_b in bounds:
+                lo, hi = bisect_left(bucket, lo_b), bisect_left(bucket, hi_b)
+                if hi > lo:
+                    slices.append((bucket, lo, hi))
+        # an array sorts by its smallest (largest) element, whatever the range
+        # picked: walk a multikey index in order only when no array is in it
+        ordered = sort_first == last and last not in cons.eq and not idx.multikey
+        plan = _Plan(idx, slices, ordered)
+        score = min(plan.count, want) if (ordered and want) else plan.count
+        if best is None or score < best_score:
+            best, best_score = plan, score
+    return best
+
+
+# --------------------------------------------------------------------------- collections
+
+
+class _Coll:
+    def __init__(self) -> None:
+        self.docs: dict[str, Document] = {}
+        self.indexes: list[_Idx] = []
+
+    def add_index(self, spec: Index) -> None:
+        if any(i.spec == spec for i in self.indexes):
+            return
+        idx = _Idx(spec)
+        for doc_id, doc in self.docs.items():
+            entries = idx.entries(doc)
+            if idx.unique and idx.conflict(doc_id, entries):
+                raise DuplicateKey(f"cannot build unique index {spec.name}: duplicates exist")
+            idx.add(doc_id, entries)
+        self.indexes.append(idx)
+
+    # --- reading
+
+    def candidates(
+        self, filter: Filter, sort: Sort | None, want: int
+    ) -> tuple[Iterable[str], _Plan | None]:
+        direct = filter.get("_id")
+        if type(direct) is str:  # the common case: no planning
+            return ([direct] if direct in self.docs else []), None
+        cons = _Constraints(filter)
+        ids = cons.eq.get("_id")
+        if ids is not None:
+            found = [k[1] for k in ids if k[0] == _R_STRING and k[1] in self.docs]
+            return found, None
+        plan = _plan(self, cons, sort, want)
+        if plan is None:
+            return self.docs.keys(), None
+        return plan.ids(), plan
+
+    def select(
+        self, filter: Filter, sort: Sort | None = None, skip: int = 0, limit: int = 0
+    ) -> list[Document]:
+        """Matching stored documents (not copies), sorted and sliced."""
+        pred = _compile(filter)
+        want = skip + limit if limit else 0
+        ids, plan = self.candidates(filter, sort, want)
+        docs = self.docs
+        if sort and plan is not None and plan.ordered:
+            out: list[Document] = []
+            seen: set[str] = set()
+            last_key: Any = _MISSING
+            single = len(sort) == 1
+            for key, doc_id in plan.ordered_entries(sort[0][1] < 0):
+                if want and len(out) >= want and (single or key != last_key):
+                    break  # ties on the first key still matter to the later keys
+                if doc_id in seen:
+                    continue
+                seen.add(doc_id)
+                doc = docs[doc_id]
+                if not pred(doc):
+                    continue
+                out.append(doc)
+                last_key = key
+            if len(sort) > 1:
+                _sort_docs(out, sort)
+        else:
+            if not sort and want:
+                out = []
+                for doc_id in ids:
+                    doc = docs[doc_id]
+                    if pred(doc):
+                        out.append(doc)
+                        if len(out) >= want:
+                            break
+            else:
+                out = [d for d in (docs[i] for i in ids) if pred(d)]
+                if sort and want and len(sort) == 1 and len(out) > 2 * want:
+                    path, direction = sort[0]
+                    key_fn = _sort_key_fn(_getter(path), direction < 0)
+                    pick = heapq.nlargest if direction < 0 else heapq.nsmallest
+                    out = pick(want, out, key=key_fn)  # = sorted(...)[:want], stable
+                elif sort:
+                    _sort_docs(out, sort)
+        if skip or limit:
+            out = out[skip : skip + limit] if limit else out[skip:]
+        return out
+
+    def count(self, filter: Filter) -> int:
+        pred = _compile(filter)
+        if not filter:
+            return len(self.docs)
+        ids, _ = self.candidates(filter, None, 0)
+        docs = self.docs
+        return sum(1 for i in ids if pred(docs[i]))
+
+    # --- writing (callers have copied and checked the documents)
+
+    def check_unique(
+        self, doc_id: str, entries: list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]
+    ) -> None:
+        for idx, ents in zip(self.indexes, entries, strict=True):
+            if idx.unique and idx.conflict(doc_id, ents):
+                raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
+
+    def entries(self, doc: Document) -> list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
+        return [idx.entries(doc) for idx in self.indexes]
+
+    def insert(self, doc: Document) -> None:
+        doc_id = doc["_id"]
+        if doc_id in self.docs:
+            raise DuplicateKey(f"duplicate _id {doc_id!r}")
+        entries = self.entries(doc)
+        self.check_unique(doc_id, entries)
+        self.docs[doc_id] = doc
+        for idx, ents in zip(self.indexes, entries, strict=True):
+            idx.add(doc_id, ents)
+
+    def replace(self, old: Document, new: Document, touched: Iterable[str]) -> None:
+        """Swap in a new version; ``touched`` are the update's paths (to skip other indexes)."""
+        doc_id = old["_id"]
+        changed = []
+        for idx in self.indexes:
+            if not idx.touched_by(touched):
+                continue
+            o, n = idx.entries(old), idx.entries(new)
+            if o != n:
+                changed.append((idx, o, n))
+        for idx, _, n in changed:
+            if idx.unique and idx.conflict(doc_id, n):
+                raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
+        for idx, o, n in changed:
+            idx.remove(doc_id, o)
+            idx.add(doc_id, n)
+        self.docs[doc_id] = new
+
+    def delete(self, doc: Document) -> None:
+        doc_id = doc["_id"]
+        for idx, ents in zip(self.indexes, self.entries(doc), strict=True):
+            idx.remove(doc_id, ents)
+        del self.docs[doc_id]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _check_doc(doc: Mapping[str, Any]) -> None:
+    for name in OUTBOX_FIELDS:
+        if name in doc:
+            raise ValueError(f"{name} is reserved for the outbox")
+
+
+def _check_events(events: Sequence[Document]) -> None:
+    for ev in events:
+        if not isinstance(ev, Mapping) or "id" not in ev:
+            raise ValueError("an outbox event needs an 'id' (clear_events removes by id)")
+
+
+class MemoryStore:
+    """The embedded, in-process ``Store`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._colls: dict[str, _Coll] = {}
+        self._seq = itertools.count(1)
+        # the outbox: every pending event by sequence (dict order = write order) ...
+        self._pending: dict[int, OutboxItem] = {}
+        # ... and each document's pending sequences
+        self._doc_events: dict[tuple[str, str], list[int]] = {}
+
+    def _reading(self, name: str) -> _Coll:
+        """The collection, or an empty stand-in (reading never creates one)."""
+        return self._colls.get(name) or _Coll()
+
+    def _coll(self, name: str) -> _Coll:
+        coll = self._colls.get(name)
+        if coll is None:
+            coll = self._colls[name] = _Coll()
+        return coll
+
+    # --- lifecycle
+
+    async def start(self, indexes: Mapping[str, Sequence[Index]]) -> None:
+        for name, specs in indexes.items():
+            coll = self._coll(name)
+            for spec in specs:
+                coll.add_index(spec)
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    # --- outbox helpers
+
+    def _write_events(self, coll: str, doc_id: str, events: Sequence[Document]) -> None:
+        if not events:
+            return
+        seqs = self._doc_events.setdefault((coll, doc_id), [])
+        for ev in events:
+            seq = next(self._seq)
+            self._pending[seq] = OutboxItem(coll, doc_id, ev)
+            seqs.append(seq)
+
+    def _drop_events(self, coll: str, doc_id: str) -> None:
+        for seq in self._doc_events.pop((coll, doc_id), ()):
+            self._pending.pop(seq, None)
+
+    # --- reads
+
+    async def get(self, coll: str, doc_id: str) -> Document | None:
+        c = self._colls.get(coll)
+        if c is None:
+            return None
+        doc = c.docs.get(doc_id)
+        return None if doc is None else _copy(doc)
+
+    async def find_one(
+        self, coll: str, filter: Filter, sort: Sort | None = None
+    ) -> Document | None:
+        found = self._reading(coll).select(filter, sort, 0, 1)
+        return _copy(found[0]) if found else None
+
+    async def find(
+        self,
+        coll: str,
+        filter: Filter,
+        *,
+        sort: Sort | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[Document]:
+        if skip < 0 or limit < 0:
+            raise ValueError("skip and limit must not be negative")
+        return [_copy(d) for d in self._reading(coll).select(filter, sort, skip, limit)]
+
+    async def count(self, coll: str, filter: Filter) -> int:
+        return self._reading(coll).count(filter)
+
+    # --- writes
+
+    async def insert(self, coll: str, doc: Document, events: Sequence[Document] = ()) -> None:
+        _check_doc(doc)
+        _check_events(events)
+        new: Document = _copy(doc)
+        if "_id" not in new:
+            new["_id"] = uuid.uuid4().hex
+        elif type(new["_id"]) is not str:
+            raise TypeError("_id must be a string")
+        evs = [_copy(e) for e in events]
+        self._coll(coll).insert(new)
+        self._write_events(coll, new["_id"], evs)
+
+    async def update_one(
+        self,
+        coll: str,
+        filter: Filter,
+        update: Mapping[str, Any],
+        *,
+        events: Sequence[Document] = (),
+        upsert: bool = False,
+    ) -> Document | None:
+        ops = _check_update(update)
+        _check_events(events)
+        c = self._coll(coll)
+        found = c.select(filter, None, 0, 1)
+        if found:
+            old = found[0]
+            w = _Writer(old)
+            w.apply(ops, inserting=False)
+            new = w.doc
+            if new.get("_id") != old["_id"]:
+                raise ValueError("the _id of a document cannot change")
+            c.replace(old, new, _touched(ops))
+        elif upsert:
+            w = _Writer({})
+            for path, value in _upsert_seed(filter):
+                w.set(_split(path), _copy(value))
+            w.apply(ops, inserting=True)
+            new = w.doc
+            if "_id" not in new:
+                new = {"_id": uuid.uuid4().hex, **new}
+            elif type(new["_id"]) is not str:
+                raise TypeError("_id must be a string")
+            c.insert(new)
+        else:
+            return None
+        self._write_events(coll, new["_id"], [_copy(e) for e in events])
+        return _copy(new)
+
+    async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int:
+        """Update every match; returns how many matched (as ``matched_count``)."""
+        ops = _check_update(update)
+        c = self._reading(coll)
+        matched = c.select(filter)
+        touched = _touched(ops)
+        for old in matched:
+            w = _Writer(old)
+            w.apply(ops, inserting=False)
+            if w.doc.get("_id") != old["_id"]:
+                raise ValueError("the _id of a document cannot change")
+            c.replace(old, w.doc, touched)  # a DuplicateKey stops here, as on MongoDB
+        return len(matched)
+
+    async def delete_one(self, coll: str, filter: Filter) -> bool:
+        c = self._reading(coll)
+        found = c.select(filter, None, 0, 1)
+        if not found:
+            return False
+        c.delete(found[0])
+        self._drop_events(coll, found[0]["_id"])
+        return True
+
+    async def delete_many(self, coll: str, filter: Filter) -> int:
+        c = self._reading(coll)
+        found = c.select(filter)
+        for doc in found:
+            c.delete(doc)
+            self._drop_events(coll, doc["_id"])
+        return len(found)
+
+    # --- the outbox
+
+    async def pending_events(self, limit: int = 500) -> list[OutboxItem]:
+        out: list[OutboxItem] = []
+        for item in self._pending.values():
+            if limit and len(out) >= limit:
+                break
+            out.append(OutboxItem(item.collection, item.doc_id, _copy(item.event)))
+        return out
+
+    async def clear_events(self, items: Sequence[OutboxItem]) -> None:
+        by_doc: dict[tuple[str, str], set[Any]] = {}
+        for item in items:
+            by_doc.setdefault((item.collection, item.doc_id), set()).add(item.event.get("id"))
+        for key, ids in by_doc.items():
+            seqs = self._doc_events.get(key)
+            if not seqs:
+                continue
+            keep = []
+            for seq in seqs:
+                if self._pending[seq].event.get("id") in ids:
+                    del self._pending[seq]
+                else:
+                    keep.append(seq)
+            if keep:
+                self._doc_events[key] = keep
+            else:
+                del self._doc_events[key]
