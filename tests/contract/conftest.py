@@ -1,3 +1,71 @@
-"""Contract-suite fixtures: each port's fixtures live in their own module."""
+"""Contract-suite fixtures: the bus's live in bus_fixtures.py, the store's below."""
 
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo_async_mock import AsyncMongoMockClient
+
+from adapters.memory_store import MemoryStore
+from adapters.mongo_store import MongoStore
+from gateway.ports import Index, Store
 from tests.contract.bus_fixtures import *  # noqa: F403
+
+# --------------------------------------------------------------------------- store
+#
+# ``store`` runs a test against every Store adapter: the embedded MemoryStore,
+# MongoStore on the in-process emulator (pymongo-async-mock, mongomock
+# underneath), and MongoStore on a real MongoDB when MONGODB_URL is set (a
+# throwaway database, dropped afterwards). A test module declares the indexes
+# its collections need as ``STORE_INDEXES = {collection: [Index, ...]}``.
+
+STORE_BACKENDS = [
+    "memory",
+    "mongo-emulator",
+    pytest.param("mongo-real", marks=pytest.mark.mongodb),
+]
+
+
+class _EmulatorClient(AsyncMongoMockClient):  # type: ignore[misc]
+    """The emulator's client, with PyMongo's awaitable ``close()``.
+
+    pymongo-async-mock 0.1.3 forwards ``close`` to mongomock's synchronous
+    one (``await client.close()`` would fail on ``None``); there is nothing to
+    release in memory, so closing does nothing.
+    """
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    indexes: Mapping[str, Sequence[Index]] = getattr(request.module, "STORE_INDEXES", {})
+    kind: str = request.param
+    db_name = f"cer_contract_{uuid.uuid4().hex[:12]}"
+    url = os.environ.get("MONGODB_URL", "")
+    s: MemoryStore | MongoStore
+    if kind == "memory":
+        s = MemoryStore()
+    elif kind == "mongo-emulator":
+        s = MongoStore(None, db_name, client_factory=_EmulatorClient)
+    else:
+        if not url:
+            pytest.skip("MONGODB_URL not set: real MongoDB contract run skipped")
+        s = MongoStore(url, db_name)
+    await s.start(indexes)
+    try:
+        yield s
+    finally:
+        await s.close()
+        if kind == "mongo-real":
+            client: AsyncMongoClient[Any] = AsyncMongoClient(url, serverSelectionTimeoutMS=2000)
+            try:
+                await client.drop_database(db_name)
+            finally:
+                await client.close()
