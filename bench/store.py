@@ -1,0 +1,161 @@
+"""Sanity figures for the embedded store (not a test): ``python -m bench.store``.
+
+Prints inserts/s, conditional updates/s (the booking guard, sequential and as
+200 concurrent bookers) and the gateway's hot query -- free cardiology slots in
+a date range, sorted by start, first 20 -- over 50,000 slot documents, with and
+without the index that serves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapters.memory_store import MemoryStore
+from gateway.ports import Index
+from gateway.timeutil import to_store
+
+SLOTS = "slots"
+INDEXES = {
+    SLOTS: [
+        Index((("type", 1), ("status", 1), ("category", 1), ("start", 1))),
+        Index((("tenant", 1), ("start", 1))),
+        Index((("tenant", 1), ("ext", 1)), unique=True),
+    ]
+}
+CATEGORIES = ["cardiology", "dermatology", "neurology", "orthopedics", "ophthalmology"]
+BASE = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def slot(i: int, rng: random.Random) -> dict[str, Any]:
+    start = BASE + timedelta(minutes=10 * rng.randrange(0, 90 * 24 * 6))
+    return {
+        "_id": f"slot-{i:06d}",
+        "tenant": f"prov-{rng.randrange(40):02d}",
+        "ext": f"e{i}",
+        "type": "Slot",
+        "status": "free" if rng.random() < 0.8 else "busy",
+        "scope": rng.choice(["nfz", "private"]),
+        "category": rng.choice(CATEGORIES),
+        "start": to_store(start),
+        "end": to_store(start + timedelta(minutes=10)),
+        "postal_code": f"{rng.randrange(100):02d}-{rng.randrange(1000):03d}",
+    }
+
+
+def query(rng: random.Random) -> tuple[dict[str, Any], list[tuple[str, int]], int]:
+    lo = BASE + timedelta(days=rng.randrange(0, 80))
+    hi = lo + timedelta(days=7)
+    return (
+        {
+            "type": "Slot",
+            "status": "free",
+            "category": "cardiology",
+            "start": {"$gte": to_store(lo), "$lt": to_store(hi)},
+        },
+        [("start", 1)],
+        20,
+    )
+
+
+async def time_query(store: MemoryStore, runs: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    times = []
+    for _ in range(runs):
+        filt, sort, limit = query(rng)
+        t0 = time.perf_counter()
+        found = await store.find(SLOTS, filt, sort=sort, limit=limit)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert len(found) == limit
+        assert [d["start"] for d in found] == sorted(d["start"] for d in found)
+    return times
+
+
+def ms(times: list[float]) -> str:
+    q = statistics.quantiles(times, n=100, method="inclusive")
+    return f"median {statistics.median(times):.3f} ms, p99 {q[98]:.3f} ms, max {max(times):.3f} ms"
+
+
+async def main(n: int, updates: int) -> None:
+    print(
+        f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
+        f"({platform.python_implementation()}) {platform.system()} {platform.machine()}"
+    )
+    rng = random.Random(1)
+    docs = [slot(i, rng) for i in range(n)]
+
+    store = MemoryStore()
+    await store.start(INDEXES)
+    t0 = time.perf_counter()
+    for d in docs:
+        await store.insert(SLOTS, d)
+    dt = time.perf_counter() - t0
+    print(f"inserts: {n} slot docs (3 indexes) in {dt:.2f} s = {n / dt:,.0f}/s")
+
+    ids = [d["_id"] for d in docs]
+    picks = [rng.choice(ids) for _ in range(updates)]
+    t0 = time.perf_counter()
+    won = 0
+    for i, sid in enumerate(picks):
+        res = await store.update_one(
+            SLOTS,
+            {"_id": sid, "status": "free"},
+            {"$set": {"status": "busy", "by": i}},
+            events=[{"id": f"ev-{i}", "type": "booking.made", "body": {"slot": sid}}],
+        )
+        won += res is not None
+    dt = time.perf_counter() - t0
+    print(
+        f"conditional updates: {updates} in {dt:.2f} s = {updates / dt:,.0f}/s "
+        f"({won} won, {updates - won} found the slot taken), with one outbox event each"
+    )
+    items = await store.pending_events(limit=0)
+    await store.clear_events(items)
+
+    free = [d["_id"] for d in docs if d["status"] == "free"][:200]
+    for sid in free:  # make them free again for the race
+        await store.update_one(SLOTS, {"_id": sid}, {"$set": {"status": "free"}})
+
+    async def booker(i: int) -> int:
+        wins = 0
+        for sid in free:
+            res = await store.update_one(
+                SLOTS, {"_id": sid, "status": "free"}, {"$set": {"status": "busy", "by": i}}
+            )
+            wins += res is not None
+        return wins
+
+    t0 = time.perf_counter()
+    wins = await asyncio.gather(*(booker(i) for i in range(200)))
+    dt = time.perf_counter() - t0
+    total = 200 * len(free)
+    print(
+        f"200 concurrent bookers x {len(free)} slots: {total} attempts in {dt:.2f} s "
+        f"= {total / dt:,.0f}/s, {sum(wins)} winners (one per slot: {sum(wins) == len(free)})"
+    )
+
+    times = await time_query(store, 2000, seed=5)
+    print(f"query (free cardiology, 7-day range, sort start, limit 20), indexed: {ms(times)}")
+
+    plain = MemoryStore()
+    await plain.start({SLOTS: []})
+    for d in await store.find(SLOTS, {}):
+        await plain.insert(SLOTS, d)
+    times = await time_query(plain, 20, seed=5)
+    print(f"same query without indexes (full scan):                     {ms(times)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=50_000)
+    parser.add_argument("--updates", type=int, default=20_000)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.docs, args.updates)))
