@@ -69,7 +69,12 @@ async def start(services: Services, *, workers: bool) -> None:
         services.tasks.append(asyncio.create_task(_follow_clock(services), name="clock-sync"))
     if workers:
         worker = CommandWorker(
-            services.store, services.bus, services.clock, services.metrics, services.outbox_signal
+            services.store,
+            services.bus,
+            services.clock,
+            services.metrics,
+            services.outbox_signal,
+            retry_tiers=len(services.settings.retry_delays),
         )
         await worker.start()
         services.tasks.append(

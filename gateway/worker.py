@@ -37,7 +37,9 @@ class CommandWorker:
         clock: Clock,
         metrics: Metrics,
         outbox_signal: asyncio.Event,
+        retry_tiers: int = 0,
     ) -> None:
+        self.retry_tiers = retry_tiers
         self.store = store
         self.bus = bus
         self.clock = clock
@@ -48,10 +50,21 @@ class CommandWorker:
         await self.bus.consume_commands(self.handle)
 
     async def handle(self, msg: Envelope) -> dict[str, Any] | None:
+        try:
+            return await self._apply(msg)
+        except Exception as exc:
+            # The bus retries it through the delay tiers, or dead-letters it.
+            last = isinstance(exc, Reject) or msg.attempt >= self.retry_tiers
+            outcome = "dead_lettered" if last else "retried"
+            self.metrics.consumed("command", outcome)
+            log.warning("command.failed", error=repr(exc), attempt=msg.attempt, outcome=outcome)
+            raise
+
+    async def _apply(self, msg: Envelope) -> dict[str, Any] | None:
         bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, command=msg.type)
         done = await self.store.get(c.PROCESSED, msg.id)
         if done is not None:
-            self.metrics.messages_consumed_total.labels("command", "duplicate").inc()
+            self.metrics.consumed("command", "duplicate")
             log.info("command.duplicate")
             reply: dict[str, Any] | None = done.get("reply")
             return reply
@@ -68,7 +81,7 @@ class CommandWorker:
                 {"_id": msg.id, "type": msg.type, "at": to_store(self.clock.now()), "reply": reply},
             )
         self.outbox_signal.set()
-        self.metrics.messages_consumed_total.labels("command", "ok").inc()
+        self.metrics.consumed("command", "ok")
         log.info("command.applied", outcome=(reply or {}).get("status") or "error")
         return reply
 
@@ -89,7 +102,7 @@ async def relay_outbox(
             if items:
                 for item in items:
                     await bus.publish(event_envelope(item.event))
-                    metrics.messages_published_total.labels("event").inc()
+                    metrics.published("event")
                 await store.clear_events(items)
                 if len(items) == batch:
                     continue

@@ -77,7 +77,7 @@ async def send_and_wait(
         correlation_id=request[CORRELATION_ID],
         now=services.clock.now(),
     )
-    services.metrics.messages_published_total.labels("command").inc()
+    services.metrics.published("command")
     try:
         reply = await services.bus.request(msg, services.settings.command_timeout_seconds)
     except RequestTimeout as exc:
