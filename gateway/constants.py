@@ -22,3 +22,4 @@ PROVIDERS = "providers"  # tenants with their client credentials (public keys)
 PATIENTS = "patients"  # sandbox / known patients (pseudonymous)
 CLOCK = "clock"  # sandbox clock offset, shared by API and workers
 USED_JTI = "used_jti"  # client-assertion ids already seen (replay guard)
+JOBS = "jobs"  # asynchronous requests (Prefer: respond-async): status and outcome

@@ -10,49 +10,66 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway import resources
+from gateway import constants as c
+from gateway import operations
+from gateway.errors import FhirError
 from gateway.ports import Clock, Envelope, Reject, Store
+from gateway.timeutil import to_store
 
 Handler = Callable[[Store, Clock, Envelope], Awaitable[dict[str, Any]]]
 
 
-async def put_resource(store: Store, clock: Clock, msg: Envelope) -> dict[str, Any]:
+async def fhir_write(store: Store, clock: Clock, msg: Envelope) -> dict[str, Any]:
+    """A provider's write: one resource, a transaction or a batch (``gateway.operations``).
+
+    With a ``job_id`` (``Prefer: respond-async``) the outcome is also kept in
+    the job document for the status URL.
+    """
     b = msg.body
     if msg.tenant is None:
-        raise Reject("resource.put without a tenant")
-    written = await resources.apply_put(
-        store,
-        now=clock.now(),
-        tenant=msg.tenant,
-        rtype=b["type"],
-        rid=b["id"],
-        resource=b["resource"],
-        central=b.get("central") or {},
-        if_match=b.get("if_match"),
-        msg_id=msg.id,
-        correlation_id=msg.correlation_id,
-        ident_key=b.get("ident_key"),
-    )
-    return written.to_reply()
+        raise Reject("fhir.write without a tenant")
+    job_id = b.get("job_id")
+
+    async def progress(done: int) -> None:
+        if job_id:
+            await store.update_one(c.JOBS, {"_id": job_id}, {"$set": {"done": done}})
+
+    try:
+        reply = await operations.run_write(
+            store,
+            now=clock.now(),
+            tenant=msg.tenant,
+            msg_id=msg.id,
+            correlation_id=msg.correlation_id,
+            mode=b["mode"],
+            ops_body=b["ops"],
+            channel=b.get("channel", "provider"),
+            representation=b.get("representation", True),
+            progress=progress,
+        )
+    except FhirError as err:
+        if job_id:
+            await finish_job(store, clock, job_id, err.to_reply())
+        raise
+    if job_id:
+        await finish_job(store, clock, job_id, reply)
+    return reply
 
 
-async def delete_resource(store: Store, clock: Clock, msg: Envelope) -> dict[str, Any]:
-    b = msg.body
-    if msg.tenant is None:
-        raise Reject("resource.delete without a tenant")
-    version = await resources.apply_delete(
-        store,
-        now=clock.now(),
-        tenant=msg.tenant,
-        rtype=b["type"],
-        rid=b["id"],
-        msg_id=msg.id,
-        correlation_id=msg.correlation_id,
+async def finish_job(store: Store, clock: Clock, job_id: str, reply: dict[str, Any]) -> None:
+    await store.update_one(
+        c.JOBS,
+        {"_id": job_id},
+        {
+            "$set": {
+                "status": "error" if "error" in reply else "complete",
+                "finished": to_store(clock.now()),
+                "reply": reply,
+            }
+        },
     )
-    return {"status": 204 if version is not None else 404, "version": version}
 
 
 COMMAND_HANDLERS: dict[str, Handler] = {
-    "resource.put": put_resource,
-    "resource.delete": delete_resource,
+    "fhir.write": fhir_write,
 }

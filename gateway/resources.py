@@ -142,6 +142,11 @@ async def apply_put(
             "deleted": False,
             "resource": stored,
             "central": central,
+            "ident_keys": [
+                f"{i.get('system')}|{i.get('value')}"
+                for i in central.get("identifiers") or []
+                if i.get("system") and i.get("value")
+            ],
             "last_msg": msg_id,
         }
         update: dict[str, Any] = {"$set": fields}

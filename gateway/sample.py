@@ -13,9 +13,9 @@ from aiohttp import web
 from gateway import constants as c
 from gateway.auth import Principal, generate_client_keypair
 from gateway.events import command
+from gateway.http.fhir import prepare
 from gateway.http.keys import SERVICES
 from gateway.timeutil import to_store
-from mappings import location as location_map
 
 SAMPLE_PROVIDER = "prov-sample"
 SAMPLE_LOCATION = {
@@ -44,13 +44,10 @@ async def seed_on_startup(app: web.Application) -> None:
         )
     await services.bus.request(
         command(
-            "resource.put",
+            "fhir.write",
             {
-                "type": "Location",
-                "id": SAMPLE_LOCATION["id"],
-                "resource": SAMPLE_LOCATION,
-                "central": location_map.to_central(SAMPLE_LOCATION).model_dump(),
-                "if_match": None,
+                "mode": "single",
+                "ops": [prepare("PUT", "Location", "sample-clinic", SAMPLE_LOCATION)],
             },
             tenant=SAMPLE_PROVIDER,
             correlation_id="sample-data",

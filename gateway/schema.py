@@ -15,7 +15,15 @@ INDEXES: dict[str, list[Index]] = {
         # Conditional create (If-None-Exist on identifier): one live resource per
         # business identifier within a tenant and type.
         Index((("ident_key", 1),), unique=True, sparse=True),
+        Index((("tenant", 1), ("type", 1), ("central.schedule_id", 1), ("central.start", 1))),
+        Index((("tenant", 1), ("type", 1), ("central.slot_ids", 1))),
+        Index((("tenant", 1), ("type", 1), ("central.patient_pesel", 1))),
+        Index((("tenant", 1), ("type", 1), ("ident_keys", 1))),
+        Index((("tenant", 1), ("type", 1), ("central.start", 1))),
+        # The patients' search across providers (R-CRIT-1): free slots of a scope by date.
+        Index((("type", 1), ("central.status", 1), ("central.scope", 1), ("central.start", 1))),
     ],
+    c.JOBS: [Index((("tenant", 1), ("created", 1)))],
     c.HISTORY: [Index((("tenant", 1), ("type", 1), ("rid", 1), ("version", 1)))],
     c.PROCESSED: [],
     c.PROVIDERS: [Index((("client_id", 1),), unique=True)],

@@ -20,7 +20,7 @@ from gateway.errors import FhirError
 from gateway.events import event_envelope
 from gateway.handlers import COMMAND_HANDLERS
 from gateway.logging import bind_correlation
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, Outcome
 from gateway.ports import Clock, DuplicateKey, Envelope, MessageBus, Reject, Store
 from gateway.timeutil import to_store
 
@@ -55,7 +55,7 @@ class CommandWorker:
         except Exception as exc:
             # The bus retries it through the delay tiers, or dead-letters it.
             last = isinstance(exc, Reject) or msg.attempt >= self.retry_tiers
-            outcome = "dead_lettered" if last else "retried"
+            outcome: Outcome = "dead_lettered" if last else "retried"
             self.metrics.consumed("command", outcome)
             log.warning("command.failed", error=repr(exc), attempt=msg.attempt, outcome=outcome)
             raise

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import bootstrap
 from gateway.bootstrap import Services
-from gateway.http import auth, fhir, health, sandbox
+from gateway.http import auth, bundles, capability, fhir, health, sandbox
 from gateway.http.keys import SERVICES
 from gateway.http.middleware import correlation_middleware, error_middleware
 from gateway.metrics import metrics_middleware
@@ -42,7 +42,9 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     health.routes(app)
     app.router.add_post("/auth/token", auth.token)
+    capability.routes(app)
     fhir.routes(app)
+    bundles.routes(app)
     if settings.sandbox:
         sandbox.routes(app)
     return app

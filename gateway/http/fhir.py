@@ -1,25 +1,33 @@
-"""FHIR R4 REST for providers: ``/fhir``. Reads come from the store; writes are
-commands sent through the bus to the workers, and the API awaits their outcome."""
+"""FHIR R4 REST for providers: ``/fhir``.
+
+Reads and searches come from the store; writes are ``fhir.write`` commands sent
+through the bus to the workers, and the API awaits their outcome so ordinary
+FHIR clients get ordinary answers (201 + Location + ETag, 409, 412, 422).
+"""
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from aiohttp import web
 
-from gateway import resources
+from gateway import constants as c
+from gateway import resources, search
 from gateway.errors import FhirError, Issue
 from gateway.events import command
 from gateway.http.auth import provider_id
 from gateway.http.keys import CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
+from gateway.operations import central_of
 from gateway.ports import RequestTimeout
-from mappings import location as location_map
+from gateway.timeutil import from_store, to_fhir
 from mappings.validation import parse_json, validate_resource
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FHIR_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+TYPES = "|".join(resources.RESOURCE_TYPES)
 
 
 def check_id(rid: str, rtype: str) -> str:
@@ -28,6 +36,10 @@ def check_id(rid: str, rtype: str) -> str:
             400, [Issue("value", "a resource id is 1-64 of A-Z a-z 0-9 - .", [f"{rtype}.id"])]
         )
     return rid
+
+
+def new_resource_id() -> str:
+    return uuid.uuid4().hex
 
 
 async def read_body(request: web.Request) -> Any:
@@ -55,23 +67,78 @@ def parse_if_match(value: str | None) -> int | None:
     return int(m.group(1))
 
 
-def resource_headers(
-    request: web.Request, rtype: str, rid: str, version: int, last_updated: str
-) -> dict[str, str]:
-    base = str(request.url.origin())
-    return {
-        "ETag": f'W/"{version}"',
-        "Location": f"{base}/fhir/{rtype}/{rid}/_history/{version}",
-        "Last-Modified": last_updated,
+def http_date(stored: str) -> str:
+    return from_store(stored).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[SERVICES].settings.public_base_url.rstrip("/")
+    return configured or str(request.url.origin())
+
+
+def reroot(issues: list[Issue], rtype: str, root: str) -> list[Issue]:
+    """``Slot.end`` -> ``Bundle.entry[3].resource.end`` for issues inside a Bundle."""
+    for issue in issues:
+        issue.expression = [
+            root + e[len(rtype) :] if e == rtype or e.startswith(rtype + ".") else e
+            for e in issue.expression
+        ]
+    return issues
+
+
+def prepare(
+    method: str,
+    rtype: str,
+    rid: str,
+    data: Any,
+    *,
+    if_match: int | None = None,
+    if_none_exist: str | None = None,
+    root: str | None = None,
+    full_url: str | None = None,
+) -> dict[str, Any]:
+    """Validate and map one write for the worker; raises 400/422 with FHIRPaths."""
+    op: dict[str, Any] = {
+        "method": method,
+        "type": rtype,
+        "id": rid,
+        "if_match": if_match,
+        "if_none_exist": if_none_exist,
+        "full_url": full_url,
     }
+    if method == "DELETE":
+        return op
+    res = validate_resource(data, rtype, path=root)
+    if method == "PUT" and res.get("id") not in (None, rid):
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "invalid",
+                    "the id in the body differs from the id in the URL",
+                    [f"{root or rtype}.id"],
+                )
+            ],
+        )
+    res = {**res, "id": rid}
+    try:
+        op["central"] = central_of(rtype, res)
+    except FhirError as err:
+        if root:
+            reroot(err.issues, rtype, root)
+        raise
+    op["resource"] = res
+    return op
 
 
 async def send_and_wait(
-    request: web.Request, type_: str, body: dict[str, Any], tenant: str
+    request: web.Request,
+    body: dict[str, Any],
+    tenant: str,
 ) -> dict[str, Any]:
     services = request.app[SERVICES]
     msg = command(
-        type_,
+        "fhir.write",
         body,
         tenant=tenant,
         correlation_id=request[CORRELATION_ID],
@@ -97,42 +164,63 @@ async def send_and_wait(
     return reply
 
 
-def central_for(rtype: str, res: dict[str, Any]) -> dict[str, Any]:
-    if rtype == "Location":
-        return location_map.to_central(res).model_dump()
-    return {}
+def write_response(request: web.Request, result: dict[str, Any]) -> web.Response:
+    rtype, rid, version = result["type"], result["id"], result["version"]
+    headers = {
+        "ETag": f'W/"{version}"',
+        "Location": f"{base_url(request)}/fhir/{rtype}/{rid}/_history/{version}",
+        "Last-Modified": http_date(result["last_updated"]),
+    }
+    if request.headers.get("Prefer", "").replace(" ", "") == "return=minimal":
+        return web.Response(status=result["status"], headers=headers)
+    return fhir_response(result["resource"], result["status"], headers)
+
+
+async def single_write(request: web.Request, op: dict[str, Any], tenant: str) -> dict[str, Any]:
+    reply = await send_and_wait(request, {"mode": "single", "ops": [op]}, tenant)
+    result: dict[str, Any] = reply["results"][0]
+    return result
+
+
+async def create(request: web.Request) -> web.Response:
+    """``POST /fhir/{type}``: create with a server id; ``If-None-Exist`` makes it conditional."""
+    tenant = provider_id(request)
+    rtype = request.match_info["type"]
+    data = await read_body(request)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ("id", "meta")}
+    op = prepare(
+        "POST",
+        rtype,
+        new_resource_id(),
+        data,
+        if_none_exist=request.headers.get("If-None-Exist"),
+    )
+    return write_response(request, await single_write(request, op, tenant))
 
 
 async def update(request: web.Request) -> web.Response:
-    """``PUT /fhir/{type}/{id}``: update, or create with the client's id."""
+    """``PUT /fhir/{type}/{id}``: update, or create with the client's id; honours If-Match."""
     tenant = provider_id(request)
     rtype = request.match_info["type"]
     rid = check_id(request.match_info["id"], rtype)
     data = await read_body(request)
-    res = validate_resource(data, rtype)
-    if res.get("id") not in (None, rid):
-        raise FhirError(
-            400,
-            [
-                Issue(
-                    "invalid", "the id in the body differs from the id in the URL", [f"{rtype}.id"]
-                )
-            ],
-        )
-    reply = await send_and_wait(
-        request,
-        "resource.put",
-        {
-            "type": rtype,
-            "id": rid,
-            "resource": res,
-            "central": central_for(rtype, res),
-            "if_match": parse_if_match(request.headers.get("If-Match")),
-        },
-        tenant,
+    op = prepare("PUT", rtype, rid, data, if_match=parse_if_match(request.headers.get("If-Match")))
+    return write_response(request, await single_write(request, op, tenant))
+
+
+async def delete(request: web.Request) -> web.Response:
+    tenant = provider_id(request)
+    rtype = request.match_info["type"]
+    rid = check_id(request.match_info["id"], rtype)
+    doc = await request.app[SERVICES].store.get(c.RESOURCES, resources.doc_id(tenant, rtype, rid))
+    if doc is None:
+        raise FhirError(404, [Issue("not-found", f"{rtype}/{rid} not found")], code="not-found")
+    op = prepare(
+        "DELETE", rtype, rid, None, if_match=parse_if_match(request.headers.get("If-Match"))
     )
-    headers = resource_headers(request, rtype, rid, reply["version"], reply["last_updated"])
-    return fhir_response(reply["resource"], reply["status"], headers)
+    await single_write(request, op, tenant)
+    return web.Response(status=204)
 
 
 async def read(request: web.Request) -> web.Response:
@@ -143,10 +231,118 @@ async def read(request: web.Request) -> web.Response:
     etag = f'W/"{doc["version"]}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    return fhir_response(doc["resource"], 200, {"ETag": etag, "Last-Modified": doc["last_updated"]})
+    return fhir_response(
+        doc["resource"], 200, {"ETag": etag, "Last-Modified": http_date(doc["last_updated"])}
+    )
+
+
+async def vread(request: web.Request) -> web.Response:
+    tenant = provider_id(request)
+    rtype = request.match_info["type"]
+    rid = check_id(request.match_info["id"], rtype)
+    try:
+        version = int(request.match_info["vid"])
+    except ValueError as exc:
+        raise FhirError(400, [Issue("value", "a version id is a number")]) from exc
+    doc = await resources.read_version(request.app[SERVICES].store, tenant, rtype, rid, version)
+    if doc.get("deleted"):
+        raise FhirError(
+            410, [Issue("deleted", f"version {version} of {rtype}/{rid} is a deletion")]
+        )
+    return fhir_response(
+        doc["resource"],
+        200,
+        {"ETag": f'W/"{version}"', "Last-Modified": http_date(doc["last_updated"])},
+    )
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /fhir/{type}/{id}/_history``: every version, newest first."""
+    tenant = provider_id(request)
+    rtype = request.match_info["type"]
+    rid = check_id(request.match_info["id"], rtype)
+    store = request.app[SERVICES].store
+    docs = await store.find(
+        c.HISTORY,
+        {"tenant": tenant, "type": rtype, "rid": rid},
+        sort=[("version", -1)],
+        limit=search.MAX_COUNT,
+    )
+    if not docs:
+        raise FhirError(404, [Issue("not-found", f"{rtype}/{rid} not found")], code="not-found")
+    base = base_url(request)
+    entries = []
+    for d in docs:
+        entry: dict[str, Any] = {
+            "fullUrl": f"{base}/fhir/{rtype}/{rid}",
+            "request": {"method": "DELETE" if d["deleted"] else "PUT", "url": f"{rtype}/{rid}"},
+            "response": {
+                "status": "200",
+                "etag": f'W/"{d["version"]}"',
+                "lastModified": to_fhir(from_store(d["last_updated"])),
+            },
+        }
+        if not d["deleted"]:
+            entry["resource"] = d["resource"]
+        entries.append(entry)
+    return fhir_response(
+        {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+    )
+
+
+async def search_type(request: web.Request) -> web.Response:
+    """``GET /fhir/{type}?...``: searchset Bundle, paged with ``_count`` and ``next`` links."""
+    tenant = provider_id(request)
+    rtype = request.match_info["type"]
+    query = search.parse(rtype, tenant, list(request.query.items()))
+    store = request.app[SERVICES].store
+    total = await store.count(c.RESOURCES, query.filter)
+    docs = (
+        await store.find(
+            c.RESOURCES, query.filter, sort=query.sort, skip=query.offset, limit=query.count
+        )
+        if query.count
+        else []
+    )
+    base = base_url(request)
+    self_url = f"{base}/fhir/{rtype}"
+    params = [(k, v) for k, v in request.query.items() if k not in ("_offset",)]
+
+    def page(offset: int) -> str:
+        from urllib.parse import urlencode
+
+        return f"{self_url}?{urlencode([*params, ('_offset', str(offset))])}"
+
+    links = [{"relation": "self", "url": page(query.offset)}]
+    if query.count and query.offset + query.count < total:
+        links.append({"relation": "next", "url": page(query.offset + query.count)})
+    if query.offset > 0:
+        links.append(
+            {"relation": "previous", "url": page(max(0, query.offset - max(query.count, 1)))}
+        )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{self_url}/{d['rid']}",
+                "resource": d["resource"],
+                "search": {"mode": "match"},
+            }
+            for d in docs
+        ],
+    }
+    return fhir_response(bundle)
 
 
 def routes(app: web.Application) -> None:
-    types = "|".join(resources.RESOURCE_TYPES)
-    app.router.add_put(f"/fhir/{{type:{types}}}/{{id}}", update)
-    app.router.add_get(f"/fhir/{{type:{types}}}/{{id}}", read)
+    r = app.router
+    r.add_get(f"/fhir/{{type:{TYPES}}}", search_type)
+    r.add_post(f"/fhir/{{type:{TYPES}}}", create)
+    r.add_get(f"/fhir/{{type:{TYPES}}}/{{id}}", read)
+    r.add_put(f"/fhir/{{type:{TYPES}}}/{{id}}", update)
+    r.add_delete(f"/fhir/{{type:{TYPES}}}/{{id}}", delete)
+    r.add_get(f"/fhir/{{type:{TYPES}}}/{{id}}/_history", history)
+    r.add_get(f"/fhir/{{type:{TYPES}}}/{{id}}/_history/{{vid}}", vread)

@@ -15,6 +15,7 @@ import pytest
 from gateway import constants as c
 from gateway.events import command
 from gateway.http.app import create_app
+from gateway.http.fhir import prepare
 from gateway.http.keys import SERVICES
 from tests.e2e.conftest import new_provider, purge_rabbit, settings_for
 
@@ -46,8 +47,8 @@ async def test_broker_restart_loses_nothing_and_applies_nothing_twice(
         nonlocal sent
         loc = {"resourceType": "Location", "status": "active", "name": f"Clinic {i}"}
         msg = command(
-            "resource.put",
-            {"type": "Location", "id": f"loc-{i}", "resource": loc, "central": {}},
+            "fhir.write",
+            {"mode": "single", "ops": [prepare("PUT", "Location", f"loc-{i}", loc)]},
             tenant=tenant,
             correlation_id=f"restart-{i}",
             now=services.clock.now(),

@@ -1,0 +1,292 @@
+"""``POST /fhir``: transaction and batch Bundles, and the asynchronous request pattern.
+
+Transaction: every entry is validated and mapped here (all problems reported
+at once, with ``Bundle.entry[i]`` FHIRPaths); ``urn:uuid`` full URLs get ids
+and references between entries are rewritten; then one ``fhir.write`` command
+applies it all or nothing (``gateway.operations``). Batch: entries are
+independent; each gets its own response.
+
+``Prefer: respond-async`` answers 202 with ``Content-Location`` of
+``/fhir/_async/{id}``; that URL answers 202 (with ``X-Progress``) until the
+worker finished, then 200 with the response Bundle, or the error's status
+with an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gateway import constants as c
+from gateway import resources
+from gateway.errors import FhirError, Issue
+from gateway.events import command, new_id
+from gateway.http.auth import provider_id
+from gateway.http.fhir import (
+    base_url,
+    check_id,
+    new_resource_id,
+    parse_if_match,
+    prepare,
+    read_body,
+    send_and_wait,
+)
+from gateway.http.keys import CORRELATION_ID, SERVICES
+from gateway.http.responses import fhir_response
+from gateway.timeutil import from_store, to_fhir, to_store
+from mappings.references import rewrite_references
+
+REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 404: "404 Not Found"}
+URL_RE = re.compile(rf"^(?P<type>{'|'.join(resources.RESOURCE_TYPES)})(?:/(?P<id>[^/?]+))?$")
+
+
+def status_text(status: int) -> str:
+    return REASON.get(status, str(status))
+
+
+def parse_entries(bundle: Any) -> tuple[str, list[dict[str, Any]]]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FhirError(
+            400, [Issue("invalid", "POST /fhir takes a Bundle", ["Bundle.resourceType"])]
+        )
+    btype = bundle.get("type")
+    if btype not in ("transaction", "batch"):
+        raise FhirError(
+            400,
+            [Issue("value", "Bundle.type must be transaction or batch", ["Bundle.type"])],
+        )
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise FhirError(400, [Issue("structure", "Bundle.entry must be a list", ["Bundle.entry"])])
+    unknown = set(bundle) - {"resourceType", "type", "entry", "id", "meta", "timestamp"}
+    if unknown:
+        raise FhirError(
+            400,
+            [
+                Issue("structure", f"unknown element {k!r}", [f"Bundle.{k}"])
+                for k in sorted(unknown)
+            ],
+        )
+    return btype, entries
+
+
+def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, Any]]:
+    """``(method, type, id, request)`` of one entry, or 400 with its FHIRPath."""
+    where = f"Bundle.entry[{i}]"
+    if not isinstance(entry, dict):
+        raise FhirError(400, [Issue("structure", "an entry must be an object", [where])])
+    req = entry.get("request")
+    if not isinstance(req, dict):
+        raise FhirError(400, [Issue("required", "entry.request is required", [f"{where}.request"])])
+    method = req.get("method")
+    if method not in ("POST", "PUT", "DELETE"):
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "not-supported",
+                    "entry.request.method must be POST, PUT or DELETE",
+                    [f"{where}.request.method"],
+                )
+            ],
+        )
+    url = str(req.get("url") or "").split("?")[0].strip("/")
+    m = URL_RE.match(url)
+    if not m or (method == "POST") != (m.group("id") is None):
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "value",
+                    "entry.request.url must be Type (POST) or Type/id (PUT, DELETE) of "
+                    f"{', '.join(resources.RESOURCE_TYPES)}",
+                    [f"{where}.request.url"],
+                )
+            ],
+        )
+    rid = m.group("id")
+    if rid is not None:
+        check_id(rid, m.group("type"))
+    return method, m.group("type"), rid, req
+
+
+def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | FhirError]:
+    """Ops for the worker; for a batch, per-entry errors are returned in place of ops."""
+    parsed: list[tuple[str, str, str, dict[str, Any], Any, str | None]] = []
+    issues: list[Issue] = []
+    early: dict[int, FhirError] = {}
+    renames: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        try:
+            method, rtype, rid, req = entry_request(i, entry)
+        except FhirError as err:
+            issues.extend(err.issues)
+            early[i] = err
+            parsed.append(("", "", "", {}, None, None))
+            continue
+        rid = rid or new_resource_id()
+        full_url = entry.get("fullUrl")
+        if isinstance(full_url, str) and full_url:
+            renames[full_url] = f"{rtype}/{rid}"
+        parsed.append((method, rtype, rid, req, entry.get("resource"), full_url))
+    ops: list[dict[str, Any] | FhirError] = []
+    for i, (method, rtype, rid, req, data, full_url) in enumerate(parsed):
+        if i in early:
+            ops.append(early[i])
+            continue
+        if method != "DELETE" and data is None:
+            missing = FhirError(
+                400,
+                [Issue("required", "entry.resource is required", [f"Bundle.entry[{i}].resource"])],
+            )
+            issues.extend(missing.issues)
+            ops.append(missing)
+            continue
+        if btype == "transaction" and data is not None:
+            data = rewrite_references(data, renames)
+        if isinstance(data, dict) and method == "POST":
+            data = {k: v for k, v in data.items() if k not in ("id", "meta")}
+        try:
+            ops.append(
+                prepare(
+                    method,
+                    rtype,
+                    rid,
+                    data,
+                    if_match=parse_if_match(req.get("ifMatch")),
+                    if_none_exist=req.get("ifNoneExist"),
+                    root=f"Bundle.entry[{i}].resource",
+                    full_url=full_url,
+                )
+            )
+        except FhirError as err:
+            issues.extend(err.issues)
+            ops.append(err)
+    if btype == "transaction" and issues:
+        statuses = {op.status for op in ops if isinstance(op, FhirError)}
+        raise FhirError(422 if statuses == {422} else 400, issues)
+    return ops
+
+
+def response_bundle(
+    request: web.Request, btype: str, results: list[dict[str, Any]], representation: bool
+) -> dict[str, Any]:
+    base = base_url(request)
+    entries = []
+    for r in results:
+        if "error" in r:
+            err = FhirError.from_reply(r["error"])
+            entries.append({"response": {"status": str(err.status), "outcome": err.outcome()}})
+            continue
+        response: dict[str, Any] = {"status": status_text(r["status"])}
+        entry: dict[str, Any] = {"response": response}
+        if r.get("version") is not None:
+            response["location"] = f"{r['type']}/{r['id']}/_history/{r['version']}"
+            response["etag"] = f'W/"{r["version"]}"'
+            response["lastModified"] = to_fhir(from_store(r["last_updated"]))
+            entry["fullUrl"] = f"{base}/fhir/{r['type']}/{r['id']}"
+            if representation and r.get("resource") is not None:
+                entry["resource"] = r["resource"]
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": entries}
+
+
+async def post_bundle(request: web.Request) -> web.Response:
+    tenant = provider_id(request)
+    services = request.app[SERVICES]
+    btype, entries = parse_entries(await read_body(request))
+    ops = prepare_bundle(btype, entries)
+    prefer = request.headers.get("Prefer", "").replace(" ", "").lower()
+    representation = "return=representation" in prefer
+    errors: dict[int, FhirError] = {i: op for i, op in enumerate(ops) if isinstance(op, FhirError)}
+    good = [op for op in ops if isinstance(op, dict)]
+    body: dict[str, Any] = {"mode": btype, "ops": good, "representation": representation}
+    if "respond-async" in prefer:
+        job_id = new_id()
+        now = services.clock.now()
+        await services.store.insert(
+            c.JOBS,
+            {
+                "_id": job_id,
+                "tenant": tenant,
+                "created": to_store(now),
+                "status": "in-progress",
+                "total": len(ops),
+                "btype": btype,
+                "representation": representation,
+                "early_errors": {str(i): e.to_reply() for i, e in errors.items()},
+            },
+        )
+        msg = command(
+            "fhir.write",
+            {**body, "job_id": job_id},
+            tenant=tenant,
+            correlation_id=request[CORRELATION_ID],
+            now=now,
+        )
+        await services.bus.send(msg)
+        services.metrics.published("command")
+        return web.Response(
+            status=202,
+            headers={"Content-Location": f"{base_url(request)}/fhir/_async/{job_id}"},
+        )
+    results: list[dict[str, Any]] = []
+    if good:
+        reply = await send_and_wait(request, body, tenant)
+        results = reply["results"]
+    return fhir_response(
+        response_bundle(request, btype, merge(results, errors, len(ops)), representation)
+    )
+
+
+def merge(
+    results: list[dict[str, Any]], errors: dict[int, Any], total: int
+) -> list[dict[str, Any]]:
+    """Put the entries refused here back in their places among the worker's results."""
+    out: list[dict[str, Any]] = []
+    it = iter(results)
+    for i in range(total):
+        if i in errors:
+            e = errors[i]
+            out.append(e.to_reply() if isinstance(e, FhirError) else e)
+        else:
+            out.append(next(it))
+    return out
+
+
+async def job_status(request: web.Request) -> web.Response:
+    tenant = provider_id(request)
+    job = await request.app[SERVICES].store.get(c.JOBS, request.match_info["job"])
+    if job is None or job["tenant"] != tenant:
+        raise FhirError(404, [Issue("not-found", "no such asynchronous request")], code="not-found")
+    if job["status"] == "in-progress":
+        progress = f"{job.get('done', 0)} of {job['total']} entries applied"
+        return web.Response(status=202, headers={"X-Progress": progress, "Retry-After": "1"})
+    reply = job["reply"]
+    if "error" in reply:
+        err = FhirError.from_reply(reply["error"])
+        return fhir_response(err.outcome(), err.status)
+    early = {int(k): v for k, v in job.get("early_errors", {}).items()}
+    results = merge(reply["results"], early, job["total"])
+    return fhir_response(response_bundle(request, job["btype"], results, job["representation"]))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """``DELETE`` of a status URL: forget a finished job (a running one finishes anyway)."""
+    tenant = provider_id(request)
+    store = request.app[SERVICES].store
+    job = await store.get(c.JOBS, request.match_info["job"])
+    if job is None or job["tenant"] != tenant:
+        raise FhirError(404, [Issue("not-found", "no such asynchronous request")], code="not-found")
+    if job["status"] == "in-progress":
+        raise FhirError(409, [Issue("conflict", "the request is still running")])
+    await store.delete_one(c.JOBS, {"_id": job["_id"]})
+    return web.Response(status=202)
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_post("/fhir", post_bundle)
+    app.router.add_get("/fhir/_async/{job}", job_status)
+    app.router.add_delete("/fhir/_async/{job}", cancel_job)

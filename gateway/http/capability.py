@@ -1,0 +1,122 @@
+"""``GET /fhir/metadata``: a CapabilityStatement generated from what is really routed.
+
+Interactions come from the app's router (a route that is not registered is not
+advertised); search parameters come from ``gateway.search.PARAMS``, the same
+table the search code uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway import resources, search
+from gateway.http.keys import SERVICES
+from gateway.http.responses import fhir_response
+from mappings import codes
+
+# (method, path pattern after /fhir/{type}) -> FHIR interaction code
+INTERACTIONS = {
+    ("GET", ""): "search-type",
+    ("POST", ""): "create",
+    ("GET", "/{id}"): "read",
+    ("PUT", "/{id}"): "update",
+    ("DELETE", "/{id}"): "delete",
+    ("GET", "/{id}/_history"): "history-instance",
+    ("GET", "/{id}/_history/{vid}"): "vread",
+}
+
+
+def routed(app: web.Application) -> set[tuple[str, str]]:
+    """``(method, canonical path)`` of every registered route."""
+    out = set()
+    for route in app.router.routes():
+        info = route.resource.canonical if route.resource is not None else ""
+        out.add((route.method, info))
+    return out
+
+
+def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
+    have = routed(app)
+    rest_resources = []
+    for rtype in resources.RESOURCE_TYPES:
+        interactions = [
+            {"code": code}
+            for (method, suffix), code in INTERACTIONS.items()
+            if (method, f"/fhir/{{type}}{suffix}") in have
+        ]
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": interactions,
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+            "searchParam": [
+                {"name": p.name, "type": p.type, "documentation": p.doc}
+                for p in search.PARAMS[rtype]
+            ],
+        }
+        rest_resources.append(entry)
+    system_interactions = []
+    if ("POST", "/fhir") in have:
+        system_interactions = [{"code": "transaction"}, {"code": "batch"}]
+    settings = app[SERVICES].settings
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "kind": "instance",
+        "software": {"name": "CeR Gateway", "version": "0.1.0"},
+        "implementation": {"description": "CeR Gateway FHIR API", "url": f"{base}/fhir"},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Writes are applied asynchronously through the message bus; the API awaits "
+                    "their outcome. Prefer: respond-async on POST /fhir answers 202 with a "
+                    f"status URL. Mode: {settings.cer_mode}. Code systems: {codes.SCOPE_SYSTEM}, "
+                    f"{codes.SLOT_CATEGORY_SYSTEM}, {codes.CANCELLATION_REASON_SYSTEM}."
+                ),
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ],
+                            "text": "OAuth2 client credentials with a private_key_jwt "
+                            "assertion (RFC 7523)",
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/"
+                            "oauth-uris",
+                            "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}],
+                        }
+                    ],
+                },
+                "resource": rest_resources,
+                "interaction": system_interactions,
+            }
+        ],
+    }
+
+
+async def metadata(request: web.Request) -> web.Response:
+    base = request.app[SERVICES].settings.public_base_url.rstrip("/") or str(request.url.origin())
+    return fhir_response(capability_statement(request.app, base))
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_get("/fhir/metadata", metadata)

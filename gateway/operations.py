@@ -1,0 +1,527 @@
+"""FHIR writes as the worker applies them: one request, a transaction or a batch.
+
+Every provider write is a ``fhir.write`` command carrying a list of operations
+(a single PUT/POST/DELETE is a transaction of one). The worker applies a
+transaction in three steps:
+
+1. **resolve** conditional creates (``If-None-Exist``): a match turns the entry
+   into a no-op on the existing resource and the ids other entries used for it
+   are rewritten;
+2. **check** every entry against the store and the rest of the bundle
+   (versions, references within the tenant, slot holds) and collect every
+   problem with its FHIRPath; any problem answers an error and nothing is
+   written;
+3. **apply** the entries in order.
+
+Why this is all or nothing without database transactions: commands of one
+provider are applied one at a time (their partition has a single active
+consumer and the bus keeps a tenant's order), so nothing of that provider
+changes between step 2 and 3 except through this command. A crash in step 3
+leaves the command unacknowledged; its redelivery re-applies it, and every
+write is keyed by ``<message id>/<entry>`` so what was written is not written
+twice (``resources.apply_put``). A batch applies each entry on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from gateway import booking, resources
+from gateway import constants as c
+from gateway.errors import FhirError, Issue
+from gateway.ports import Document, Store
+from mappings import appointment as appointment_map
+from mappings import location as location_map
+from mappings import schedule as schedule_map
+from mappings import slot as slot_map
+from mappings.references import rewrite_references
+
+MAPPERS: dict[str, Any] = {
+    "Location": location_map,
+    "Schedule": schedule_map,
+    "Slot": slot_map,
+    "Appointment": appointment_map,
+}
+
+
+def central_of(rtype: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """The central model of a FHIR resource (raises 422 with FHIRPaths)."""
+    result: dict[str, Any] = MAPPERS[rtype].to_central(resource).model_dump()
+    return result
+
+
+def ident_key(tenant: str, rtype: str, central: dict[str, Any]) -> str | None:
+    """The business-identifier guard: one live resource per first identifier and type."""
+    for ident in central.get("identifiers") or []:
+        if ident.get("system") and ident.get("value"):
+            return f"{tenant}|{rtype}|{ident['system']}|{ident['value']}"
+    return None
+
+
+@dataclass
+class Op:
+    """One entry: ``method`` PUT, POST or DELETE on ``type/id``."""
+
+    index: int
+    method: str
+    type: str
+    id: str
+    resource: dict[str, Any] | None = None
+    central: dict[str, Any] | None = None
+    if_match: int | None = None
+    if_none_exist: str | None = None
+    full_url: str | None = None
+    # filled while resolving / checking
+    existing: Document | None = None  # conditional create matched this
+    current: Document | None = None
+    problems: list[Issue] = field(default_factory=list)
+
+    @classmethod
+    def from_body(cls, i: int, d: dict[str, Any]) -> Op:
+        return cls(
+            index=i,
+            method=d["method"],
+            type=d["type"],
+            id=d["id"],
+            resource=d.get("resource"),
+            central=d.get("central"),
+            if_match=d.get("if_match"),
+            if_none_exist=d.get("if_none_exist"),
+            full_url=d.get("full_url"),
+        )
+
+
+@dataclass
+class WriteContext:
+    store: Store
+    now: datetime
+    tenant: str
+    msg_id: str
+    correlation_id: str
+    channel: str
+    prefix: str  # "Bundle.entry[i].resource" maker, or "" for single requests
+    cache: dict[str, Document | None] = field(default_factory=dict)
+    planned: dict[str, Op] = field(default_factory=dict)  # "Type/id" -> op in this bundle
+
+    def where(self, op: Op, expr: str) -> str:
+        if not self.prefix:
+            return expr
+        # "Slot.schedule" -> "Bundle.entry[3].resource.schedule"
+        _head, _, rest = expr.partition(".")
+        base = f"Bundle.entry[{op.index}].resource"
+        return f"{base}.{rest}" if rest else base
+
+    async def get(self, rtype: str, rid: str) -> Document | None:
+        key = resources.doc_id(self.tenant, rtype, rid)
+        if key not in self.cache:
+            doc = await self.store.get(c.RESOURCES, key)
+            self.cache[key] = doc if doc is not None and not doc.get("deleted") else None
+        return self.cache[key]
+
+
+async def find_conditional(ctx: WriteContext, op: Op) -> list[Document]:
+    """Resources matching an ``If-None-Exist`` query (``identifier`` or ``_id``)."""
+    params = parse_qsl(op.if_none_exist or "", keep_blank_values=True)
+    if not params:
+        raise FhirError(400, [Issue("invalid", "If-None-Exist is empty")])
+    flt: dict[str, Any] = {"tenant": ctx.tenant, "type": op.type, "deleted": False}
+    for name, value in params:
+        if name == "identifier":
+            system, sep, val = value.partition("|")
+            if not sep:
+                flt["central.identifiers.value"] = value
+            else:
+                flt["ident_key"] = f"{ctx.tenant}|{op.type}|{system}|{val}"
+        elif name == "_id":
+            flt["rid"] = value
+        else:
+            raise FhirError(
+                400,
+                [
+                    Issue(
+                        "not-supported",
+                        f"If-None-Exist supports identifier and _id, not {name!r}",
+                        [f"Bundle.entry[{op.index}].request.ifNoneExist"] if ctx.prefix else [],
+                    )
+                ],
+            )
+    return await ctx.store.find(c.RESOURCES, flt, limit=2)
+
+
+async def resolve(ctx: WriteContext, ops: list[Op]) -> None:
+    """Step 1: conditional creates; rewrite the ids other entries used for matches."""
+    renamed: dict[str, str] = {}
+    for op in ops:
+        if op.method == "POST" and op.if_none_exist:
+            found = await find_conditional(ctx, op)
+            if len(found) > 1:
+                op.problems.append(
+                    Issue("multiple-matches", "If-None-Exist matches more than one resource")
+                )
+            elif found:
+                op.existing = found[0]
+                renamed[f"{op.type}/{op.id}"] = f"{op.type}/{found[0]['rid']}"
+                op.id = found[0]["rid"]
+    if renamed:
+        for op in ops:
+            if op.resource is not None and op.existing is None:
+                op.resource = rewrite_references(op.resource, renamed)
+                op.central = central_of(op.type, op.resource)
+    for op in ops:
+        if op.existing is None and op.method != "DELETE":
+            key = f"{op.type}/{op.id}"
+            if key in ctx.planned:
+                op.problems.append(Issue("duplicate", f"{key} appears twice in one transaction"))
+            ctx.planned[key] = op
+
+
+async def referenced(ctx: WriteContext, rtype: str, rid: str) -> dict[str, Any] | None:
+    """The central model of a resource, from this bundle or from the store."""
+    op = ctx.planned.get(f"{rtype}/{rid}")
+    if op is not None:
+        if op.existing is not None:
+            central: dict[str, Any] = op.existing["central"]
+            return central
+        return op.central
+    doc = await ctx.get(rtype, rid)
+    return doc["central"] if doc is not None else None
+
+
+async def check(ctx: WriteContext, op: Op) -> None:
+    """Step 2: everything that can be known before writing; problems, not exceptions."""
+    if op.existing is not None:
+        return
+    op.current = await ctx.get(op.type, op.id)
+    if op.if_match is not None:
+        current_version = op.current["version"] if op.current else None
+        if current_version != op.if_match:
+            op.problems.append(
+                Issue(
+                    "conflict",
+                    f"If-Match asks for version {op.if_match}, the current version is "
+                    f"{current_version}",
+                )
+            )
+    if op.method == "DELETE":
+        await check_delete(ctx, op)
+        return
+    assert op.central is not None
+    central = op.central
+    if op.type == "Schedule":
+        loc = await referenced(ctx, "Location", central["location_id"])
+        if loc is None:
+            op.problems.append(
+                Issue(
+                    "not-found",
+                    f"Location/{central['location_id']} does not exist for this provider",
+                    [ctx.where(op, "Schedule.actor")],
+                )
+            )
+    elif op.type == "Slot":
+        await check_slot(ctx, op, central)
+    elif op.type == "Appointment":
+        await check_appointment(ctx, op, central)
+
+
+async def check_slot(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
+    schedule = await referenced(ctx, "Schedule", central["schedule_id"])
+    if schedule is None:
+        op.problems.append(
+            Issue(
+                "not-found",
+                f"Schedule/{central['schedule_id']} does not exist for this provider",
+                [ctx.where(op, "Slot.schedule")],
+            )
+        )
+        return
+    if central["scope"] not in schedule.get("scopes", []):
+        op.problems.append(
+            Issue(
+                "business-rule",
+                f"the slot's scope {central['scope']!r} is not a scope of its schedule "
+                f"({', '.join(schedule.get('scopes', []))})",
+                [ctx.where(op, "Slot.serviceType")],
+            )
+        )
+    loc = await referenced(ctx, "Location", schedule["location_id"]) or {}
+    # Denormalised for the patients' location criteria (R-CRIT-1).
+    central["location_id"] = schedule["location_id"]
+    central["postal_code"] = loc.get("postal_code")
+    central["city"] = loc.get("city")
+    holder = op.current["central"].get("appointment_id") if op.current else None
+    central["appointment_id"] = holder
+    if holder and central["status"] == "free":
+        op.problems.append(
+            Issue(
+                "conflict",
+                f"the slot holds Appointment/{holder}; cancel the appointment to free it",
+                [ctx.where(op, "Slot.status")],
+            )
+        )
+    if holder and op.resource is not None:
+        op.resource = {**op.resource, "status": "busy"}
+        central["status"] = "busy"
+
+
+async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
+    holds = central["status"] in booking.HOLDING and bool(central["slot_ids"])
+    if not holds:
+        return
+    sid = central["slot_ids"][0]
+    slot = await referenced(ctx, "Slot", sid)
+    where = ctx.where(op, "Appointment.slot[0]")
+    if slot is None:
+        op.problems.append(
+            Issue("not-found", f"Slot/{sid} does not exist for this provider", [where])
+        )
+        return
+    holder = slot.get("appointment_id")
+    if holder not in (None, op.id) or slot.get("status") not in booking.BOOKABLE_SLOT_STATUSES:
+        op.problems.append(
+            Issue(
+                "conflict",
+                f"Slot/{sid} is no longer free"
+                + (f": it holds Appointment/{holder}" if holder else ""),
+                [where],
+            )
+        )
+        return
+    if slot.get("category") == "first-privileged" and not central.get("privileged"):
+        op.problems.append(
+            Issue(
+                "business-rule",
+                "a first-privileged slot is for a patient whose out-of-turn entitlement the "
+                "facility verified: mark the appointment privileged (R-PAT-5)",
+                [where],
+            )
+        )
+    for name in ("start", "end", "scope", "category"):
+        if not central.get(name):
+            central[name] = slot.get(name)
+    if central["scope"] != slot.get("scope"):
+        op.problems.append(
+            Issue(
+                "business-rule",
+                f"the appointment's scope {central['scope']!r} differs from its slot's "
+                f"({slot.get('scope')!r})",
+                [ctx.where(op, "Appointment.serviceType")],
+            )
+        )
+
+
+async def check_delete(ctx: WriteContext, op: Op) -> None:
+    if op.current is None:
+        return
+    where = [ctx.where(op, op.type)] if ctx.prefix else []
+    if op.type == "Slot" and op.current["central"].get("appointment_id"):
+        op.problems.append(
+            Issue(
+                "conflict",
+                f"the slot holds Appointment/{op.current['central']['appointment_id']}; "
+                "cancel it first",
+                where,
+            )
+        )
+    elif op.type in ("Schedule", "Location"):
+        child, field_name = (
+            ("Slot", "schedule_id") if op.type == "Schedule" else ("Schedule", "location_id")
+        )
+        n = await ctx.store.count(
+            c.RESOURCES,
+            {"tenant": ctx.tenant, "type": child, "deleted": False, f"central.{field_name}": op.id},
+        )
+        if n:
+            op.problems.append(
+                Issue("conflict", f"{n} {child}(s) still reference {op.type}/{op.id}", where)
+            )
+
+
+async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
+    """Step 3: write one entry; returns its ``Bundle.entry.response``-like result."""
+    sub = f"{ctx.msg_id}/{op.index}"
+    if op.existing is not None:
+        doc = op.existing
+        return result(
+            200, op.type, doc["rid"], doc["version"], doc["last_updated"], doc["resource"]
+        )
+    if op.method == "DELETE":
+        version = await resources.apply_delete(
+            ctx.store,
+            now=ctx.now,
+            tenant=ctx.tenant,
+            rtype=op.type,
+            rid=op.id,
+            msg_id=sub,
+            correlation_id=ctx.correlation_id,
+        )
+        return {"status": 204 if version is not None else 404, "type": op.type, "id": op.id}
+    assert op.resource is not None and op.central is not None
+    previous = op.current["central"] if op.current else None
+    if op.type == "Appointment":
+        op.central["channel"] = op.central.get("channel") or ctx.channel
+        await apply_appointment_holds(ctx, op, previous, sub)
+    written = await resources.apply_put(
+        ctx.store,
+        now=ctx.now,
+        tenant=ctx.tenant,
+        rtype=op.type,
+        rid=op.id,
+        resource=op.resource,
+        central=op.central,
+        if_match=None,  # checked in step 2; order is guaranteed per provider
+        msg_id=sub,
+        correlation_id=ctx.correlation_id,
+        ident_key=ident_key(ctx.tenant, op.type, op.central),
+    )
+    ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
+    return result(
+        written.status, op.type, op.id, written.version, written.last_updated, written.resource
+    )
+
+
+async def apply_appointment_holds(
+    ctx: WriteContext, op: Op, previous: dict[str, Any] | None, sub: str
+) -> None:
+    """Take the new slot and free the old one, as the appointment's status says."""
+    assert op.central is not None
+    new_slot = (
+        op.central["slot_ids"][0]
+        if op.central["status"] in booking.HOLDING and op.central["slot_ids"]
+        else None
+    )
+    old_slot = (
+        previous["slot_ids"][0]
+        if previous and previous["status"] in booking.HOLDING and previous["slot_ids"]
+        else None
+    )
+    if new_slot and new_slot != old_slot:
+        await booking.hold_slot(
+            ctx.store,
+            now=ctx.now,
+            tenant=ctx.tenant,
+            slot_id=new_slot,
+            appointment_id=op.id,
+            msg_id=f"{sub}/hold",
+            correlation_id=ctx.correlation_id,
+            channel=ctx.channel,
+            expression=ctx.where(op, "Appointment.slot[0]"),
+        )
+    if old_slot and old_slot != new_slot:
+        if op.central["status"] == "cancelled" and not op.central.get("cancelled_at"):
+            from gateway.timeutil import to_store
+
+            op.central["cancelled_at"] = to_store(ctx.now)
+        await booking.release_slot(
+            ctx.store,
+            now=ctx.now,
+            tenant=ctx.tenant,
+            slot_id=old_slot,
+            appointment_id=op.id,
+            msg_id=f"{sub}/release",
+            correlation_id=ctx.correlation_id,
+            channel=ctx.channel,
+            reason=op.central.get("cancel_reason"),
+        )
+
+
+def result(
+    status: int,
+    rtype: str,
+    rid: str,
+    version: int,
+    last_updated: str,
+    resource: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "type": rtype,
+        "id": rid,
+        "version": version,
+        "last_updated": last_updated,
+        "resource": resource,
+    }
+
+
+def problems_error(ops: list[Op], bundle: bool) -> FhirError:
+    issues: list[Issue] = []
+    status = 422
+    for op in ops:
+        for issue in op.problems:
+            if not issue.expression and bundle:
+                issue.expression = [f"Bundle.entry[{op.index}]"]
+            issues.append(issue)
+            if issue.code in ("conflict",) and "If-Match" in issue.diagnostics:
+                status = 412
+            elif issue.code == "conflict" and status != 412:
+                status = 409
+            elif issue.code == "multiple-matches":
+                status = 412
+            elif issue.code == "duplicate" and bundle:
+                status = 400
+    code = {
+        409: "slot-taken" if any("no longer free" in i.diagnostics for i in issues) else "conflict",
+        412: "version-mismatch",
+        400: "invalid",
+    }.get(status, "business-rule")
+    return FhirError(status, issues, code=code)
+
+
+async def run_write(
+    store: Store,
+    *,
+    now: datetime,
+    tenant: str,
+    msg_id: str,
+    correlation_id: str,
+    mode: str,
+    ops_body: list[dict[str, Any]],
+    channel: str = "provider",
+    representation: bool = True,
+    progress: Callable[[int], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Apply a ``fhir.write`` command; the reply lists one result per entry.
+
+    Without ``representation`` the results leave the resources out (a big
+    transaction's reply stays small); ``progress`` is told every 100 entries.
+    """
+    bundle = mode in ("transaction", "batch")
+    ops = [Op.from_body(i, d) for i, d in enumerate(ops_body)]
+    ctx = WriteContext(
+        store, now, tenant, msg_id, correlation_id, channel, prefix="bundle" if bundle else ""
+    )
+    if mode == "batch":
+        results: list[dict[str, Any]] = []
+        for op in ops:
+            one = WriteContext(store, now, tenant, msg_id, correlation_id, channel, prefix="bundle")
+            try:
+                await resolve(one, [op])
+                await check(one, op)
+                if op.problems:
+                    raise problems_error([op], True)
+                results.append(await apply(one, op))
+            except FhirError as err:
+                results.append(err.to_reply())
+            if progress is not None and (op.index + 1) % 100 == 0:
+                await progress(op.index + 1)
+        if not representation:
+            for r in results:
+                r.pop("resource", None)
+        return {"mode": mode, "results": results}
+    await resolve(ctx, ops)
+    for op in ops:
+        await check(ctx, op)
+    if any(op.problems for op in ops):
+        raise problems_error(ops, bundle)
+    results = []
+    for n, op in enumerate(ops, 1):
+        results.append(await apply(ctx, op))
+        if progress is not None and n % 100 == 0:
+            await progress(n)
+    if not representation:
+        for r in results:
+            r.pop("resource", None)
+    return {"mode": mode, "results": results}
