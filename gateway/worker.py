@@ -82,7 +82,8 @@ class CommandWorker:
             )
         self.outbox_signal.set()
         self.metrics.consumed("command", "ok")
-        log.info("command.applied", outcome=(reply or {}).get("status") or "error")
+        error = (reply or {}).get("error")
+        log.info("command.applied", outcome=f"error {error['status']}" if error else "ok")
         return reply
 
 
