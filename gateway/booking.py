@@ -80,6 +80,7 @@ async def hold_slot(
                 msg_id=msg_id,
                 correlation_id=correlation_id,
                 ident_key=slot.get("ident_key"),
+                channel=channel,
                 extra_events=[
                     event(
                         "booking.booked",
@@ -155,6 +156,7 @@ async def release_slot(
                 msg_id=msg_id,
                 correlation_id=correlation_id,
                 ident_key=doc.get("ident_key"),
+                channel=channel,
                 extra_events=[
                     event(
                         "slot.released", body, tenant=tenant, correlation_id=correlation_id, now=now

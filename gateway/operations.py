@@ -376,6 +376,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
         msg_id=sub,
         correlation_id=ctx.correlation_id,
         ident_key=ident_key(ctx.tenant, op.type, op.central),
+        channel=ctx.channel,
     )
     ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
     return result(

@@ -86,6 +86,7 @@ async def apply_put(
     correlation_id: str,
     ident_key: str | None = None,
     extra_events: list[dict[str, Any]] | None = None,
+    channel: str = "provider",
 ) -> Written:
     """Create or update ``rtype/rid`` for ``tenant`` (FHIR update-as-create)."""
     key = doc_id(tenant, rtype, rid)
@@ -128,7 +129,7 @@ async def apply_put(
         created = not live
         ev = event(
             f"resource.{rtype}.{'created' if created else 'updated'}",
-            {"type": rtype, "id": rid, "version": version},
+            {"type": rtype, "id": rid, "version": version, "channel": channel},
             tenant=tenant,
             correlation_id=correlation_id,
             now=now,
@@ -195,6 +196,7 @@ async def apply_delete(
     rid: str,
     msg_id: str,
     correlation_id: str,
+    channel: str = "provider",
 ) -> int | None:
     """Mark deleted (kept for history); returns the deletion's version, None if absent."""
     key = doc_id(tenant, rtype, rid)
@@ -227,7 +229,7 @@ async def apply_delete(
                 continue
         ev = event(
             f"resource.{rtype}.deleted",
-            {"type": rtype, "id": rid, "version": version},
+            {"type": rtype, "id": rid, "version": version, "channel": channel},
             tenant=tenant,
             correlation_id=correlation_id,
             now=now,
