@@ -357,6 +357,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
             rid=op.id,
             msg_id=sub,
             correlation_id=ctx.correlation_id,
+            channel=ctx.channel,
         )
         return {"status": 204 if version is not None else 404, "type": op.type, "id": op.id}
     assert op.resource is not None and op.central is not None
