@@ -19,6 +19,8 @@ from gateway.errors import FhirError, Issue
 from gateway.events import new_id
 from gateway.http.keys import SERVICES
 from gateway.http.responses import json_response
+from gateway.sandbox import reset as sandbox_reset
+from gateway.schema import INDEXES
 from gateway.timeutil import parse_instant, to_fhir, to_store
 from mappings.validation import parse_json
 
@@ -136,7 +138,23 @@ async def set_clock(request: web.Request) -> web.Response:
     )
 
 
+async def reset(request: web.Request) -> web.Response:
+    """``POST /sandbox/reset`` ``{provider_id?}``: one provider's data, or everything."""
+    services = request.app[SERVICES]
+    data = await _json(request)
+    provider = data.get("provider_id")
+    if provider is not None and not isinstance(provider, str):
+        raise FhirError(400, [Issue("value", "provider_id must be a string")])
+    removed = await sandbox_reset(services.store, INDEXES.keys(), provider)
+    if provider is None:
+        clock = _clock(request)
+        clock.set_offset(timedelta(0))
+        await save_clock(services)
+    return json_response({"reset": provider or "everything", "removed": removed})
+
+
 def routes(app: web.Application) -> None:
+    app.router.add_post("/sandbox/reset", reset)
     app.router.add_post("/sandbox/providers", create_provider)
     app.router.add_post("/sandbox/patients", create_patient)
     app.router.add_get("/sandbox/clock", get_clock)
