@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="the HTTP API and the workers in one process")
     sub.add_parser("api", help="the HTTP API only (workers run elsewhere)")
     sub.add_parser("worker", help="the workers only (command consumers, outbox relay)")
+    tok = sub.add_parser(
+        "token", help="get a provider access token: sign a client assertion, call /auth/token"
+    )
+    tok.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL")
+    tok.add_argument("--client-id", required=True)
+    tok.add_argument("--key", required=True, help="file with the provider's private key (PEM)")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args.url, args.client_id, args.key)
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "worker":
@@ -44,6 +52,35 @@ def main(argv: list[str] | None = None) -> int:
         access_log=None,
         handle_signals=True,
     )
+    return 0
+
+
+def _token(base: str, client_id: str, key_file: str) -> int:
+    """Print an access token; the assertion's audience is ``<base>/auth/token``."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gateway.auth import make_client_assertion
+
+    url = base.rstrip("/") + "/auth/token"
+    assertion = make_client_assertion(Path(key_file).read_text(), client_id, url, datetime.now(UTC))
+    data = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+    ).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as resp:
+            print(json.loads(resp.read())["access_token"])
+    except urllib.error.HTTPError as err:
+        print(err.read().decode(), file=sys.stderr)
+        return 1
     return 0
 
 

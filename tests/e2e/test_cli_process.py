@@ -106,3 +106,34 @@ def test_serve_is_ready_fast_with_metrics_and_clean_json_logs(gateway_process: A
     assert any(json.loads(line).get("correlation_id") for line in lines)
     hint = (logs / "stderr.log").read_text()
     assert "export TOKEN=" in hint
+
+    # `cer-gateway token` signs a client assertion and gets a provider token
+    status, body, _ = call(f"{base}/sandbox/providers", b"{}")
+    prov = json.loads(body)
+    key = logs / "key.pem"
+    key.write_text(prov["private_key_pem"])
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "token",
+            "--url",
+            base,
+            "--client-id",
+            prov["client_id"],
+            "--key",
+            str(key),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    token = out.stdout.strip()
+    req = urllib.request.Request(
+        f"{base}/fhir/Location?_count=1", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
