@@ -221,3 +221,67 @@ class Clock(Protocol):
 
     async def wait_changed(self, timeout: float) -> None:
         """Return after ``timeout`` seconds, or earlier if the clock was set or advanced."""
+
+
+# --------------------------------------------------------------------------- patient channels
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One message to one patient address on one channel (SMS, e-mail or push).
+
+    ``id`` is the idempotency key (``<event id>:<channel>``); adapters pass it
+    on (``Idempotency-Key`` header, e-mail ``Message-ID``) so a receiver that
+    deduplicates drops the rare resend. ``to`` is a phone number (digits with
+    the country code), an e-mail address or a push address (a pseudonym, never
+    the PESEL); ``to`` and ``text`` are personal data: never logged.
+    ``subject`` is the e-mail subject or the push title; ``kind`` the template
+    (``booked``, ``reminder-1d``, ...); ``data`` small non-personal extras
+    (appointment id, reply reference) for push payloads.
+    """
+
+    id: str
+    to: str = field(repr=False)
+    text: str = field(repr=False)
+    subject: str = ""
+    kind: str = ""
+    data: Mapping[str, str] = field(default_factory=dict)
+
+
+class ChannelError(Exception):
+    """A channel could not deliver a notice.
+
+    ``permanent`` (the provider refused the address or the message) is not
+    worth retrying; anything else (time-out, 5xx, 429, connection) is.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class SmsSender(Protocol):
+    """Sends an SMS through an SMS gateway (R-NOT-1, R-NOT-2)."""
+
+    async def send(self, notice: Notice) -> None:
+        """Deliver ``notice`` to the phone number ``notice.to``; ``ChannelError`` otherwise."""
+
+    async def close(self) -> None: ...
+
+
+class EmailSender(Protocol):
+    """Sends an e-mail (R-NOT-1)."""
+
+    async def send(self, notice: Notice) -> None:
+        """Deliver ``notice`` to the address ``notice.to``; ``ChannelError`` otherwise."""
+
+    async def close(self) -> None: ...
+
+
+class PushSender(Protocol):
+    """Sends a push message to the patient's mobile app (mojeIKP-like, R-NOT-1)."""
+
+    async def send(self, notice: Notice) -> None:
+        """Deliver ``notice`` to the app account ``notice.to``; ``ChannelError`` otherwise."""
+
+    async def close(self) -> None: ...
