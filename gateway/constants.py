@@ -23,3 +23,7 @@ PATIENTS = "patients"  # sandbox / known patients (pseudonymous)
 CLOCK = "clock"  # sandbox clock offset, shared by API and workers
 USED_JTI = "used_jti"  # client-assertion ids already seen (replay guard)
 JOBS = "jobs"  # asynchronous requests (Prefer: respond-async): status and outcome
+NOTIFICATIONS = "notifications"  # one record per (event, channel): exactly-once sending
+REMINDERS = "reminders"  # due reminders (7 d / 1 d before a visit), picked up by due time
+SMS_REFS = "sms_refs"  # the short reference and phone of each visit, for SMS replies
+SANDBOX_OUTBOX = "sandbox_outbox"  # sandbox only: every notification sent, for GET /sandbox/outbox

@@ -30,4 +30,13 @@ INDEXES: dict[str, list[Index]] = {
     c.PATIENTS: [],
     c.CLOCK: [],
     c.USED_JTI: [],
+    # Exactly one message per event and channel (issue 7): the claim is this key.
+    c.NOTIFICATIONS: [Index((("event_id", 1), ("channel", 1)), unique=True)],
+    # The reminder task asks for pending reminders by due time (R-NOT-2).
+    c.REMINDERS: [
+        Index((("status", 1), ("due", 1))),
+        Index((("tenant", 1), ("appointment_id", 1))),
+    ],
+    c.SMS_REFS: [Index((("phone", 1), ("active", 1), ("start", 1)))],
+    c.SANDBOX_OUTBOX: [Index((("pesel", 1), ("at", 1))), Index((("at", 1),))],
 }
