@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from adapters.clock import SandboxClock, SystemClock
 
 if TYPE_CHECKING:
-    from gateway.ports import Clock, MessageBus, Store
+    from gateway.ports import Clock, EmailSender, MessageBus, PushSender, SmsSender, Store
     from gateway.settings import Settings
 
 
@@ -43,3 +43,48 @@ def make_bus(settings: Settings, clock: Clock) -> MessageBus:
         retry_delays=settings.retry_delays,
         prefetch=settings.prefetch,
     )
+
+
+def make_sms(settings: Settings) -> SmsSender:
+    if settings.sms_gateway_url:
+        from adapters.http_channels import HttpSmsSender
+
+        return HttpSmsSender(
+            settings.sms_gateway_url,
+            token=settings.sms_gateway_token,
+            sender_name=settings.sms_sender_name,
+            timeout=settings.channel_timeout_seconds,
+        )
+    from adapters.memory_channels import RecordingSms
+
+    return RecordingSms()
+
+
+def make_email(settings: Settings) -> EmailSender:
+    if settings.smtp_host:
+        from adapters.smtp_email import SmtpEmailSender
+
+        return SmtpEmailSender(
+            settings.smtp_host,
+            settings.smtp_port,
+            sender=settings.email_from,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            security=settings.smtp_security,
+            timeout=settings.channel_timeout_seconds,
+        )
+    from adapters.memory_channels import RecordingEmail
+
+    return RecordingEmail()
+
+
+def make_push(settings: Settings) -> PushSender:
+    if settings.push_url:
+        from adapters.http_channels import HttpPushSender
+
+        return HttpPushSender(
+            settings.push_url, token=settings.push_token, timeout=settings.channel_timeout_seconds
+        )
+    from adapters.memory_channels import RecordingPush
+
+    return RecordingPush()
