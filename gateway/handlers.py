@@ -3,11 +3,18 @@
 ``COMMAND_HANDLERS`` maps a command type to its handler. A handler returns
 the reply (a dict) or raises ``FhirError`` for a rule violated; the worker
 turns either into the reply the API is waiting for.
+
+A handler names its dependencies as parameters and the worker passes them by
+name (``invoke``, as cosmicpython's bootstrap injects by signature): ``msg``
+is the command's ``Envelope``; ``store`` and ``clock`` are always there; other
+ports (``eligibility``, ...) are what ``bootstrap`` gives the worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
 from typing import Any
 
 from gateway import constants as c
@@ -16,7 +23,25 @@ from gateway.errors import FhirError
 from gateway.ports import Clock, Envelope, Reject, Store
 from gateway.timeutil import to_store
 
-Handler = Callable[[Store, Clock, Envelope], Awaitable[dict[str, Any]]]
+Handler = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@cache
+def _parameters(handler: Handler) -> tuple[str, ...]:
+    return tuple(inspect.signature(handler).parameters)
+
+
+def invoke(handler: Handler, msg: Envelope, deps: Mapping[str, Any]) -> Awaitable[dict[str, Any]]:
+    """Call ``handler`` with ``msg`` and the dependencies it names (see the module doc)."""
+    kwargs: dict[str, Any] = {}
+    for name in _parameters(handler):
+        if name == "msg":
+            kwargs[name] = msg
+        elif name in deps:
+            kwargs[name] = deps[name]
+        else:
+            raise Reject(f"{msg.type}: the worker has no {name!r} for its handler")
+    return handler(**kwargs)
 
 
 async def fhir_write(store: Store, clock: Clock, msg: Envelope) -> dict[str, Any]:

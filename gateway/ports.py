@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 Document = dict[str, Any]
@@ -285,3 +285,51 @@ class PushSender(Protocol):
         """Deliver ``notice`` to the app account ``notice.to``; ``ChannelError`` otherwise."""
 
     async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- eligibility
+
+
+@dataclass(frozen=True)
+class EligibilityVerdict:
+    """SIMP's answer for one patient, programme and exam day (R-PAT-3, R-PAT-4).
+
+    ``code`` is the patient channel's problem code when not eligible:
+    ``not-eligible`` (sex, age or entitlement) or ``screening-interval`` (too
+    soon after the last exam, or another exam of the programme is booked);
+    ``next_date`` is the first day the interval allows, when known.
+    """
+
+    eligible: bool
+    code: str | None = None
+    reason: str = ""
+    next_date: date | None = None
+
+
+class Eligibility(Protocol):
+    """Screening eligibility (SIMP, with eWUŚ behind it): asked for the day of the exam.
+
+    ``replacing`` names an appointment (``<provider>~<id>``) the new booking
+    replaces (a reschedule, R-PAT-9): its exam does not count against the
+    new one.
+    """
+
+    async def check(
+        self, pesel: str, scope: str, exam_day: date, *, replacing: str | None = None
+    ) -> EligibilityVerdict:
+        """May the patient have this programme's exam on ``exam_day``?"""
+
+    async def booked(
+        self,
+        pesel: str,
+        scope: str,
+        exam_day: date,
+        appointment_id: str,
+        *,
+        replacing: str | None = None,
+    ) -> bool:
+        """Report a booked exam (R-PAT-4); False when another booking of the patient for
+        this programme got there first (the caller then refuses the booking)."""
+
+    async def cancelled(self, pesel: str, scope: str, appointment_id: str) -> None:
+        """The exam booked as ``appointment_id`` will not take place."""

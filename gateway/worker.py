@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ import structlog
 from gateway import constants as c
 from gateway.errors import FhirError
 from gateway.events import event_envelope
-from gateway.handlers import COMMAND_HANDLERS
+from gateway.handlers import COMMAND_HANDLERS, invoke
 from gateway.logging import bind_correlation
 from gateway.metrics import Metrics, Outcome
 from gateway.ports import Clock, DuplicateKey, Envelope, MessageBus, Reject, Store
@@ -38,8 +39,11 @@ class CommandWorker:
         metrics: Metrics,
         outbox_signal: asyncio.Event,
         retry_tiers: int = 0,
+        dependencies: Mapping[str, Any] | None = None,
     ) -> None:
+        """``dependencies``: ports handlers may name besides ``store`` and ``clock``."""
         self.retry_tiers = retry_tiers
+        self.deps: dict[str, Any] = {"store": store, "clock": clock, **(dependencies or {})}
         self.store = store
         self.bus = bus
         self.clock = clock
@@ -72,7 +76,7 @@ class CommandWorker:
         if handler is None:
             raise Reject(f"unknown command type {msg.type!r}")
         try:
-            reply = await handler(self.store, self.clock, msg)
+            reply = await invoke(handler, msg, self.deps)
         except FhirError as err:
             reply = err.to_reply()
         with contextlib.suppress(DuplicateKey):
