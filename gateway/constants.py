@@ -27,3 +27,5 @@ NOTIFICATIONS = "notifications"  # one record per (event, channel): exactly-once
 REMINDERS = "reminders"  # due reminders (7 d / 1 d before a visit), picked up by due time
 SMS_REFS = "sms_refs"  # the short reference and phone of each visit, for SMS replies
 SANDBOX_OUTBOX = "sandbox_outbox"  # sandbox only: every notification sent, for GET /sandbox/outbox
+REFERRALS = "referrals"  # e-referrals (key, 4-digit code, PESEL, scope, medical category, status)
+SCREENINGS = "screenings"  # screening exams done, and each patient's booked exam (R-PAT-3/4)

@@ -22,6 +22,8 @@ INDEXES: dict[str, list[Index]] = {
         Index((("tenant", 1), ("type", 1), ("central.start", 1))),
         # The patients' search across providers (R-CRIT-1): free slots of a scope by date.
         Index((("type", 1), ("central.status", 1), ("central.scope", 1), ("central.start", 1))),
+        # A patient's own visits across providers (GET /patient/v1/appointments).
+        Index((("type", 1), ("central.patient_pesel", 1), ("central.start", 1))),
     ],
     c.JOBS: [Index((("tenant", 1), ("created", 1)))],
     c.HISTORY: [Index((("tenant", 1), ("type", 1), ("rid", 1), ("version", 1)))],
@@ -39,4 +41,8 @@ INDEXES: dict[str, list[Index]] = {
     ],
     c.SMS_REFS: [Index((("phone", 1), ("active", 1), ("start", 1)))],
     c.SANDBOX_OUTBOX: [Index((("pesel", 1), ("at", 1))), Index((("at", 1),))],
+    # A patient's referrals of a scope (the search's categories, R-PAT-2).
+    c.REFERRALS: [Index((("pesel", 1), ("scope", 1)))],
+    # The screening history SIMP judges from (R-PAT-3), per patient and programme.
+    c.SCREENINGS: [Index((("pesel", 1), ("scope", 1), ("date", 1)))],
 }
