@@ -29,3 +29,12 @@ SMS_REFS = "sms_refs"  # the short reference and phone of each visit, for SMS re
 SANDBOX_OUTBOX = "sandbox_outbox"  # sandbox only: every notification sent, for GET /sandbox/outbox
 REFERRALS = "referrals"  # e-referrals (key, 4-digit code, PESEL, scope, medical category, status)
 SCREENINGS = "screenings"  # screening exams done, and each patient's booked exam (R-PAT-3/4)
+SUBSCRIPTIONS = "subscriptions"  # providers' webhook Subscriptions (endpoint, secrets, counter)
+WEBHOOK_EVENTS = "webhook_events"  # one per (subscription, domain event): number, delivery state
+WEBHOOK_ATTEMPTS = "webhook_attempts"  # the delivery log: one per HTTP try
+SANDBOX_INBOX = "sandbox_inbox"  # sandbox only: deliveries to `sandbox:inbox` endpoints
+
+# Webhooks: consumer groups and the delivery message type (issue 6)
+WEBHOOK_GROUP = "webhooks"  # resource.Appointment.* / resource.Slot.* -> numbered events
+WEBHOOK_DELIVERY_GROUP = "webhook-deliveries"  # webhook.deliver -> one HTTP try
+WEBHOOK_DELIVER = "webhook.deliver"  # body {event, round, attempt}: ids, never payloads

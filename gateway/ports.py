@@ -333,3 +333,57 @@ class Eligibility(Protocol):
 
     async def cancelled(self, pesel: str, scope: str, appointment_id: str) -> None:
         """The exam booked as ``appointment_id`` will not take place."""
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One POST of a notification to a subscriber's endpoint, to be signed per Standard Webhooks.
+
+    ``msg_id`` is the ``webhook-id``: the same on every try of one event, so a
+    receiver can drop duplicates. ``secrets`` are the subscription's ``whsec_``
+    secrets in force (two during a rotation's overlap: one signature each).
+    ``headers`` are the subscriber's own (``Subscription.channel.header``).
+    ``tenant`` and ``subscription`` say whose it is (the sandbox inbox files
+    deliveries by provider). Secrets and headers are never logged.
+    """
+
+    url: str
+    msg_id: str
+    body: bytes = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = 15.0
+    tenant: str = ""
+    subscription: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """What one try came to: the HTTP status (None: no answer), how long, and why not."""
+
+    status: int | None
+    latency_ms: float
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from a Retry-After header
+    response_excerpt: str = ""  # the start of the response body, for the delivery log
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class WebhookSender(Protocol):
+    """Delivers signed webhook notifications (Standard Webhooks) to subscriber endpoints."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be an endpoint (scheme, private address...), or None."""
+
+    async def send(self, request: WebhookRequest) -> WebhookResult:
+        """POST once; the endpoint's failures are in the result, never raised."""

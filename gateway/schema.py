@@ -45,4 +45,20 @@ INDEXES: dict[str, list[Index]] = {
     c.REFERRALS: [Index((("pesel", 1), ("scope", 1)))],
     # The screening history SIMP judges from (R-PAT-3), per patient and programme.
     c.SCREENINGS: [Index((("pesel", 1), ("scope", 1), ("date", 1)))],
+    # Webhooks (issue 6). A subscription's events by number (the unique guard of
+    # "one number, one event"); the sweeper's due deliveries; retention by time.
+    c.SUBSCRIPTIONS: [
+        Index((("tenant", 1), ("status", 1))),
+        Index((("status", 1), ("next_heartbeat_at", 1))),
+    ],
+    c.WEBHOOK_EVENTS: [
+        Index((("subscription", 1), ("event_id", 1)), unique=True),
+        # "<subscription>#<number>", set with the number: one event per number.
+        Index((("seq_key", 1),), unique=True, sparse=True),
+        Index((("subscription", 1), ("number", 1))),
+        Index((("status", 1), ("next_attempt_at", 1))),
+        Index((("at", 1),)),
+    ],
+    c.WEBHOOK_ATTEMPTS: [Index((("subscription", 1), ("at", 1))), Index((("at", 1),))],
+    c.SANDBOX_INBOX: [Index((("tenant", 1), ("at", 1)))],
 }
