@@ -33,14 +33,14 @@ def make_bus(settings: Settings, clock: Clock) -> MessageBus:
             settings.amqp_url,
             partitions=settings.command_partitions,
             prefetch=settings.prefetch,
-            retry_delays=settings.retry_delays,
+            retry_delays=settings.bus_retry_delays,
         )
     from adapters.memory_bus import MemoryBus
 
     return MemoryBus(
         clock,
         partitions=settings.command_partitions,
-        retry_delays=settings.retry_delays,
+        retry_delays=settings.bus_retry_delays,
         prefetch=settings.prefetch,
     )
 

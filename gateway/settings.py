@@ -72,6 +72,53 @@ class Settings(BaseSettings):
     # Bearer token the SMS gateway must send to POST /channels/sms/inbound (open when empty).
     sms_inbound_token: str = ""
 
+    # Webhooks to providers (issue 6). Delay in seconds before each try of one
+    # event: the first at once, then a Svix-like backoff (5 s, 5 min, 30 min, 2 h,
+    # 5 h, 10 h, 10 h); after the last try the event is dead-lettered. Every
+    # delay gets a broker retry tier (see ``bus_retry_delays``).
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    # Seconds one delivery (or handshake, heartbeat) may take.
+    webhook_timeout_seconds: float = 15.0
+    # A 429/503 Retry-After is honoured up to this many seconds.
+    webhook_retry_after_max_seconds: float = 36000.0
+    # Days a subscription's events are kept for $events and $replay.
+    webhook_event_retention_days: float = 30.0
+    # Seconds the previous secret still signs (a second signature) after a rotation.
+    webhook_secret_overlap_seconds: float = 86400.0
+    # Loopback / private / link-local endpoints (SSRF): None = refused in
+    # production, allowed in sandbox; true or false forces it.
+    webhook_allow_private_addresses: bool | None = None
+    # Shortest heartbeatPeriod accepted (seconds).
+    webhook_min_heartbeat_seconds: int = 60
+    # The sweeper (due retries, heartbeats, retention) looks at the store this
+    # often, and at once when the sandbox clock moves; it re-sends a delivery
+    # only when its broker copy is this late.
+    webhook_sweep_seconds: float = 1.0
+    webhook_sweep_grace_seconds: float = 2.0
+
     @property
     def sandbox(self) -> bool:
         return self.cer_mode == "sandbox"
+
+    @property
+    def private_webhooks_allowed(self) -> bool:
+        if self.webhook_allow_private_addresses is not None:
+            return self.webhook_allow_private_addresses
+        return self.sandbox
+
+    @property
+    def bus_retry_delays(self) -> list[float]:
+        """The bus's retry delays: ``retry_delays`` (the commands' schedule, first),
+        then a tier for every webhook delay not already one, and at least as many
+        entries as webhook tries, so a delivery is never dead-lettered by the bus
+        before its own schedule ends. Commands still stop after ``retry_delays``
+        (the command worker dead-letters them itself)."""
+        delays = [float(d) for d in self.retry_delays]
+        for d in sorted({float(x) for x in self.webhook_retry_schedule[1:] if x > 0}):
+            if d not in delays:
+                delays.append(d)
+        while len(delays) < len(self.webhook_retry_schedule):
+            delays.append(max(delays))
+        return delays

@@ -62,6 +62,10 @@ class CommandWorker:
             outcome: Outcome = "dead_lettered" if last else "retried"
             self.metrics.consumed("command", outcome)
             log.warning("command.failed", error=repr(exc), attempt=msg.attempt, outcome=outcome)
+            if last and not isinstance(exc, Reject):
+                # The bus has more tiers than commands retry (webhook deliveries use
+                # them, see Settings.bus_retry_delays): a command stops here.
+                raise Reject(f"retries exhausted: {exc!r}") from exc
             raise
 
     async def _apply(self, msg: Envelope) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ async def purge_rabbit(settings: Settings, groups: tuple[str, ...] = E2E_GROUPS)
     from gateway import constants as c
 
     names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.retry_delays]
+    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
     names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in groups]
     names.append(c.DEAD_QUEUE)
     try:
