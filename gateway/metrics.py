@@ -29,6 +29,8 @@ PublishKind = Literal["command", "event", "reply"]
 Outcome = Literal["ok", "retried", "dead_lettered", "duplicate"]
 PUBLISH_KINDS: tuple[PublishKind, ...] = ("command", "event", "reply")
 OUTCOMES: tuple[Outcome, ...] = ("ok", "retried", "dead_lettered", "duplicate")
+NotificationOutcome = Literal["sent", "duplicate", "failed"]
+NOTIFICATION_OUTCOMES: tuple[NotificationOutcome, ...] = ("sent", "duplicate", "failed")
 UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds; FHIR reads are milliseconds, transactions awaiting a command reply seconds.
@@ -87,6 +89,28 @@ class Metrics:
             "Events written to outboxes and not yet published (last relay pass).",
             registry=r,
         )
+        # Patient notifications (issue 7): per channel sent / duplicate / failed, the
+        # events dead-lettered with a channel still failing, and the reminders' life.
+        self.notifications_total = Counter(
+            "notifications",
+            "Patient notifications by channel (sms, email, push) and outcome "
+            "(sent, duplicate, failed).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.notifications_dead_lettered_total = Counter(
+            "notifications_dead_lettered",
+            "Notification events dead-lettered, by the channel that kept failing.",
+            ["channel"],
+            registry=r,
+        )
+        self.reminders_total = Counter(
+            "reminders",
+            "Visit reminders (R-NOT-2) by kind and outcome "
+            "(scheduled, queued, sent, skipped, cancelled).",
+            ["kind", "outcome"],
+            registry=r,
+        )
         for kind in PUBLISH_KINDS:  # zeros from the start, so rates work from the first scrape
             self.messages_published_total.labels(kind)
 
@@ -113,6 +137,12 @@ class Metrics:
             self.messages_retried_total.labels(queue_kind).inc()
         elif outcome == "dead_lettered":
             self.messages_dead_lettered_total.labels(queue_kind).inc()
+
+    def notified(self, channel: str, outcome: NotificationOutcome) -> None:
+        """Count one notification on ``channel`` (sms, email, push)."""
+        if outcome not in NOTIFICATION_OUTCOMES:
+            raise ValueError(f"outcome must be one of {NOTIFICATION_OUTCOMES}, got {outcome!r}")
+        self.notifications_total.labels(channel, outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
         """``(body, content type)`` for ``/metrics`` (Prometheus text format).
