@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 from adapters.clock import SandboxClock, SystemClock
 
 if TYPE_CHECKING:
-    from gateway.ports import Clock, EmailSender, MessageBus, PushSender, SmsSender, Store
+    from gateway.ports import (
+        Clock,
+        EmailSender,
+        MessageBus,
+        PushSender,
+        SmsSender,
+        Store,
+        WebhookSender,
+    )
     from gateway.settings import Settings
 
 
@@ -88,3 +96,14 @@ def make_push(settings: Settings) -> PushSender:
     from adapters.memory_channels import RecordingPush
 
     return RecordingPush()
+
+
+def make_webhook_sender(settings: Settings, store: Store, clock: Clock) -> WebhookSender:
+    """HTTP(S) delivery, plus the ``sandbox:inbox`` twin in sandbox mode."""
+    from adapters.webhook_http import HttpWebhookSender
+    from adapters.webhook_inbox import InboxWebhookSender
+    from adapters.webhook_router import WebhookRouter
+
+    http = HttpWebhookSender(allow_private=settings.private_webhooks_allowed)
+    inbox = InboxWebhookSender(store, clock) if settings.sandbox else None
+    return WebhookRouter(http, inbox)
