@@ -9,6 +9,7 @@ from adapters.clock import SandboxClock, SystemClock
 if TYPE_CHECKING:
     from gateway.ports import (
         Clock,
+        Eligibility,
         EmailSender,
         MessageBus,
         PushSender,
@@ -107,3 +108,13 @@ def make_webhook_sender(settings: Settings, store: Store, clock: Clock) -> Webho
     http = HttpWebhookSender(allow_private=settings.private_webhooks_allowed)
     inbox = InboxWebhookSender(store, clock) if settings.sandbox else None
     return WebhookRouter(http, inbox)
+
+
+def make_eligibility(settings: Settings, store: Store) -> Eligibility:
+    """Screening eligibility (SIMP, R-PAT-4): the embedded one decides from the store's history.
+
+    No SIMP web-service adapter exists yet; it would be chosen here from its URL.
+    """
+    from adapters.eligibility import StoreEligibility
+
+    return StoreEligibility(store)

@@ -16,7 +16,7 @@ from datetime import timedelta
 import structlog
 
 from adapters.clock import SandboxClock
-from adapters.factory import make_bus, make_clock, make_store
+from adapters.factory import make_bus, make_clock, make_eligibility, make_store
 from gateway import constants as c
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
@@ -75,6 +75,8 @@ async def start(services: Services, *, workers: bool) -> None:
             services.metrics,
             services.outbox_signal,
             retry_tiers=len(services.settings.retry_delays),
+            # Ports the command handlers name besides store and clock (gateway.handlers).
+            dependencies={"eligibility": make_eligibility(services.settings, services.store)},
         )
         await worker.start()
         services.tasks.append(

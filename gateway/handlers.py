@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from gateway import constants as c
-from gateway import operations
+from gateway import operations, patients
 from gateway.errors import FhirError
 from gateway.ports import Clock, Envelope, Reject, Store
 from gateway.timeutil import to_store
@@ -97,4 +97,8 @@ async def finish_job(store: Store, clock: Clock, job_id: str, reply: dict[str, A
 
 COMMAND_HANDLERS: dict[str, Handler] = {
     "fhir.write": fhir_write,
+    # The patient channel (gateway.patients), on the partition of the slot's provider.
+    "patient.book": patients.book,
+    "patient.reschedule": patients.book,
+    "patient.cancel": patients.cancel,
 }
