@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import bootstrap
 from gateway.bootstrap import Services
-from gateway.http import auth, bundles, capability, fhir, health, sandbox
+from gateway.http import auth, bundles, capability, fhir, health, patient, sandbox
 from gateway.http.keys import SERVICES
 from gateway.http.middleware import correlation_middleware, error_middleware
 from gateway.metrics import metrics_middleware
@@ -45,6 +45,7 @@ def create_app(
     capability.routes(app)
     fhir.routes(app)
     bundles.routes(app)
+    patient.routes(app)
     if settings.sandbox:
         sandbox.routes(app)
     return app

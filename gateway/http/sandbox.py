@@ -12,7 +12,7 @@ from aiohttp import web
 
 from adapters.clock import SandboxClock
 from gateway import constants as c
-from gateway import pesel
+from gateway import patients, pesel
 from gateway.auth import Principal, generate_client_keypair
 from gateway.bootstrap import save_clock
 from gateway.errors import FhirError, Issue
@@ -22,6 +22,7 @@ from gateway.http.responses import json_response
 from gateway.sandbox import reset as sandbox_reset
 from gateway.schema import INDEXES
 from gateway.timeutil import parse_instant, to_fhir, to_store
+from mappings import codes
 from mappings.validation import parse_json
 
 
@@ -153,9 +154,105 @@ async def reset(request: web.Request) -> web.Response:
     return json_response({"reset": provider or "everything", "removed": removed})
 
 
+async def create_referral(request: web.Request) -> web.Response:
+    """``POST /sandbox/referrals`` ``{pesel, scope, category?, status?}`` -> ``{key, code}``.
+
+    An e-referral as P1 would hold it (R-PAT-2): key (*klucz*), 4-digit code
+    (*kod*), the patient, the scope and the medical category (``urgent`` or
+    ``stable``, default ``stable``). ``status`` (default ``issued``) can make a
+    referral that is already ``realized``, ``cancelled`` or ``expired``.
+    """
+    services = request.app[SERVICES]
+    data = await _json(request)
+    number, scope = _patient_and_scope(data)
+    info = codes.scopes()[scope]
+    if not info.referral_required_first_time:
+        raise FhirError(
+            400, [Issue("value", f"{scope} needs no e-referral (R-PAT-3); nothing to issue")]
+        )
+    category = data.get("category", "stable")
+    if category not in ("urgent", "stable"):
+        raise FhirError(400, [Issue("value", "category must be 'urgent' or 'stable'")])
+    status = data.get("status", patients.REFERRAL_ISSUED)
+    if status not in patients.REFERRAL_STATUSES or status == patients.REFERRAL_BOOKED:
+        raise FhirError(
+            400, [Issue("value", "status must be one of issued, realized, cancelled, expired")]
+        )
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    key = "".join(secrets.choice(alphabet) for _ in range(20))
+    code = f"{secrets.randbelow(10000):04d}"
+    await services.store.insert(
+        c.REFERRALS,
+        {
+            "_id": key,
+            "key": key,
+            "code": code,
+            "pesel": number,
+            "scope": scope,
+            "category": category,
+            "status": status,
+            "appointment_id": None,
+            "issued": to_store(services.clock.now()),
+            "sandbox": True,
+        },
+    )
+    return json_response(
+        {"key": key, "code": code, "scope": scope, "category": category, "status": status}, 201
+    )
+
+
+async def create_screening(request: web.Request) -> web.Response:
+    """``POST /sandbox/screenings`` ``{pesel, scope, date, hpv?}``: an exam done on ``date``.
+
+    The screening history the embedded SIMP judges eligibility from (R-PAT-3):
+    mammography every 2 years, cytology every 3 (5 after an HPV test).
+    """
+    services = request.app[SERVICES]
+    data = await _json(request)
+    number, scope = _patient_and_scope(data)
+    if codes.scopes()[scope].screening is None:
+        raise FhirError(400, [Issue("value", f"{scope} is not a screening programme")])
+    try:
+        day = date.fromisoformat(str(data.get("date")))
+    except ValueError as exc:
+        raise FhirError(400, [Issue("value", "date must be YYYY-MM-DD")]) from exc
+    hpv = data.get("hpv", False)
+    if not isinstance(hpv, bool):
+        raise FhirError(400, [Issue("value", "hpv must be true or false")])
+    if hpv and scope != "cytology":
+        raise FhirError(400, [Issue("value", "an HPV test is a cytology screening")])
+    doc = {
+        "_id": f"done|{new_id()}",
+        "pesel": number,
+        "scope": scope,
+        "date": day.isoformat(),
+        "hpv": hpv,
+        "status": "done",
+        "sandbox": True,
+    }
+    await services.store.insert(c.SCREENINGS, doc)
+    return json_response({"id": doc["_id"], "scope": scope, "date": doc["date"], "hpv": hpv}, 201)
+
+
+def _patient_and_scope(data: dict[str, Any]) -> tuple[str, str]:
+    number = data.get("pesel")
+    if not isinstance(number, str):
+        raise FhirError(400, [Issue("required", "pesel is required")])
+    try:
+        pesel.validate(number)
+    except ValueError as exc:
+        raise FhirError(400, [Issue("value", str(exc))]) from exc
+    scope = data.get("scope")
+    if scope not in codes.scopes():
+        raise FhirError(400, [Issue("value", f"scope must be one of {', '.join(codes.scopes())}")])
+    return number, str(scope)
+
+
 def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_post("/sandbox/providers", create_provider)
     app.router.add_post("/sandbox/patients", create_patient)
+    app.router.add_post("/sandbox/referrals", create_referral)
+    app.router.add_post("/sandbox/screenings", create_screening)
     app.router.add_get("/sandbox/clock", get_clock)
     app.router.add_post("/sandbox/clock", set_clock)
