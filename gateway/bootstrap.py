@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.ports import Clock, MessageBus, Store
 from gateway.schema import INDEXES
 from gateway.settings import Settings
+from gateway.webhooks import Webhooks
 from gateway.worker import CommandWorker, relay_outbox
 
 log = structlog.get_logger("gateway.bootstrap")
@@ -40,6 +41,8 @@ class Services:
     metrics: Metrics
     outbox_signal: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Webhooks to providers (issue 6): built by start() with their sender.
+    webhooks: Webhooks | None = None
 
 
 def build_services(
@@ -64,6 +67,7 @@ def build_services(
 async def start(services: Services, *, workers: bool) -> None:
     await services.store.start(INDEXES)
     await services.bus.start()
+    await _start_webhooks(services)
     if isinstance(services.clock, SandboxClock):
         await _load_clock(services)
         services.tasks.append(asyncio.create_task(_follow_clock(services), name="clock-sync"))
@@ -79,6 +83,12 @@ async def start(services: Services, *, workers: bool) -> None:
             dependencies={"eligibility": make_eligibility(services.settings, services.store)},
         )
         await worker.start()
+        if services.webhooks is not None:
+            # Dispatch, deliveries, and the sweeper that follows the app clock (issue 6).
+            await services.webhooks.start()
+            services.tasks.append(
+                asyncio.create_task(services.webhooks.run_sweeper(), name="webhook-sweeper")
+            )
         services.tasks.append(
             asyncio.create_task(
                 relay_outbox(
@@ -109,6 +119,7 @@ async def stop(services: Services) -> None:
             await task
     services.tasks.clear()
     await services.bus.close()
+    await _stop_webhooks(services)
     await services.store.close()
 
 
@@ -135,3 +146,21 @@ async def _follow_clock(services: Services) -> None:
         await asyncio.sleep(1.0)
         with contextlib.suppress(Exception):
             await _load_clock(services)
+
+
+async def _start_webhooks(services: Services) -> None:
+    """The webhook sender (API: handshakes; workers: deliveries) and its service."""
+    from adapters.factory import make_webhook_sender
+
+    if services.webhooks is None:
+        sender = make_webhook_sender(services.settings, services.store, services.clock)
+        services.webhooks = Webhooks(
+            services.store, services.bus, services.clock, sender, services.settings
+        )
+    await services.webhooks.sender.start()
+
+
+async def _stop_webhooks(services: Services) -> None:
+    if services.webhooks is not None:
+        await services.webhooks.close()
+        await services.webhooks.sender.close()

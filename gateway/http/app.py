@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway import bootstrap
 from gateway.bootstrap import Services
 from gateway.http import auth, bundles, capability, fhir, health, patient, sandbox
+from gateway.http import subscriptions as subscription_api
 from gateway.http.keys import SERVICES
 from gateway.http.middleware import correlation_middleware, error_middleware
 from gateway.metrics import metrics_middleware
@@ -45,6 +46,7 @@ def create_app(
     capability.routes(app)
     fhir.routes(app)
     bundles.routes(app)
+    subscription_api.routes(app)
     patient.routes(app)
     if settings.sandbox:
         sandbox.routes(app)

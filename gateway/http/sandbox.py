@@ -248,6 +248,45 @@ def _patient_and_scope(data: dict[str, Any]) -> tuple[str, str]:
     return number, str(scope)
 
 
+async def get_inbox(request: web.Request) -> web.Response:
+    """``GET /sandbox/inbox/{provider_id}``: webhook deliveries to ``sandbox:inbox``, oldest
+    first, each with its Standard Webhooks headers and the exact body they sign
+    (``raw_body``); ``?subscription=`` narrows to one subscription."""
+    services = request.app[SERVICES]
+    flt: dict[str, Any] = {"tenant": request.match_info["provider_id"]}
+    if request.query.get("subscription"):
+        flt["subscription"] = request.query["subscription"]
+    docs = await services.store.find(c.SANDBOX_INBOX, flt, sort=[("at", 1)], limit=1000)
+    deliveries = [
+        {
+            "id": d["_id"],
+            "at": d["at"],
+            "subscription": d["subscription"],
+            "webhook_id": d["webhook_id"],
+            "headers": d["headers"],
+            "body": d["body"],
+            "raw_body": d["raw_body"],
+        }
+        for d in docs
+    ]
+    return json_response(
+        {
+            "provider_id": request.match_info["provider_id"],
+            "count": len(deliveries),
+            "deliveries": deliveries,
+        }
+    )
+
+
+async def clear_inbox(request: web.Request) -> web.Response:
+    """``DELETE /sandbox/inbox/{provider_id}``: forget the provider's captured deliveries."""
+    services = request.app[SERVICES]
+    removed = await services.store.delete_many(
+        c.SANDBOX_INBOX, {"tenant": request.match_info["provider_id"]}
+    )
+    return json_response({"removed": removed})
+
+
 def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_post("/sandbox/providers", create_provider)
@@ -256,3 +295,5 @@ def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/screenings", create_screening)
     app.router.add_get("/sandbox/clock", get_clock)
     app.router.add_post("/sandbox/clock", set_clock)
+    app.router.add_get("/sandbox/inbox/{provider_id}", get_inbox)
+    app.router.add_delete("/sandbox/inbox/{provider_id}", clear_inbox)

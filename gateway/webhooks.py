@@ -1,0 +1,796 @@
+"""Webhooks to providers: numbered events, signed deliveries with retries, heartbeats.
+
+Provider systems learn of every change of their Appointments and Slots made
+outside them (R-SCHED-4, R-CAN-3): a patient's booking, cancellation or
+reschedule, an SMS cancellation, the waiting room's assignment... A change the
+provider made itself (``channel`` ``provider``) is not echoed back.
+
+Data model (Svix-like, STYLE.md), one collection each:
+
+* ``subscriptions`` (the endpoint): endpoint, headers, content, secrets with
+  their expiry, status (requested, active, error, off), the event counter.
+* ``webhook_events`` (message x destination): one per subscription and domain
+  event, ``_id`` ``<subscription>:<event id>`` (the dedupe guard: a
+  redelivered event finds its document), its ``number`` (unique per
+  subscription, ``seq_key``), and the delivery state: ``status`` (new ->
+  pending -> delivered | failed | cancelled), ``round`` (bumped by a replay),
+  ``attempts`` (tries done in this round), ``next_attempt_at`` (app clock).
+* ``webhook_attempts`` (the delivery log): one per HTTP try.
+
+Numbering, gap-free: after the dedupe guard, the subscription's counter is
+incremented in the same atomic update that records which event holds the new
+number (``pending_event``); the event document then takes the number and the
+reservation is released. A redelivered event that finds itself holding the
+reservation reuses the number; a reservation abandoned by a dead worker is
+taken over (with its number) after ``STALE_RESERVATION``; the unique
+``seq_key`` stops two documents from ever sharing a number.
+
+Delivery: ``webhook.deliver`` bus messages carry ``{event, round, attempt}``
+(ids, never payloads). One try per message; a failed try records the next due
+time in the event document and raises ``Retry(delay)``, so the broker's delay
+tier brings the message back. Because tiers run on real time while the
+sandbox clock can jump, a sweeper re-sends every pending delivery that is
+due by ``clock.now()`` and whose broker copy is late; copies are told apart
+by ``(round, attempt)`` and a short claim, so one try happens once. After the
+last try the event is ``failed``, its message dead-lettered (``Reject``) and
+the subscription shows ``error`` until a delivery succeeds again (``$replay``).
+``410 Gone`` turns the subscription off; ``429`` / ``503`` with
+``Retry-After`` wait at least that long (up to a bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets as pysecrets
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+
+from gateway import constants as c
+from gateway import subscriptions as subs
+from gateway.logging import bind_correlation
+from gateway.ports import (
+    Clock,
+    Document,
+    DuplicateKey,
+    Envelope,
+    MessageBus,
+    Reject,
+    Retry,
+    Store,
+    WebhookRequest,
+    WebhookResult,
+    WebhookSender,
+)
+from gateway.settings import Settings
+from gateway.timeutil import from_store, to_fhir, to_store
+
+log = structlog.get_logger("gateway.webhooks")
+
+WATCHED = ("resource.Appointment.*", "resource.Slot.*")
+LIVE = ("requested", "active", "error")  # statuses that collect events
+NEVER = "9999-12-31T23:59:59.999Z"  # next_heartbeat_at without heartbeats
+STALE_RESERVATION = timedelta(seconds=60)
+CLAIM_EXTRA = timedelta(seconds=30)
+EARLY_SLACK = timedelta(seconds=1)
+SWEEP_BATCH = 500
+EVENTS_MAX = 500  # events per $events answer
+EXCERPT = 512
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(pysecrets.token_bytes(24)).decode()
+
+
+def _wall() -> datetime:
+    """Wall time, for leases (a crash-recovery timer, not a domain one)."""
+    return datetime.now(UTC)
+
+
+def _host(url: str) -> str:
+    return url if url == subs.INBOX else (urlsplit(url).hostname or "?")
+
+
+class Webhooks:
+    """The webhook service: subscriptions' lifecycle (API side), dispatch and delivery (workers)."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: MessageBus,
+        clock: Clock,
+        sender: WebhookSender,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.sender = sender
+        self.settings = settings
+        self.schedule = [float(d) for d in settings.webhook_retry_schedule] or [0.0]
+        self.base = (
+            settings.public_base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
+        )
+        self._bus_retries = len(settings.bus_retry_delays)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._heartbeat_slots = asyncio.Semaphore(32)
+        self._next_prune: datetime | None = None
+
+    # ================================================================== API side
+
+    async def create(self, tenant: str, spec: subs.SubscriptionSpec) -> tuple[Document, str]:
+        """Store a new subscription and shake hands with its endpoint; returns it and its secret."""
+        now = self.clock.now()
+        secret = new_secret()
+        doc: Document = {
+            "_id": uuid.uuid4().hex,
+            "tenant": tenant,
+            "version": 1,
+            "created": to_store(now),
+            "last_updated": to_store(now),
+            "status": "off" if spec.wants_off else "requested",
+            "error": None,
+            **self._spec_fields(spec, now),
+            "secrets": [{"value": secret, "expires": None}],
+            "events_count": 0,
+            "pending_event": None,
+            "pending_since": "",
+        }
+        await self.store.insert(c.SUBSCRIPTIONS, doc)
+        log.info("subscription.created", subscription=doc["_id"], endpoint=_host(spec.endpoint))
+        if doc["status"] == "requested":
+            doc = await self.handshake(doc)
+        return doc, secret
+
+    def _spec_fields(self, spec: subs.SubscriptionSpec, now: datetime) -> Document:
+        return {
+            "resource": spec.resource,
+            "topic": spec.topic,
+            "types": spec.types,
+            "endpoint": spec.endpoint,
+            "headers": spec.headers,
+            "content": spec.content,
+            "heartbeat": spec.heartbeat,
+            "timeout": spec.timeout,
+            "end": spec.end,
+            "next_heartbeat_at": (
+                to_store(now + timedelta(seconds=spec.heartbeat)) if spec.heartbeat else NEVER
+            ),
+        }
+
+    async def update(
+        self, doc: Document, spec: subs.SubscriptionSpec, if_match: int | None
+    ) -> Document | None:
+        """Apply a PUT; None when the version moved (412 with If-Match, else try again)."""
+        now = self.clock.now()
+        if spec.wants_off:
+            status = "off"
+        elif spec.endpoint != doc["endpoint"] or doc["status"] != "active":
+            status = "requested"  # a new endpoint, or a client asking to resume: shake hands
+        else:
+            status = "active"
+        fields = self._spec_fields(spec, now)
+        if doc.get("heartbeat") == spec.heartbeat and doc.get("next_heartbeat_at") != NEVER:
+            fields.pop("next_heartbeat_at")
+        updated = await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": doc["_id"], "version": doc["version"]},
+            {
+                "$set": {
+                    **fields,
+                    "status": status,
+                    "error": None if status != "off" else "turned off by the provider",
+                    "version": doc["version"] + 1,
+                    "last_updated": to_store(now),
+                }
+            },
+        )
+        if updated is None:
+            return None
+        if status == "requested":
+            updated = await self.handshake(updated)
+        return updated
+
+    async def delete(self, doc: Document) -> None:
+        """Remove a subscription with its events and delivery log (pending tries are dropped)."""
+        await self.store.delete_one(c.SUBSCRIPTIONS, {"_id": doc["_id"]})
+        await self.store.delete_many(c.WEBHOOK_EVENTS, {"subscription": doc["_id"]})
+        await self.store.delete_many(c.WEBHOOK_ATTEMPTS, {"subscription": doc["_id"]})
+
+    async def rotate_secret(self, doc: Document) -> tuple[Document, str, str]:
+        """A new secret signs from now on; the old one(s) also sign until the overlap ends."""
+        now = self.clock.now()
+        until = to_store(now + timedelta(seconds=self.settings.webhook_secret_overlap_seconds))
+        kept = [
+            {"value": s["value"], "expires": s["expires"] or until}
+            for s in self._secrets_in_force(doc, now, raw=True)
+        ]
+        secret = new_secret()
+        updated = await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": doc["_id"]},
+            {"$set": {"secrets": [{"value": secret, "expires": None}, *kept]}},
+        )
+        log.info("subscription.secret_rotated", subscription=doc["_id"])
+        return updated or doc, secret, until
+
+    def _secrets_in_force(self, doc: Document, now: datetime, raw: bool = False) -> list[Any]:
+        at = to_store(now)
+        live = [
+            s for s in doc.get("secrets") or [] if s.get("expires") is None or s["expires"] > at
+        ]
+        return live if raw else [s["value"] for s in live]
+
+    async def handshake(self, doc: Document) -> Document:
+        """``requested`` -> ``active`` when the endpoint answers 2xx, else ``error`` (410: off)."""
+        now = self.clock.now()
+        bundle = subs.notification_bundle(
+            doc, base=self.base, kind="handshake", events_since=doc["events_count"], now=now
+        )
+        result = await self._post(doc, bundle, f"hs-{uuid.uuid4().hex}", now)
+        if result.ok:
+            status, error = "active", None
+        elif result.status == 410:
+            status, error = "off", "the endpoint answered 410 Gone to the handshake"
+        else:
+            status, error = "error", f"handshake failed: {result.error}"
+        await self._log_attempt(doc, result, now, kind="handshake", trigger="handshake")
+        updated = await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": doc["_id"], "status": "requested"},
+            {"$set": {"status": status, "error": error}},
+        )
+        log.info("subscription.handshake", subscription=doc["_id"], status=status)
+        return updated or (await self.store.get(c.SUBSCRIPTIONS, doc["_id"])) or doc
+
+    async def replay(
+        self,
+        doc: Document,
+        *,
+        since_number: int | None = None,
+        until_number: int | None = None,
+        since: datetime | None = None,
+    ) -> list[int]:
+        """Send kept events again, from an event number or a time; returns their numbers."""
+        flt: dict[str, Any] = {"subscription": doc["_id"], "number": {"$gte": since_number or 1}}
+        if until_number is not None:
+            flt["number"]["$lte"] = until_number
+        if since is not None:
+            flt["at"] = {"$gte": to_store(since)}
+        events = await self.store.find(c.WEBHOOK_EVENTS, flt, sort=[("number", 1)])
+        now = self.clock.now()
+        numbers = []
+        for ev in events:
+            updated = await self.store.update_one(
+                c.WEBHOOK_EVENTS,
+                {"_id": ev["_id"], "round": ev["round"]},
+                {
+                    "$set": {
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": to_store(now),
+                        "claim_until": "",
+                        "swept_until": "",
+                    },
+                    "$inc": {"round": 1},
+                },
+            )
+            if updated is not None:
+                await self._dispatch(updated, "replay")
+                numbers.append(int(updated["number"]))
+        log.info("subscription.replay", subscription=doc["_id"], events=len(numbers))
+        return numbers
+
+    async def kept_events(
+        self, doc: Document, since_number: int, until_number: int | None
+    ) -> list[Document]:
+        flt: dict[str, Any] = {"subscription": doc["_id"], "number": {"$gte": since_number}}
+        if until_number is not None:
+            flt["number"]["$lte"] = until_number
+        return await self.store.find(c.WEBHOOK_EVENTS, flt, sort=[("number", 1)], limit=EVENTS_MAX)
+
+    async def resources_of(self, events: Sequence[Document]) -> dict[str, Document | None]:
+        return {ev["_id"]: await self._resource_at(ev) for ev in events}
+
+    async def attempts(
+        self, doc: Document, *, limit: int, number: int | None = None
+    ) -> list[Document]:
+        flt: dict[str, Any] = {"subscription": doc["_id"]}
+        if number is not None:
+            flt["number"] = number
+        return await self.store.find(
+            c.WEBHOOK_ATTEMPTS, flt, sort=[("at", -1), ("seq", -1)], limit=limit
+        )
+
+    # ================================================================== workers
+
+    async def start(self) -> None:
+        """Consume resource events (dispatch) and delivery messages (one try each)."""
+        await self.bus.consume_events(c.WEBHOOK_GROUP, WATCHED, self.on_resource_event)
+        await self.bus.consume_events(
+            c.WEBHOOK_DELIVERY_GROUP, [c.WEBHOOK_DELIVER], self.on_deliver
+        )
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def on_resource_event(self, msg: Envelope) -> None:
+        """A resource change -> one numbered event per matching subscription, then its first try."""
+        body = msg.body
+        channel = body.get("channel") or "provider"
+        # R-SCHED-4 / R-CAN-3: the provider's own changes are not echoed back to it.
+        if channel == "provider" or msg.tenant is None:
+            return
+        rtype = body.get("type")
+        if rtype not in ("Appointment", "Slot"):
+            return
+        bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, event=msg.type)
+        now = self.clock.now()
+        matching = await self.store.find(
+            c.SUBSCRIPTIONS, {"tenant": msg.tenant, "status": {"$in": list(LIVE)}, "types": rtype}
+        )
+        for sub in matching:
+            if sub.get("end") and sub["end"] <= to_store(now):
+                continue
+            ev = await self._record(sub, msg, now)
+            if ev is None:
+                continue
+            if ev["status"] == "pending" and ev["round"] == 0 and ev["attempts"] == 0:
+                await self._dispatch(ev, "initial")
+
+    async def _record(self, sub: Document, msg: Envelope, now: datetime) -> Document | None:
+        """The event's document for ``sub``, numbered (the same on a redelivery)."""
+        key = f"{sub['_id']}:{msg.id}"
+        doc: Document = {
+            "_id": key,
+            "tenant": msg.tenant,
+            "subscription": sub["_id"],
+            "event_id": msg.id,
+            "event_type": msg.type,
+            "at": msg.created_at or to_store(now),
+            "type": msg.body["type"],
+            "rid": msg.body["id"],
+            "version": msg.body.get("version"),
+            "action": msg.type.rsplit(".", 1)[-1],
+            "channel": msg.body.get("channel"),
+            "status": "new",
+            "round": 0,
+            "attempts": 0,
+            "next_attempt_at": to_store(now),
+            "claim_until": "",
+            "swept_until": "",
+        }
+        try:
+            await self.store.insert(c.WEBHOOK_EVENTS, doc)
+        except DuplicateKey:
+            existing = await self.store.get(c.WEBHOOK_EVENTS, key)
+            if existing is None:
+                raise Retry("webhook event document vanished while numbering") from None
+            doc = existing
+        if doc.get("number") is not None:
+            return doc
+        return await self._assign_number(sub["_id"], key)
+
+    async def _assign_number(self, sid: str, key: str) -> Document | None:
+        """Give event ``key`` the subscription's next number; see the module docstring."""
+        for spin in range(200):
+            ev = await self.store.get(c.WEBHOOK_EVENTS, key)
+            if ev is None:
+                return None
+            if ev.get("number") is not None:
+                return ev
+            wall = _wall()
+            sub = await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sid, "pending_event": None},
+                {
+                    "$inc": {"events_count": 1},
+                    "$set": {"pending_event": key, "pending_since": to_store(wall)},
+                },
+            )
+            if sub is None:
+                sub = await self.store.get(c.SUBSCRIPTIONS, sid)
+                if sub is None:
+                    return None
+                holder = sub.get("pending_event")
+                if holder is None:
+                    continue
+                if holder != key and not await self._take_over(sub, holder, key, wall):
+                    # Another worker is numbering an event of this subscription right now.
+                    await asyncio.sleep(min(0.01 * (spin + 1), 0.2))
+                    continue
+            number = int(sub["events_count"])
+            try:
+                done = await self.store.update_one(
+                    c.WEBHOOK_EVENTS,
+                    {"_id": key, "number": {"$exists": False}},
+                    {"$set": {"number": number, "seq_key": f"{sid}#{number}", "status": "pending"}},
+                )
+            except DuplicateKey:
+                done = None  # the number went to the event we took it over from: take another
+            await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sid, "pending_event": key},
+                {"$set": {"pending_event": None}},
+            )
+            if done is not None:
+                return done
+        raise Retry(f"could not number event {key}")
+
+    async def _take_over(self, sub: Document, holder: str, key: str, wall: datetime) -> bool:
+        """Take (or clear) a reservation its holder will not finish; True when ``key`` holds it."""
+        count = sub["events_count"]
+        other = await self.store.get(c.WEBHOOK_EVENTS, holder)
+        if other is not None and other.get("number") is not None:
+            # The holder numbered its event but died before releasing: release it.
+            await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sub["_id"], "pending_event": holder},
+                {"$set": {"pending_event": None}},
+            )
+            return False
+        stale = sub.get("pending_since", "") < to_store(wall - STALE_RESERVATION)
+        if other is not None and not stale:
+            return False
+        taken = await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": sub["_id"], "pending_event": holder, "events_count": count},
+            {"$set": {"pending_event": key, "pending_since": to_store(wall)}},
+        )
+        return taken is not None
+
+    async def _dispatch(self, ev: Document, trigger: str) -> None:
+        now = self.clock.now()
+        await self.bus.publish(
+            Envelope(
+                id=uuid.uuid4().hex,
+                type=c.WEBHOOK_DELIVER,
+                body={
+                    "event": ev["_id"],
+                    "round": ev["round"],
+                    "attempt": ev["attempts"],
+                    "trigger": trigger,
+                },
+                # Deliveries of one subscription go one at a time, in event-number order.
+                tenant=ev["subscription"],
+                correlation_id=ev["event_id"],
+                created_at=to_store(now),
+            )
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    async def on_deliver(self, msg: Envelope) -> None:
+        """One try of one event (see the module docstring for the copies and the claim)."""
+        b = msg.body
+        key = str(b.get("event"))
+        rnd = int(b.get("round", 0))
+        attempt = int(b.get("attempt", 0)) + msg.attempt
+        trigger = str(b.get("trigger", "initial")) if msg.attempt == 0 else "retry"
+        ev = await self.store.get(c.WEBHOOK_EVENTS, key)
+        if (
+            ev is None
+            or ev["status"] != "pending"
+            or ev["round"] != rnd
+            or ev["attempts"] != attempt
+        ):
+            return  # done by another copy, replayed since, or deleted
+        now = self.clock.now()
+        if ev["next_attempt_at"] > to_store(now + EARLY_SLACK):
+            return  # early (the sandbox clock went back): the sweeper sends it when due
+        wall = _wall()
+        sub = await self.store.get(c.SUBSCRIPTIONS, ev["subscription"])
+        lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
+        claimed = await self.store.update_one(
+            c.WEBHOOK_EVENTS,
+            {
+                "_id": key,
+                "status": "pending",
+                "round": rnd,
+                "attempts": attempt,
+                "claim_until": {"$lt": to_store(wall)},
+            },
+            {"$set": {"claim_until": to_store(wall + lease)}},
+        )
+        if claimed is None:
+            return
+        bind_correlation(ev["event_id"], subscription=ev["subscription"], event_number=ev["number"])
+        if sub is None or sub["status"] == "off":
+            await self._settle(ev, {"status": "cancelled"})
+            return
+        resources = {}
+        if sub["content"] == "full-resource":
+            resources[key] = await self._resource_at(ev)
+        bundle = subs.notification_bundle(
+            sub,
+            base=self.base,
+            kind="event-notification",
+            events_since=max(int(sub["events_count"]), int(ev["number"])),
+            now=now,
+            events=[ev],
+            resources=resources,
+        )
+        result = await self._post(sub, bundle, f"{sub['_id']}-{ev['number']}", now)
+        tries = attempt + 1
+        last = {"last_status": result.status, "last_error": result.error, "attempts": tries}
+        if result.ok:
+            await self._settle(ev, {**last, "status": "delivered", "delivered_at": to_store(now)})
+            await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
+            if sub["status"] == "error":
+                await self.store.update_one(
+                    c.SUBSCRIPTIONS,
+                    {"_id": sub["_id"], "status": "error"},
+                    {"$set": {"status": "active", "error": None}},
+                )
+            return
+        if result.status == 410:
+            await self._settle(ev, {**last, "status": "cancelled"})
+            await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="disabled")
+            await self._disable(sub, "the endpoint answered 410 Gone")
+            return
+        if tries >= len(self.schedule):
+            await self._settle(ev, {**last, "status": "failed"})
+            await self._log_attempt(
+                sub, result, now, ev=ev, trigger=trigger, outcome="dead-lettered"
+            )
+            await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sub["_id"], "status": {"$in": list(LIVE)}},
+                {
+                    "$set": {
+                        "status": "error",
+                        "error": (
+                            f"event {ev['number']} was not delivered after {tries} tries "
+                            f"(last: {result.error}); it is kept: $replay sends it again"
+                        ),
+                    }
+                },
+            )
+            log.warning("webhook.dead_letter", number=ev["number"], tries=tries)
+            raise Reject(f"webhook event {ev['number']} undeliverable after {tries} tries")
+        delay = self.schedule[tries]
+        if result.status in (429, 503) and result.retry_after is not None:
+            delay = max(
+                delay, min(result.retry_after, self.settings.webhook_retry_after_max_seconds)
+            )
+        await self._settle(
+            ev, {**last, "next_attempt_at": to_store(now + timedelta(seconds=delay))}
+        )
+        await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="retrying")
+        if msg.attempt + 1 >= self._bus_retries:
+            return  # the bus would dead-letter this copy: the sweeper sends the next try
+        raise Retry(f"webhook {result.error}", delay=delay)
+
+    async def _settle(self, ev: Document, fields: Document) -> None:
+        """End a claimed try (guarded by the round and attempt it was for)."""
+        await self.store.update_one(
+            c.WEBHOOK_EVENTS,
+            {"_id": ev["_id"], "round": ev["round"], "attempts": ev["attempts"]},
+            {"$set": {**fields, "claim_until": "", "swept_until": ""}},
+        )
+
+    async def _disable(self, sub: Document, reason: str) -> None:
+        await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": sub["_id"], "status": {"$ne": "off"}},
+            {"$set": {"status": "off", "error": reason}},
+        )
+        log.warning("subscription.disabled", subscription=sub["_id"], reason=reason)
+
+    async def _resource_at(self, ev: Document) -> Document | None:
+        if ev.get("action") == "deleted" or ev.get("version") is None:
+            return None
+        hist = await self.store.get(
+            c.HISTORY, f"{ev['tenant']}/{ev['type']}/{ev['rid']}/{ev['version']}"
+        )
+        if hist is None or hist.get("deleted"):
+            return None
+        resource: Document | None = hist.get("resource")
+        return resource
+
+    async def _post(
+        self, sub: Document, bundle: Document, msg_id: str, now: datetime
+    ) -> WebhookResult:
+        headers: dict[str, str] = {}
+        for h in sub.get("headers") or []:
+            name, _, value = h.partition(":")
+            headers[name.strip()] = value.strip()
+        request = WebhookRequest(
+            url=sub["endpoint"],
+            msg_id=msg_id,
+            body=orjson.dumps(bundle),
+            secrets=tuple(self._secrets_in_force(sub, now)),
+            headers=headers,
+            timeout=min(
+                float(sub.get("timeout") or self.settings.webhook_timeout_seconds),
+                self.settings.webhook_timeout_seconds,
+            ),
+            tenant=sub["tenant"],
+            subscription=sub["_id"],
+        )
+        try:
+            result = await self.sender.send(request)
+        except Exception as exc:  # a sender bug must not lose the try's bookkeeping
+            log.exception("webhook.sender_failed")
+            result = WebhookResult(None, 0.0, f"internal error: {type(exc).__name__}")
+        log.info(
+            "webhook.sent",
+            subscription=sub["_id"],
+            host=_host(sub["endpoint"]),
+            status=result.status,
+            ms=result.latency_ms,
+            error=result.error,
+        )
+        return result
+
+    async def _log_attempt(
+        self,
+        sub: Document,
+        result: WebhookResult,
+        now: datetime,
+        *,
+        ev: Document | None = None,
+        kind: str = "event",
+        trigger: str,
+        outcome: str | None = None,
+    ) -> None:
+        await self.store.insert(
+            c.WEBHOOK_ATTEMPTS,
+            {
+                "_id": uuid.uuid4().hex,
+                "tenant": sub["tenant"],
+                "subscription": sub["_id"],
+                "kind": kind,
+                "number": ev["number"] if ev else None,
+                "round": ev["round"] if ev else None,
+                "attempt": ev["attempts"] + 1 if ev else 1,
+                "trigger": trigger,
+                "outcome": outcome or ("delivered" if result.ok else "failed"),
+                "at": to_store(now),
+                "seq": _wall().timestamp(),
+                "status_code": result.status,
+                "latency_ms": result.latency_ms,
+                "error": result.error,
+                "response": result.response_excerpt[:EXCERPT],
+            },
+        )
+
+    # ------------------------------------------------------------------ sweeper
+
+    async def run_sweeper(self) -> None:
+        """Forever: due deliveries whose broker copy is late, heartbeats, retention.
+
+        Wakes every ``webhook_sweep_seconds`` and at once when the sandbox clock moves.
+        """
+        while True:
+            busy = False
+            try:
+                busy = await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("webhook.sweep_failed", error=repr(exc))
+            if not busy:
+                await self.clock.wait_changed(self.settings.webhook_sweep_seconds)
+
+    async def sweep_once(self) -> bool:
+        """One pass; True when there may be more due right now."""
+        now = self.clock.now()
+        wall = to_store(_wall())
+        due = await self.store.find(
+            c.WEBHOOK_EVENTS,
+            {
+                "status": "pending",
+                "next_attempt_at": {
+                    "$lte": to_store(
+                        now - timedelta(seconds=self.settings.webhook_sweep_grace_seconds)
+                    )
+                },
+                "claim_until": {"$lt": wall},
+                "swept_until": {"$lt": wall},
+            },
+            sort=[("next_attempt_at", 1)],
+            limit=SWEEP_BATCH,
+        )
+        swept = 0
+        hold = to_store(_wall() + timedelta(seconds=30))
+        for ev in due:
+            mine = await self.store.update_one(
+                c.WEBHOOK_EVENTS,
+                {
+                    "_id": ev["_id"],
+                    "round": ev["round"],
+                    "attempts": ev["attempts"],
+                    "swept_until": ev["swept_until"],
+                },
+                {"$set": {"swept_until": hold}},
+            )
+            if mine is not None:
+                await self._dispatch(mine, "sweeper")
+                swept += 1
+        if swept:
+            log.info("webhook.swept", deliveries=swept)
+        await self._heartbeats(now)
+        await self._prune(now)
+        return len(due) == SWEEP_BATCH
+
+    async def _heartbeats(self, now: datetime) -> None:
+        due = await self.store.find(
+            c.SUBSCRIPTIONS,
+            {"status": "active", "next_heartbeat_at": {"$lte": to_store(now)}},
+            limit=200,
+        )
+        for sub in due:
+            nxt = to_store(now + timedelta(seconds=int(sub.get("heartbeat") or 60)))
+            mine = await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sub["_id"], "next_heartbeat_at": sub["next_heartbeat_at"]},
+                {"$set": {"next_heartbeat_at": nxt}},
+            )
+            if mine is not None:
+                task = asyncio.get_running_loop().create_task(self._heartbeat(mine, now))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _heartbeat(self, sub: Document, now: datetime) -> None:
+        async with self._heartbeat_slots:
+            try:
+                bundle = subs.notification_bundle(
+                    sub,
+                    base=self.base,
+                    kind="heartbeat",
+                    events_since=int(sub["events_count"]),
+                    now=now,
+                )
+                result = await self._post(sub, bundle, f"hb-{uuid.uuid4().hex}", now)
+                await self._log_attempt(sub, result, now, kind="heartbeat", trigger="heartbeat")
+                if result.status == 410:
+                    await self._disable(sub, "the endpoint answered 410 Gone to a heartbeat")
+            except Exception as exc:
+                log.warning("webhook.heartbeat_failed", error=repr(exc))
+
+    async def _prune(self, now: datetime) -> None:
+        """Forget events (not pending ones) and log lines older than the retention."""
+        if self._next_prune is not None and now < self._next_prune:
+            return
+        self._next_prune = now + timedelta(minutes=10)
+        cutoff = to_store(now - timedelta(days=self.settings.webhook_event_retention_days))
+        gone = await self.store.delete_many(
+            c.WEBHOOK_EVENTS, {"at": {"$lt": cutoff}, "status": {"$ne": "pending"}}
+        )
+        gone += await self.store.delete_many(c.WEBHOOK_ATTEMPTS, {"at": {"$lt": cutoff}})
+        gone += await self.store.delete_many(c.SANDBOX_INBOX, {"at": {"$lt": cutoff}})
+        if gone:
+            log.info("webhook.pruned", documents=gone)
+
+
+def attempt_parameter(a: Document) -> Document:
+    """One delivery-log line as a ``Parameters.parameter`` with parts."""
+    parts: list[Document] = [
+        {"name": "kind", "valueCode": a["kind"]},
+        {"name": "attempt", "valueInteger": int(a.get("attempt") or 1)},
+        {"name": "trigger", "valueCode": a["trigger"]},
+        {"name": "outcome", "valueCode": a["outcome"]},
+        {"name": "timestamp", "valueInstant": to_fhir(from_store(a["at"]))},
+        {"name": "latency-ms", "valueDecimal": a["latency_ms"]},
+    ]
+    if a.get("number") is not None:
+        parts.insert(0, {"name": "event-number", "valueString": str(a["number"])})
+    if a.get("status_code") is not None:
+        parts.append({"name": "status-code", "valueInteger": a["status_code"]})
+    if a.get("error"):
+        parts.append({"name": "error", "valueString": a["error"]})
+    if a.get("response"):
+        parts.append({"name": "response", "valueString": a["response"]})
+    return {"name": "attempt", "part": parts}
