@@ -16,10 +16,19 @@ from datetime import timedelta
 import structlog
 
 from adapters.clock import SandboxClock
-from adapters.factory import make_bus, make_clock, make_eligibility, make_store
+from adapters.factory import (
+    make_bus,
+    make_clock,
+    make_eligibility,
+    make_email,
+    make_push,
+    make_sms,
+    make_store,
+)
 from gateway import constants as c
 from gateway.auth import TokenService
 from gateway.metrics import Metrics
+from gateway.notifications import Notifier
 from gateway.ports import Clock, MessageBus, Store
 from gateway.schema import INDEXES
 from gateway.settings import Settings
@@ -43,6 +52,8 @@ class Services:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Webhooks to providers (issue 6): built by start() with their sender.
     webhooks: Webhooks | None = None
+    # Patient notifications (issue 7): the channels and the service that uses them.
+    notifier: Notifier | None = None
 
 
 def build_services(
@@ -54,13 +65,34 @@ def build_services(
 ) -> Services:
     clock = clock or make_clock(settings)
     secret = (settings.token_secret or secrets.token_hex(32)).encode()
-    return Services(
+    services = Services(
         settings=settings,
         store=store or make_store(settings),
         bus=bus or make_bus(settings, clock),
         clock=clock,
         tokens=TokenService(secret, settings.token_ttl_seconds, clock),
         metrics=Metrics(),
+    )
+    services.notifier = make_notifier(services)
+    return services
+
+
+def make_notifier(services: Services) -> Notifier:
+    """The notification service on the channels the settings choose (twins when unset)."""
+    settings = services.settings
+    return Notifier(
+        services.store,
+        services.clock,
+        services.metrics,
+        sms=make_sms(settings),
+        email=make_email(settings),
+        push=make_push(settings),
+        sandbox=settings.sandbox,
+        language=settings.notification_language,
+        push_secret=settings.push_address_secret,
+        retry_tiers=len(settings.retry_delays),
+        outbox_signal=services.outbox_signal,
+        reminder_poll_seconds=settings.reminder_poll_seconds,
     )
 
 
@@ -88,6 +120,12 @@ async def start(services: Services, *, workers: bool) -> None:
             await services.webhooks.start()
             services.tasks.append(
                 asyncio.create_task(services.webhooks.run_sweeper(), name="webhook-sweeper")
+            )
+        if services.notifier is not None:
+            # Patient notifications and the reminder task (issue 7, R-NOT-1, R-NOT-2).
+            await services.notifier.start(services.bus)
+            services.tasks.append(
+                asyncio.create_task(services.notifier.run_reminders(), name="reminders")
             )
         services.tasks.append(
             asyncio.create_task(
@@ -120,6 +158,8 @@ async def stop(services: Services) -> None:
     services.tasks.clear()
     await services.bus.close()
     await _stop_webhooks(services)
+    if services.notifier is not None:
+        await services.notifier.close()
     await services.store.close()
 
 
