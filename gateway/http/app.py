@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import bootstrap
 from gateway.bootstrap import Services
-from gateway.http import auth, bundles, capability, fhir, health, patient, sandbox
+from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox
 from gateway.http import subscriptions as subscription_api
 from gateway.http.keys import SERVICES
 from gateway.http.middleware import correlation_middleware, error_middleware
@@ -48,6 +48,7 @@ def create_app(
     bundles.routes(app)
     subscription_api.routes(app)
     patient.routes(app)
+    channels.routes(app)
     if settings.sandbox:
         sandbox.routes(app)
     return app

@@ -1,0 +1,281 @@
+"""Patients' SMS replies (R-NOT-2, R-WAIT-6): ``POST /channels/sms/inbound {from, text}``.
+
+Reply grammar (case, Polish diacritics and punctuation do not matter; words
+after the ones below are ignored unless they are a reference):
+
+==========================  =====================================================
+``ANULUJ <kod>``            cancel the upcoming visit whose reference is ``<kod>``
+                            (the 4+ character code in every SMS about the visit)
+``ANULUJ``                  cancel the one upcoming visit booked with this phone
+                            number; with several, the answer lists their codes
+``REZYGNUJE``               leave the waiting room (R-WAIT-6); until the waiting
+                            room takes it over (``SMS_ACTIONS``) the answer says
+                            it is not available by SMS yet
+``POMOC`` or anything else  the help text
+==========================  =====================================================
+
+Synonyms: ``ANULUJE``, ``ODWOLAJ``, ``ODWOŁAJ``, ``CANCEL``; ``REZYGNUJĘ``,
+``REZYGNUJ``, ``REZYGNACJA``; ``HELP``. A visit is matched by the sender's
+phone number (normalised to digits with the country code) and the reference
+(``sms_refs``, kept by the notification service); only visits still ahead
+are cancelled.
+
+The cancellation is the same command as the provider's own (a ``fhir.write``
+of the Appointment with status ``cancelled`` on the slot's provider
+partition) with channel ``sms`` and reason ``patient-sms`` (R-CAN-1), so the
+slot is released with its lead time (R-CAN-2, the waiting room acts on
+``slot.released``), the provider's webhook fires from the resulting events
+(R-CAN-3, R-SCHED-4) and the patient gets the cancellation notice.
+Switch point: when the patient channel's cancel command lands, ``cancel_visit``
+sends it instead.
+
+Answers that are not a cancellation (help, choose a code, not found) are
+sent back by SMS at once; a cancellation is confirmed by the regular
+"cancelled" notification. Every answer is also returned in the response.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from gateway import constants as c
+from gateway.errors import FhirError
+from gateway.events import command, new_id
+from gateway.notifications import BOOKED, Visit, current_visit
+from gateway.ports import Notice, RequestTimeout
+from gateway.timeutil import from_store
+from mappings import codes
+from mappings import notifications as templates
+from mappings.notifications import VisitFacts, fold_ascii
+
+if TYPE_CHECKING:
+    from gateway.bootstrap import Services
+
+log = structlog.get_logger("gateway.sms_replies")
+
+CANCEL_WORDS = frozenset({"ANULUJ", "ANULUJE", "ODWOLAJ", "ODWOLUJE", "CANCEL"})
+LEAVE_WORDS = frozenset({"REZYGNUJE", "REZYGNUJ", "REZYGNACJA"})
+HELP_WORDS = frozenset({"POMOC", "HELP"})
+REF_RE = re.compile(r"[A-Z2-9]{4,12}")
+_WORDS = re.compile(r"[A-Z0-9]+")
+SMS_CANCEL_REASON = "patient-sms"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What a reply asks for: ``cancel`` (with an optional reference), ``leave-waiting-room``
+    or ``help``."""
+
+    action: str
+    ref: str | None = None
+
+
+def parse(text: str) -> Parsed:
+    words = _WORDS.findall(fold_ascii(text or "").upper())
+    if not words:
+        return Parsed("help")
+    head, rest = words[0], words[1:]
+    if head in CANCEL_WORDS:
+        if not rest:
+            return Parsed("cancel")
+        if REF_RE.fullmatch(rest[0]):
+            return Parsed("cancel", rest[0])
+        return Parsed("help")
+    if head in LEAVE_WORDS:
+        return Parsed("leave-waiting-room")
+    return Parsed("help")
+
+
+@dataclass
+class SmsRequest:
+    phone: str  # normalised: digits with the country code
+    parsed: Parsed
+    correlation_id: str
+
+
+@dataclass
+class SmsOutcome:
+    """The answer: ``result`` is a stable code, ``reply`` the text sent back."""
+
+    result: str
+    reply: str
+    appointment_id: str | None = None
+    send_reply: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"result": self.result, "reply": self.reply}
+        if self.appointment_id:
+            out["appointment_id"] = self.appointment_id
+        out.update(self.extra)
+        return out
+
+
+SmsAction = Callable[["Services", SmsRequest], Awaitable[SmsOutcome]]
+
+
+def _text(services: Services, kind: str, facts: VisitFacts | None = None, **extra: str) -> str:
+    lang = services.settings.notification_language
+    return templates.render(kind, "sms", lang, facts or VisitFacts(), **extra)[1]
+
+
+def _facts(visit: Visit | None) -> VisitFacts:
+    if visit is None or not visit.start:
+        return VisitFacts()
+    return VisitFacts(start=from_store(visit.start), scope=visit.scope, category=visit.category)
+
+
+async def help_text(services: Services, req: SmsRequest) -> SmsOutcome:
+    return SmsOutcome("help", _text(services, "sms-help"))
+
+
+async def leave_waiting_room(services: Services, req: SmsRequest) -> SmsOutcome:
+    """Placeholder until the waiting room registers its own action under this key."""
+    return SmsOutcome("waiting-room-unavailable", _text(services, "sms-waiting-room-unavailable"))
+
+
+async def cancel_by_sms(services: Services, req: SmsRequest) -> SmsOutcome:
+    store, now = services.store, services.clock.now()
+    refs = await store.find(c.SMS_REFS, {"phone": req.phone, "active": True}, sort=[("start", 1)])
+    upcoming = [r for r in refs if r.get("start") and from_store(r["start"]) > now]
+    ref = req.parsed.ref
+    if ref is not None:
+        match = [r for r in upcoming if r["ref"] == ref]
+        if not match:
+            old = await store.find_one(c.SMS_REFS, {"phone": req.phone, "ref": ref})
+            visit = (
+                await current_visit(store, old["tenant"], old["appointment_id"]) if old else None
+            )
+            if visit is not None and visit.status == "cancelled":
+                return SmsOutcome(
+                    "already-cancelled",
+                    _text(services, "sms-already-cancelled", _facts(visit)),
+                    visit.id,
+                )
+            return SmsOutcome("not-found", _text(services, "sms-not-found"))
+    else:
+        if not upcoming:
+            return SmsOutcome("not-found", _text(services, "sms-not-found"))
+        if len(upcoming) > 1:
+            choices = ", ".join(f"{r['ref']} ({_facts_short(r['start'])})" for r in upcoming[:5])
+            return SmsOutcome(
+                "choose",
+                _text(services, "sms-choose", choices=choices),
+                extra={"choices": [r["ref"] for r in upcoming]},
+            )
+        match = upcoming
+    target = match[0]
+    return await cancel_visit(
+        services, target["tenant"], target["appointment_id"], req.correlation_id
+    )
+
+
+def _facts_short(start: str) -> str:
+    local = templates.values(VisitFacts(start=from_store(start)), "pl", "sms")
+    return f"{local['date'][:5]} {local['time']}"
+
+
+async def cancel_visit(
+    services: Services, tenant: str, rid: str, correlation_id: str
+) -> SmsOutcome:
+    """Cancel ``Appointment/rid`` of ``tenant`` through the bus, as channel ``sms``."""
+    from gateway.operations import central_of  # the provider write path's own mapping
+
+    store = services.store
+    for _ in range(3):
+        doc = await store.get(c.RESOURCES, f"{tenant}/Appointment/{rid}")
+        visit = await current_visit(store, tenant, rid)
+        if doc is None or visit is None:
+            return SmsOutcome("not-found", _text(services, "sms-not-found"))
+        facts = _facts(visit)
+        if visit.status == "cancelled":
+            return SmsOutcome(
+                "already-cancelled", _text(services, "sms-already-cancelled", facts), rid
+            )
+        if visit.status not in BOOKED:
+            return SmsOutcome("not-found", _text(services, "sms-not-found"))
+        resource = {k: v for k, v in doc["resource"].items() if k != "meta"}
+        resource["status"] = "cancelled"
+        resource["cancelationReason"] = {
+            "coding": [codes.coding(codes.CANCELLATION_REASON_SYSTEM, SMS_CANCEL_REASON)],
+            "text": "Odwołanie odpowiedzią na SMS",
+        }
+        try:
+            central = central_of("Appointment", resource)
+        except FhirError:
+            log.warning("sms.cancel_unmappable", appointment=rid)
+            return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
+        op = {
+            "method": "PUT",
+            "type": "Appointment",
+            "id": rid,
+            "resource": resource,
+            "central": central,
+            "if_match": doc["version"],
+        }
+        msg = command(
+            "fhir.write",
+            {"mode": "single", "ops": [op], "channel": "sms"},
+            tenant=tenant,
+            correlation_id=correlation_id or new_id(),
+            now=services.clock.now(),
+        )
+        services.metrics.published("command")
+        try:
+            reply = await services.bus.request(msg, services.settings.command_timeout_seconds)
+        except RequestTimeout:
+            # Queued: it will be applied; the cancellation notice follows by SMS.
+            return SmsOutcome("cancel-queued", "", rid, send_reply=False)
+        error = reply.get("error")
+        if error is None:
+            log.info("sms.cancelled", appointment=rid)
+            return SmsOutcome(
+                "cancelled", _text(services, "sms-cancelled", facts), rid, send_reply=False
+            )
+        if error.get("status") == 412:
+            continue  # changed meanwhile: read it again
+        log.warning("sms.cancel_refused", appointment=rid, status=error.get("status"))
+        return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
+    return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed"), rid)
+
+
+# What each parsed action does. The waiting room replaces "leave-waiting-room".
+SMS_ACTIONS: dict[str, SmsAction] = {
+    "cancel": cancel_by_sms,
+    "leave-waiting-room": leave_waiting_room,
+    "help": help_text,
+}
+
+
+async def handle_inbound(
+    services: Services, phone: str, text: str, correlation_id: str
+) -> SmsOutcome:
+    """Apply one SMS reply from ``phone`` (normalised) and send the answer back."""
+    parsed = parse(text)
+    req = SmsRequest(phone, parsed, correlation_id)
+    outcome = await SMS_ACTIONS.get(parsed.action, help_text)(services, req)
+    log.info("sms.inbound", action=parsed.action, result=outcome.result)
+    if outcome.send_reply and outcome.reply and services.notifier is not None:
+        notice = Notice(
+            id=f"sms-reply:{new_id()}",
+            to=phone,
+            text=outcome.reply,
+            kind=f"sms-{outcome.result}",
+        )
+        pesel = None
+        if outcome.appointment_id:
+            ref = await services.store.find_one(
+                c.SMS_REFS, {"phone": phone, "appointment_id": outcome.appointment_id}
+            )
+            if ref is not None:
+                visit = await current_visit(services.store, ref["tenant"], ref["appointment_id"])
+                pesel = visit.pesel if visit else None
+        await services.notifier.send_direct(
+            notice, {"pesel": pesel, "appointment_id": outcome.appointment_id}
+        )
+    return outcome
