@@ -19,9 +19,10 @@ from gateway.errors import FhirError, Issue
 from gateway.events import new_id
 from gateway.http.keys import SERVICES
 from gateway.http.responses import json_response
+from gateway.notifications import normalize_phone
 from gateway.sandbox import reset as sandbox_reset
 from gateway.schema import INDEXES
-from gateway.timeutil import parse_instant, to_fhir, to_store
+from gateway.timeutil import from_store, parse_instant, to_fhir, to_store
 from mappings import codes
 from mappings.validation import parse_json
 
@@ -152,6 +153,49 @@ async def reset(request: web.Request) -> web.Response:
         clock.set_offset(timedelta(0))
         await save_clock(services)
     return json_response({"reset": provider or "everything", "removed": removed})
+
+
+def _outbox_filter(request: web.Request) -> dict[str, Any]:
+    """``?pesel=&channel=&kind=&appointment_id=&to=``: one patient's messages, or all."""
+    flt: dict[str, Any] = {}
+    for name in ("pesel", "channel", "kind", "appointment_id"):
+        value = request.query.get(name)
+        if value:
+            flt[name] = value
+    to = request.query.get("to")
+    if to:
+        flt["to"] = normalize_phone(to) if "@" not in to and normalize_phone(to) else to
+    return flt
+
+
+async def get_outbox(request: web.Request) -> web.Response:
+    """``GET /sandbox/outbox``: notifications (SMS / e-mail / push) sent, oldest first."""
+    services = request.app[SERVICES]
+    docs = await services.store.find(
+        c.SANDBOX_OUTBOX, _outbox_filter(request), sort=[("at", 1), ("_id", 1)], limit=1000
+    )
+    messages = [
+        {
+            "id": d["_id"],
+            "channel": d["channel"],
+            "to": d["to"],
+            "subject": d.get("subject") or None,
+            "text": d["text"],
+            "kind": d.get("kind"),
+            "appointment_id": d.get("appointment_id"),
+            "ref": d.get("ref"),
+            "at": to_fhir(from_store(d["at"])),
+        }
+        for d in docs
+    ]
+    return json_response({"count": len(messages), "messages": messages})
+
+
+async def clear_outbox(request: web.Request) -> web.Response:
+    """``DELETE /sandbox/outbox`` (same filters): forget captured messages."""
+    services = request.app[SERVICES]
+    removed = await services.store.delete_many(c.SANDBOX_OUTBOX, _outbox_filter(request))
+    return json_response({"removed": removed})
 
 
 async def create_referral(request: web.Request) -> web.Response:
@@ -297,3 +341,5 @@ def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/clock", set_clock)
     app.router.add_get("/sandbox/inbox/{provider_id}", get_inbox)
     app.router.add_delete("/sandbox/inbox/{provider_id}", clear_inbox)
+    app.router.add_get("/sandbox/outbox", get_outbox)
+    app.router.add_delete("/sandbox/outbox", clear_outbox)
