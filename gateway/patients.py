@@ -1065,7 +1065,9 @@ async def cancel(
 ) -> dict[str, Any]:
     """``patient.cancel`` on the partition of the visit's provider (R-CAN-1, R-CAN-3).
 
-    Body: ``pesel``, ``appointment`` (resource id), ``reason``. The slot's
+    Body: ``pesel``, ``appointment`` (resource id), ``reason``, optionally
+    ``channel``: ``sms`` when the patient cancelled by answering an SMS
+    (``gateway.sms_replies``), else ``portal``. The slot's
     release (``slot.released`` with ``lead_time_hours``, R-CAN-2) and the
     provider's events come from ``run_write``; then the e-referral is free
     again and SIMP is told the exam will not happen. A control visit can be
@@ -1093,7 +1095,7 @@ async def cancel(
                 correlation_id=msg.correlation_id,
                 mode="single",
                 ops_body=[cancel_op(doc, b["reason"], now)],
-                channel=CHANNEL,
+                channel="sms" if b.get("channel") == "sms" else CHANNEL,
             )
         except FhirError as err:
             raise _patient_error(err) from err
@@ -1104,4 +1106,3 @@ async def cancel(
         await eligibility.cancelled(pesel, info.code, gid)
     written = await resources.read(store, tenant, "Appointment", doc["rid"])
     return {"appointment": await appointment_view(store, Directory(store), written)}
-

@@ -20,14 +20,12 @@ phone number (normalised to digits with the country code) and the reference
 (``sms_refs``, kept by the notification service); only visits still ahead
 are cancelled.
 
-The cancellation is the same command as the provider's own (a ``fhir.write``
-of the Appointment with status ``cancelled`` on the slot's provider
-partition) with channel ``sms`` and reason ``patient-sms`` (R-CAN-1), so the
-slot is released with its lead time (R-CAN-2, the waiting room acts on
-``slot.released``), the provider's webhook fires from the resulting events
-(R-CAN-3, R-SCHED-4) and the patient gets the cancellation notice.
-Switch point: when the patient channel's cancel command lands, ``cancel_visit``
-sends it instead.
+The cancellation is the patient portal's own command (``patient.cancel`` on
+the slot's provider partition, ``gateway.patients``) with channel ``sms`` and
+reason ``patient-sms`` (R-CAN-1): the same rules as a cancellation in IKP,
+the slot released with its lead time (R-CAN-2, the waiting room acts on
+``slot.released``), the provider's webhook fired from the resulting events
+(R-CAN-3, R-SCHED-4) and the patient told by the cancellation notice.
 
 Answers that are not a cancellation (help, choose a code, not found) are
 sent back by SMS at once; a cancellation is confirmed by the regular
@@ -44,12 +42,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from gateway import constants as c
-from gateway.errors import FhirError
 from gateway.events import command, new_id
-from gateway.notifications import BOOKED, Visit, current_visit
+from gateway.notifications import Visit, current_visit
 from gateway.ports import Notice, RequestTimeout
 from gateway.timeutil import from_store
-from mappings import codes
 from mappings import notifications as templates
 from mappings.notifications import VisitFacts, fold_ascii
 
@@ -183,65 +179,43 @@ def _facts_short(start: str) -> str:
 async def cancel_visit(
     services: Services, tenant: str, rid: str, correlation_id: str
 ) -> SmsOutcome:
-    """Cancel ``Appointment/rid`` of ``tenant`` through the bus, as channel ``sms``."""
-    from gateway.operations import central_of  # the provider write path's own mapping
+    """Cancel ``Appointment/rid`` of ``tenant`` with the patient portal's own command.
 
-    store = services.store
-    for _ in range(3):
-        doc = await store.get(c.RESOURCES, f"{tenant}/Appointment/{rid}")
-        visit = await current_visit(store, tenant, rid)
-        if doc is None or visit is None:
-            return SmsOutcome("not-found", _text(services, "sms-not-found"))
-        facts = _facts(visit)
-        if visit.status == "cancelled":
-            return SmsOutcome(
-                "already-cancelled", _text(services, "sms-already-cancelled", facts), rid
-            )
-        if visit.status not in BOOKED:
-            return SmsOutcome("not-found", _text(services, "sms-not-found"))
-        resource = {k: v for k, v in doc["resource"].items() if k != "meta"}
-        resource["status"] = "cancelled"
-        resource["cancelationReason"] = {
-            "coding": [codes.coding(codes.CANCELLATION_REASON_SYSTEM, SMS_CANCEL_REASON)],
-            "text": "Odwołanie odpowiedzią na SMS",
-        }
-        try:
-            central = central_of("Appointment", resource)
-        except FhirError:
-            log.warning("sms.cancel_unmappable", appointment=rid)
-            return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
-        op = {
-            "method": "PUT",
-            "type": "Appointment",
-            "id": rid,
-            "resource": resource,
-            "central": central,
-            "if_match": doc["version"],
-        }
-        msg = command(
-            "fhir.write",
-            {"mode": "single", "ops": [op], "channel": "sms"},
-            tenant=tenant,
-            correlation_id=correlation_id or new_id(),
-            now=services.clock.now(),
+    ``patient.cancel`` (``gateway.patients``) on the slot's provider partition,
+    with reason ``patient-sms`` and channel ``sms``: the same checks (only a
+    booked visit still ahead), the same slot release (R-CAN-2), e-referral and
+    SIMP bookkeeping as a cancellation in IKP.
+    """
+    visit = await current_visit(services.store, tenant, rid)
+    if visit is None:
+        return SmsOutcome("not-found", _text(services, "sms-not-found"))
+    facts = _facts(visit)
+    if visit.status == "cancelled":
+        return SmsOutcome("already-cancelled", _text(services, "sms-already-cancelled", facts), rid)
+    msg = command(
+        "patient.cancel",
+        {"pesel": visit.pesel, "appointment": rid, "reason": SMS_CANCEL_REASON, "channel": "sms"},
+        tenant=tenant,
+        correlation_id=correlation_id or new_id(),
+        now=services.clock.now(),
+    )
+    services.metrics.published("command")
+    try:
+        reply = await services.bus.request(msg, services.settings.command_timeout_seconds)
+    except RequestTimeout:
+        # Queued: it will be applied, and the cancellation notice follows by SMS.
+        return SmsOutcome("cancel-queued", "", rid, send_reply=False)
+    error = reply.get("error")
+    if error is None:
+        log.info("sms.cancelled", appointment=rid)
+        return SmsOutcome(
+            "cancelled", _text(services, "sms-cancelled", facts), rid, send_reply=False
         )
-        services.metrics.published("command")
-        try:
-            reply = await services.bus.request(msg, services.settings.command_timeout_seconds)
-        except RequestTimeout:
-            # Queued: it will be applied; the cancellation notice follows by SMS.
-            return SmsOutcome("cancel-queued", "", rid, send_reply=False)
-        error = reply.get("error")
-        if error is None:
-            log.info("sms.cancelled", appointment=rid)
-            return SmsOutcome(
-                "cancelled", _text(services, "sms-cancelled", facts), rid, send_reply=False
-            )
-        if error.get("status") == 412:
-            continue  # changed meanwhile: read it again
-        log.warning("sms.cancel_refused", appointment=rid, status=error.get("status"))
-        return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
-    return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed"), rid)
+    now = await current_visit(services.store, tenant, rid)
+    if now is not None and now.status == "cancelled":
+        return SmsOutcome("already-cancelled", _text(services, "sms-already-cancelled", facts), rid)
+    log.warning("sms.cancel_refused", appointment=rid, code=error.get("code"))
+    return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
 
 
 # What each parsed action does. The waiting room replaces "leave-waiting-room".
