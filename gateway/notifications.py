@@ -689,29 +689,37 @@ class Notifier:
     async def run_reminders(self) -> None:
         """Forever: queue due reminders, then sleep until the next one or a clock change."""
         while True:
+            # Armed before looking, so a clock change during the look is not missed.
+            clock_changed = asyncio.ensure_future(
+                self.clock.wait_changed(self.reminder_poll_seconds)
+            )
+            await asyncio.sleep(0)
+            self.reminders_wake.clear()
             timeout = self.reminder_poll_seconds
             try:
-                self.reminders_wake.clear()
                 if await self.queue_due_reminders() >= 200:
-                    continue
-                nxt = await self.next_due()
-                if nxt is not None:
-                    wait = (nxt - self.clock.now()).total_seconds()
-                    timeout = min(max(wait, 0.01), self.reminder_poll_seconds)
+                    timeout = 0.0
+                else:
+                    nxt = await self.next_due()
+                    if nxt is not None:
+                        wait = (nxt - self.clock.now()).total_seconds()
+                        timeout = min(max(wait, 0.01), self.reminder_poll_seconds)
             except asyncio.CancelledError:
+                clock_changed.cancel()
                 raise
             except Exception as exc:  # store down: try again soon
                 log.warning("reminders.failed", error=repr(exc))
                 timeout = min(self.reminder_poll_seconds, 2.0)
-            await self._sleep(timeout)
+            await self._sleep(timeout, clock_changed)
 
-    async def _sleep(self, timeout: float) -> None:
-        clock_changed = asyncio.ensure_future(self.clock.wait_changed(timeout))
+    async def _sleep(self, timeout: float, clock_changed: asyncio.Future[None]) -> None:
         woken = asyncio.ensure_future(self.reminders_wake.wait())
+        due = asyncio.ensure_future(asyncio.sleep(timeout))
+        waiters: set[asyncio.Future[Any]] = {clock_changed, woken, due}
         try:
-            await asyncio.wait({clock_changed, woken}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in (clock_changed, woken):
+            for waiter in waiters:
                 waiter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiter
