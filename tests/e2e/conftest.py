@@ -15,7 +15,7 @@ from gateway.settings import Settings
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1/")
 # Event consumer groups the end-to-end tests use (their queues are deleted around tests).
-E2E_GROUPS = ("test-slice", "webhooks", "notifications", "waiting-room")
+E2E_GROUPS = ("test-slice", "webhooks", "webhook-deliveries", "notifications", "waiting-room")
 
 
 async def purge_rabbit(settings: Settings, groups: tuple[str, ...] = E2E_GROUPS) -> None:
