@@ -154,3 +154,36 @@ async def test_inbound_input_errors_are_problem_json(client: Any) -> None:
     resp = await client.post("/channels/sms/inbound", data={"from": "600100200", "text": "POMOC"})
     assert resp.status == 200
     assert (await resp.json())["result"] == "help"
+
+
+async def test_sms_cancellation_fires_the_providers_webhook(client: Any) -> None:
+    """R-CAN-3 / R-SCHED-4: the facility learns of the SMS cancellation by its webhook."""
+    from tests.e2e.webhook_support import notification_type, subscription
+
+    await set_clock(client, NOW)
+    clinic = await Clinic.open(client)
+    resp = await client.post(
+        "/fhir/Subscription", json=subscription("sandbox:inbox"), headers=clinic.h
+    )
+    assert resp.status == 201, await resp.text()
+    await clinic.slot("s1", VISIT)
+    await clinic.book("a1", "s1", PESEL, email=None)  # the provider's own: not echoed back
+    ref = await booked_ref(client)
+    assert (await sms(client, f"ANULUJ {ref}"))["result"] == "cancelled"
+
+    appointments: list[dict[str, Any]] = []
+    for _ in range(200):
+        inbox = await (await client.get(f"/sandbox/inbox/{clinic.id}")).json()
+        appointments = [
+            entry["resource"]
+            for d in inbox["deliveries"]
+            if notification_type(d["body"]) == "event-notification"
+            for entry in d["body"]["entry"][1:]
+            if entry.get("resource", {}).get("resourceType") == "Appointment"
+        ]
+        if appointments:
+            break
+        await asyncio.sleep(0.05)
+    assert [a["id"] for a in appointments] == ["a1"]
+    assert appointments[0]["status"] == "cancelled"
+    assert appointments[0]["cancelationReason"]["coding"][0]["code"] == "patient-sms"
