@@ -1,0 +1,172 @@
+"""Webhook events: one per change and subscription, numbered without gaps (issue 6).
+
+On the embedded store and bus with a recording sender: a redelivered event
+keeps its number; the provider's own changes make none (R-SCHED-4, R-CAN-3);
+concurrent numbering (several workers) gives 1..n; a reservation left by a
+dead worker is taken over with its number, so no number is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from adapters.clock import SandboxClock
+from adapters.memory_bus import MemoryBus
+from adapters.memory_store import MemoryStore
+from gateway import constants as c
+from gateway.ports import Envelope, WebhookRequest, WebhookResult
+from gateway.schema import INDEXES
+from gateway.settings import Settings
+from gateway.subscriptions import TOPIC_ALL, SubscriptionSpec
+from gateway.timeutil import to_store
+from gateway.webhooks import Webhooks
+
+
+class RecordingSender:
+    def __init__(self) -> None:
+        self.sent: list[WebhookRequest] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def refusal(self, url: str) -> str | None:
+        return None
+
+    async def send(self, request: WebhookRequest) -> WebhookResult:
+        self.sent.append(request)
+        return WebhookResult(200, 1.0)
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[tuple[Webhooks, RecordingSender]]:
+    clock = SandboxClock()
+    store = MemoryStore()
+    await store.start(INDEXES)
+    settings = Settings(cer_mode="sandbox")
+    bus = MemoryBus(clock, partitions=1, retry_delays=settings.bus_retry_delays, prefetch=8)
+    await bus.start()
+    sender = RecordingSender()
+    webhooks = Webhooks(store, bus, clock, sender, settings)
+    yield webhooks, sender
+    await bus.close()
+
+
+def spec(types: list[str] | None = None) -> SubscriptionSpec:
+    return SubscriptionSpec(
+        topic=TOPIC_ALL,
+        types=types or ["Appointment", "Slot"],
+        endpoint="sandbox:inbox",
+        headers=[],
+        content="id-only",
+        heartbeat=None,
+        timeout=15.0,
+        end=None,
+        wants_off=False,
+        resource={"resourceType": "Subscription", "reason": "t", "criteria": TOPIC_ALL},
+    )
+
+
+def change(n: int, channel: str = "portal", rtype: str = "Appointment") -> Envelope:
+    return Envelope(
+        id=f"ev{n}",
+        type=f"resource.{rtype}.updated",
+        body={"type": rtype, "id": f"a{n}", "version": 2, "channel": channel},
+        tenant="prov-1",
+        created_at=to_store(datetime.now(UTC)),
+    )
+
+
+async def numbers(webhooks: Webhooks, sid: str) -> list[int]:
+    docs = await webhooks.store.find(c.WEBHOOK_EVENTS, {"subscription": sid}, sort=[("number", 1)])
+    return [d["number"] for d in docs]
+
+
+async def test_redelivery_keeps_the_number_and_own_changes_make_none(hooks: Any) -> None:
+    webhooks, _ = hooks
+    sub, _ = await webhooks.create("prov-1", spec())
+    only_slots, _ = await webhooks.create("prov-1", spec(["Slot"]))
+    other_tenant, _ = await webhooks.create("prov-2", spec())
+    await webhooks.on_resource_event(change(1))
+    await webhooks.on_resource_event(change(1))  # the broker redelivers it
+    await webhooks.on_resource_event(change(2, channel="provider"))  # the provider's own
+    await webhooks.on_resource_event(change(3, channel="waiting-room"))
+    assert await numbers(webhooks, sub["_id"]) == [1, 2]
+    assert await numbers(webhooks, only_slots["_id"]) == []
+    assert await numbers(webhooks, other_tenant["_id"]) == []
+    doc = await webhooks.store.get(c.SUBSCRIPTIONS, sub["_id"])
+    assert doc["events_count"] == 2 and doc["pending_event"] is None
+
+
+async def test_concurrent_numbering_is_gap_free(hooks: Any) -> None:
+    webhooks, _ = hooks
+    sub, _ = await webhooks.create("prov-1", spec())
+    # Several workers at once (and each event twice): 1..40, once each.
+    events = [change(n) for n in range(40)]
+    await asyncio.gather(*(webhooks.on_resource_event(e) for e in events + events[::-1]))
+    assert await numbers(webhooks, sub["_id"]) == list(range(1, 41))
+
+
+async def test_a_dead_workers_reservation_is_taken_over_without_a_gap(hooks: Any) -> None:
+    webhooks, _ = hooks
+    store = webhooks.store
+    sub, _ = await webhooks.create("prov-1", spec())
+    await webhooks.on_resource_event(change(1))
+    # A worker reserved number 2 for event "dead" and died before writing it.
+    dead = change(99)
+    await store.insert(
+        c.WEBHOOK_EVENTS,
+        {
+            "_id": f"{sub['_id']}:{dead.id}",
+            "tenant": "prov-1",
+            "subscription": sub["_id"],
+            "event_id": dead.id,
+            "status": "new",
+            "round": 0,
+            "attempts": 0,
+        },
+    )
+    long_ago = to_store(datetime.now(UTC) - timedelta(minutes=5))
+    await store.update_one(
+        c.SUBSCRIPTIONS,
+        {"_id": sub["_id"]},
+        {
+            "$inc": {"events_count": 1},
+            "$set": {"pending_event": f"{sub['_id']}:{dead.id}", "pending_since": long_ago},
+        },
+    )
+    await webhooks.on_resource_event(change(2))  # takes number 2 over
+    await webhooks.on_resource_event(dead)  # the dead worker's event, redelivered: 3
+    docs = await store.find(c.WEBHOOK_EVENTS, {"subscription": sub["_id"]}, sort=[("number", 1)])
+    assert [(d["event_id"], d["number"]) for d in docs] == [("ev1", 1), ("ev2", 2), ("ev99", 3)]
+
+
+async def test_a_finished_but_unreleased_reservation_is_released(hooks: Any) -> None:
+    webhooks, _ = hooks
+    store = webhooks.store
+    sub, _ = await webhooks.create("prov-1", spec())
+    await webhooks.on_resource_event(change(1))
+    key = f"{sub['_id']}:ev1"
+    # As if the worker died right after numbering ev1, before releasing.
+    await store.update_one(c.SUBSCRIPTIONS, {"_id": sub["_id"]}, {"$set": {"pending_event": key}})
+    await webhooks.on_resource_event(change(2))
+    assert await numbers(webhooks, sub["_id"]) == [1, 2]
+
+
+async def test_first_try_is_sent_with_the_number_as_webhook_id(hooks: Any) -> None:
+    webhooks, sender = hooks
+    await webhooks.start()
+    sub, _ = await webhooks.create("prov-1", spec())
+    await webhooks.on_resource_event(change(1))
+    for _ in range(100):
+        if len(sender.sent) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.msg_id for r in sender.sent][1:] == [f"{sub['_id']}-1"]
+    ev = await webhooks.store.get(c.WEBHOOK_EVENTS, f"{sub['_id']}:ev1")
+    assert ev["status"] == "delivered" and ev["attempts"] == 1
