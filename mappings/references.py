@@ -11,6 +11,9 @@ Instants: FHIR instants carry an offset; they are stored in UTC
 (``gateway.timeutil``). A ``Period`` is made of ``dateTime`` s, which may be a
 bare date (or year-month, or year): those are read as days in Europe/Warsaw,
 the start at 00:00 and the end at the last millisecond of the day.
+Instants and dates are accepted in the years 1900-2999 (in UTC for instants):
+the store keeps instants as fixed-width text with a four-digit year, and the
+booking rules compute with them; anything outside is an issue, not a crash.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 URN_UUID = "urn:uuid:"
 _PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?")
+MIN_YEAR, MAX_YEAR = 1900, 2999
+_RANGE = f"between the years {MIN_YEAR} and {MAX_YEAR}"
 
 
 def is_placeholder(ref: str) -> bool:
@@ -113,18 +118,29 @@ def rewrite_references(obj: Any, mapping: Mapping[str, str]) -> Any:
     """A copy of ``obj`` with every ``reference`` found in ``mapping`` replaced.
 
     For transactions: ``{"urn:uuid:...": "Schedule/abc"}`` once ids are assigned.
+    Iterative, so that a body nested deeper than Python's recursion limit (a
+    client's junk, refused later by validation) cannot crash it.
     """
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            if k == "reference" and isinstance(v, str) and v in mapping:
-                out[k] = mapping[v]
-            else:
-                out[k] = rewrite_references(v, mapping)
-        return out
-    if isinstance(obj, list):
-        return [rewrite_references(v, mapping) for v in obj]
-    return obj
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(obj, root, 0)]
+    while stack:
+        src, parent, key = stack.pop()
+        if isinstance(src, dict):
+            out: dict[str, Any] = {}
+            parent[key] = out
+            for k, v in src.items():
+                if k == "reference" and isinstance(v, str) and v in mapping:
+                    out[k] = mapping[v]
+                else:
+                    out[k] = None  # keeps the key order; filled from the stack
+                    stack.append((v, out, k))
+        elif isinstance(src, list):
+            items: list[Any] = [None] * len(src)
+            parent[key] = items
+            stack.extend((v, items, i) for i, v in enumerate(src))
+        else:
+            parent[key] = src
+    return root[0]
 
 
 def read_instant(value: Any, path: str, issues: list[Issue]) -> datetime | None:
@@ -149,7 +165,16 @@ def read_instant(value: Any, path: str, issues: list[Issue]) -> datetime | None:
             Issue("value", f"{value!r} has no time zone offset (add Z or e.g. +01:00)", [path])
         )
         return None
-    return utc(dt)
+    try:
+        at = utc(dt)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        at = None
+    if at is None or not MIN_YEAR <= at.year <= MAX_YEAR:
+        issues.append(
+            Issue("value", f"{value!r} is outside the supported range ({_RANGE})", [path])
+        )
+        return None
+    return at
 
 
 def read_bound(value: Any, path: str, issues: list[Issue], *, upper: bool) -> datetime | None:
@@ -164,6 +189,11 @@ def read_bound(value: Any, path: str, issues: list[Issue], *, upper: bool) -> da
             issues.append(Issue("value", f"{value!r} is not a FHIR dateTime", [path]))
             return None
         year, month, day = int(m[1]), m[2], m[3]
+        if not MIN_YEAR <= year <= MAX_YEAR:
+            issues.append(
+                Issue("value", f"{value!r} is outside the supported range ({_RANGE})", [path])
+            )
+            return None
         try:
             if upper:
                 last_month = int(month) if month else 12
