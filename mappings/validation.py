@@ -3,6 +3,11 @@
 fhir.resources checks structure, types and required elements; it does not check
 code bindings or invariants (LIBRARIES.md): those are in each resource's mapping.
 Its error locations become FHIRPath expressions for ``OperationOutcome``.
+
+Before the model sees a body, its nesting depth is checked (``MAX_DEPTH``): the
+models validate recursively (nested ``extension`` s are legal FHIR), and a body
+nested a few hundred levels deep would otherwise exhaust Python's recursion
+limit here or the serialiser's later; real resources nest a dozen levels.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import pydantic
 from gateway.errors import FhirError, Issue
 
 _MODELS: dict[str, type[Any]] = {}
+# JSON objects and arrays inside one another, counting the resource itself.
+MAX_DEPTH = 64
 
 
 def model_for(rtype: str) -> type[Any]:
@@ -36,6 +43,25 @@ def fhirpath(root: str, loc: tuple[Any, ...]) -> str:
         else:
             out += f".{part}"
     return out
+
+
+def too_deep(data: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
+    """The FHIRPath of the first element nested deeper than ``limit``, or ``None``.
+
+    Iterative (the point is not to recurse on a client's nesting).
+    """
+    stack: list[tuple[Any, str, int]] = [(data, root, 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > limit:
+                return where
+            stack.extend((v, f"{where}.{k}", depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            if depth > limit:
+                return where
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+    return None
 
 
 def parse_json(body: bytes) -> Any:
@@ -68,6 +94,18 @@ def validate_resource(
                 )
             ],
         )
+    deep = too_deep(data, root)
+    if deep is not None:
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "too-costly",
+                    f"the resource nests elements more than {MAX_DEPTH} levels deep",
+                    [deep if len(deep) <= 1000 else root],
+                )
+            ],
+        )
     try:
         model = model_for(rtype)
     except (ImportError, AttributeError) as exc:
@@ -93,6 +131,13 @@ def validate_resource(
                 msg = f"unknown element {loc[-1]!r}" if loc else msg
             issues.append(Issue(code, msg, [where]))
         raise FhirError(400, issues) from exc
-    except (ValueError, TypeError) as exc:
-        raise FhirError(400, [Issue("value", str(exc)[:500], [root])]) from exc
+    except Exception as exc:
+        # fhir.resources' own validators can fail on odd input instead of reporting it
+        # (e.g. ``"_name": "null"`` raises AttributeError in its primitive-extension
+        # check): the body is at fault either way, so it is a 400, never a 500.
+        msg = (
+            f"the resource is malformed ({type(exc).__name__} while validating it): look for "
+            "null values and for _element primitive extensions that are not objects"
+        )
+        raise FhirError(400, [Issue("value", msg, [root])]) from exc
     return data
