@@ -56,7 +56,8 @@ INDEXES: dict[str, list[Index]] = {
         # "<subscription>#<number>", set with the number: one event per number.
         Index((("seq_key", 1),), unique=True, sparse=True),
         Index((("subscription", 1), ("number", 1))),
-        Index((("status", 1), ("next_attempt_at", 1))),
+        # The sweeper: pending tries by when their broker copy is due back.
+        Index((("status", 1), ("copy_at", 1), ("next_attempt_at", 1))),
         Index((("at", 1),)),
     ],
     c.WEBHOOK_ATTEMPTS: [Index((("subscription", 1), ("at", 1))), Index((("at", 1),))],

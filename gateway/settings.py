@@ -93,10 +93,11 @@ class Settings(BaseSettings):
     # Shortest heartbeatPeriod accepted (seconds).
     webhook_min_heartbeat_seconds: int = 60
     # The sweeper (due retries, heartbeats, retention) looks at the store this
-    # often, and at once when the sandbox clock moves; it re-sends a delivery
-    # only when its broker copy is this late.
+    # often, and at once when the sandbox clock moves. It sends a due try itself
+    # when the broker's copy is not due back yet in real time (the sandbox clock
+    # is ahead) or is this many seconds late (lost with a crashed worker).
     webhook_sweep_seconds: float = 1.0
-    webhook_sweep_grace_seconds: float = 2.0
+    webhook_sweep_grace_seconds: float = 60.0
 
     @property
     def sandbox(self) -> bool:
