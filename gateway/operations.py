@@ -8,10 +8,11 @@ transaction in three steps:
    into a no-op on the existing resource and the ids other entries used for it
    are rewritten;
 2. **check** every entry against the store and the rest of the bundle
-   (versions, references within the tenant, slot holds) and collect every
-   problem with its FHIRPath; any problem answers an error and nothing is
-   written;
-3. **apply** the entries in order.
+   (versions, references within the tenant, business identifiers, slot holds,
+   the booking rules) and collect every problem with its FHIRPath and HTTP
+   status; any problem answers an error and nothing is written;
+3. **apply** the entries: deletes first (FHIR's transaction order), then the
+   other writes in Bundle order, appointments last (their slots exist by then).
 
 Why this is all or nothing without database transactions: commands of one
 provider are applied one at a time (their partition has a single active
@@ -35,10 +36,11 @@ from gateway import constants as c
 from gateway.errors import FhirError, Issue
 from gateway.ports import Document, Store
 from mappings import appointment as appointment_map
+from mappings import codes
 from mappings import location as location_map
 from mappings import schedule as schedule_map
 from mappings import slot as slot_map
-from mappings.references import rewrite_references
+from mappings.references import fhir_instant, rewrite_references
 
 MAPPERS: dict[str, Any] = {
     "Location": location_map,
@@ -79,11 +81,22 @@ class Op:
     existing: Document | None = None  # conditional create matched this
     current: Document | None = None
     problems: list[Issue] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)  # the HTTP status of each problem
+
+    def problem(self, status: int, issue: Issue) -> None:
+        self.problems.append(issue)
+        self.statuses.append(status)
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}/{self.id}"
 
     @classmethod
     def from_body(cls, i: int, d: dict[str, Any]) -> Op:
         return cls(
-            index=i,
+            # A batch sends only the entries the API accepted: ``index`` keeps their
+            # place in the Bundle for the FHIRPaths.
+            index=int(d.get("index", i)),
             method=d["method"],
             type=d["type"],
             id=d["id"],
@@ -106,6 +119,9 @@ class WriteContext:
     prefix: str  # "Bundle.entry[i].resource" maker, or "" for single requests
     cache: dict[str, Document | None] = field(default_factory=dict)
     planned: dict[str, Op] = field(default_factory=dict)  # "Type/id" -> op in this bundle
+    deleting: dict[str, Op] = field(default_factory=dict)  # "Type/id" -> DELETE in this bundle
+    idents: dict[str, Op] = field(default_factory=dict)  # business identifier -> op
+    claims: dict[str, Op] = field(default_factory=dict)  # slot id -> appointment op holding it
 
     def where(self, op: Op, expr: str) -> str:
         if not self.prefix:
@@ -159,12 +175,13 @@ async def resolve(ctx: WriteContext, ops: list[Op]) -> None:
         if op.method == "POST" and op.if_none_exist:
             found = await find_conditional(ctx, op)
             if len(found) > 1:
-                op.problems.append(
-                    Issue("multiple-matches", "If-None-Exist matches more than one resource")
+                op.problem(
+                    412,
+                    Issue("multiple-matches", "If-None-Exist matches more than one resource"),
                 )
             elif found:
                 op.existing = found[0]
-                renamed[f"{op.type}/{op.id}"] = f"{op.type}/{found[0]['rid']}"
+                renamed[op.key] = f"{op.type}/{found[0]['rid']}"
                 op.id = found[0]["rid"]
     if renamed:
         for op in ops:
@@ -172,23 +189,38 @@ async def resolve(ctx: WriteContext, ops: list[Op]) -> None:
                 op.resource = rewrite_references(op.resource, renamed)
                 op.central = central_of(op.type, op.resource)
     for op in ops:
-        if op.existing is None and op.method != "DELETE":
-            key = f"{op.type}/{op.id}"
-            if key in ctx.planned:
-                op.problems.append(Issue("duplicate", f"{key} appears twice in one transaction"))
-            ctx.planned[key] = op
+        if op.existing is not None:
+            continue
+        if op.key in ctx.planned or op.key in ctx.deleting:
+            op.problem(400, Issue("duplicate", f"{op.key} appears twice in one transaction"))
+        if op.method == "DELETE":
+            ctx.deleting[op.key] = op
+        else:
+            ctx.planned[op.key] = op
 
 
 async def referenced(ctx: WriteContext, rtype: str, rid: str) -> dict[str, Any] | None:
     """The central model of a resource, from this bundle or from the store."""
-    op = ctx.planned.get(f"{rtype}/{rid}")
+    found = await referenced_both(ctx, rtype, rid)
+    return found[0] if found is not None else None
+
+
+async def referenced_both(
+    ctx: WriteContext, rtype: str, rid: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(central, FHIR resource)`` of a resource, from this bundle or from the store."""
+    key = f"{rtype}/{rid}"
+    if key in ctx.deleting:
+        return None
+    op = ctx.planned.get(key)
     if op is not None:
         if op.existing is not None:
-            central: dict[str, Any] = op.existing["central"]
-            return central
-        return op.central
+            return op.existing["central"], op.existing["resource"]
+        if op.central is None or op.resource is None:
+            return None
+        return op.central, op.resource
     doc = await ctx.get(rtype, rid)
-    return doc["central"] if doc is not None else None
+    return (doc["central"], doc["resource"]) if doc is not None else None
 
 
 async def check(ctx: WriteContext, op: Op) -> None:
@@ -199,27 +231,30 @@ async def check(ctx: WriteContext, op: Op) -> None:
     if op.if_match is not None:
         current_version = op.current["version"] if op.current else None
         if current_version != op.if_match:
-            op.problems.append(
+            op.problem(
+                412,
                 Issue(
                     "conflict",
                     f"If-Match asks for version {op.if_match}, the current version is "
                     f"{current_version}",
-                )
+                ),
             )
     if op.method == "DELETE":
         await check_delete(ctx, op)
         return
     assert op.central is not None
     central = op.central
+    await check_identifier(ctx, op, central)
     if op.type == "Schedule":
         loc = await referenced(ctx, "Location", central["location_id"])
         if loc is None:
-            op.problems.append(
+            op.problem(
+                422,
                 Issue(
                     "not-found",
                     f"Location/{central['location_id']} does not exist for this provider",
                     [ctx.where(op, "Schedule.actor")],
-                )
+                ),
             )
     elif op.type == "Slot":
         await check_slot(ctx, op, central)
@@ -227,116 +262,277 @@ async def check(ctx: WriteContext, op: Op) -> None:
         await check_appointment(ctx, op, central)
 
 
+async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
+    """One live resource per business identifier and type (the unique ``ident_key``).
+
+    Checked here, not only by the store's unique index when writing, so that a
+    transaction fails before anything of it is written.
+    """
+    key = ident_key(ctx.tenant, op.type, central)
+    if key is None:
+        return
+    where = [ctx.where(op, f"{op.type}.identifier[0]")]
+    other = ctx.idents.get(key)
+    if other is not None:
+        op.problem(
+            400,
+            Issue(
+                "duplicate",
+                f"the identifier is also on Bundle.entry[{other.index}]: one resource per "
+                "business identifier",
+                where,
+            ),
+        )
+        return
+    ctx.idents[key] = op
+    holder = await ctx.store.find_one(c.RESOURCES, {"ident_key": key})
+    if holder is None or holder["rid"] == op.id or f"{op.type}/{holder['rid']}" in ctx.deleting:
+        return
+    op.problem(
+        409,
+        Issue(
+            "duplicate",
+            f"{op.type}/{holder['rid']} already has this identifier; update that one, or use "
+            "If-None-Exist for a conditional create",
+            where,
+        ),
+    )
+
+
 async def check_slot(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
     schedule = await referenced(ctx, "Schedule", central["schedule_id"])
     if schedule is None:
-        op.problems.append(
+        op.problem(
+            422,
             Issue(
                 "not-found",
                 f"Schedule/{central['schedule_id']} does not exist for this provider",
                 [ctx.where(op, "Slot.schedule")],
-            )
+            ),
         )
         return
     if central["scope"] not in schedule.get("scopes", []):
-        op.problems.append(
+        op.problem(
+            422,
             Issue(
                 "business-rule",
                 f"the slot's scope {central['scope']!r} is not a scope of its schedule "
                 f"({', '.join(schedule.get('scopes', []))})",
                 [ctx.where(op, "Slot.serviceType")],
-            )
+            ),
         )
     loc = await referenced(ctx, "Location", schedule["location_id"]) or {}
     # Denormalised for the patients' location criteria (R-CRIT-1).
     central["location_id"] = schedule["location_id"]
     central["postal_code"] = loc.get("postal_code")
     central["city"] = loc.get("city")
-    holder = op.current["central"].get("appointment_id") if op.current else None
+    before = op.current["central"] if op.current else {}
+    holder = before.get("appointment_id")
     central["appointment_id"] = holder
-    if holder and central["status"] == "free":
-        op.problems.append(
+    if not holder:
+        return
+    # A held slot changes only through its appointment (R-SCHED-4): the vendor may
+    # not free it, close it or move it behind the booking's back.
+    if central["status"] != "busy":
+        op.problem(
+            409,
             Issue(
                 "conflict",
-                f"the slot holds Appointment/{holder}; cancel the appointment to free it",
+                f"the slot holds Appointment/{holder}, so its status stays busy; cancel the "
+                "appointment (status=cancelled with a cancelationReason) to free it",
                 [ctx.where(op, "Slot.status")],
-            )
+            ),
         )
-    if holder and op.resource is not None:
-        op.resource = {**op.resource, "status": "busy"}
-        central["status"] = "busy"
+    for name in ("start", "end"):
+        if central[name] != before.get(name):
+            op.problem(
+                409,
+                Issue(
+                    "conflict",
+                    f"the slot holds Appointment/{holder}: its {name} cannot change; cancel "
+                    "the appointment or move it to another slot first",
+                    [ctx.where(op, f"Slot.{name}")],
+                ),
+            )
 
 
 async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
-    holds = central["status"] in booking.HOLDING and bool(central["slot_ids"])
+    if not central["slot_ids"]:
+        return
+    holds = central["status"] in booking.HOLDING
+    sid = central["slot_ids"][0]
+    found = await referenced_both(ctx, "Slot", sid)
+    where = ctx.where(op, "Appointment.slot[0]")
+    if found is None:
+        if holds:
+            op.problem(
+                422, Issue("not-found", f"Slot/{sid} does not exist for this provider", [where])
+            )
+        return
+    slot, slot_resource = found
+    if holds:
+        holder = slot.get("appointment_id")
+        claimed = ctx.claims.get(sid)
+        if claimed is not None and claimed is not op:
+            op.problem(
+                409,
+                Issue(
+                    "conflict",
+                    f"Slot/{sid} is no longer free: Bundle.entry[{claimed.index}] books it",
+                    [where],
+                ),
+            )
+            return
+        if holder not in (None, op.id) or slot.get("status") not in booking.BOOKABLE_SLOT_STATUSES:
+            op.problem(
+                409,
+                Issue(
+                    "conflict",
+                    f"Slot/{sid} is no longer free"
+                    + (f": it holds Appointment/{holder}" if holder else ""),
+                    [where],
+                ),
+            )
+            return
+        ctx.claims[sid] = op
+    copy_from_slot(op, central, slot, slot_resource)
     if not holds:
         return
-    sid = central["slot_ids"][0]
-    slot = await referenced(ctx, "Slot", sid)
-    where = ctx.where(op, "Appointment.slot[0]")
-    if slot is None:
-        op.problems.append(
-            Issue("not-found", f"Slot/{sid} does not exist for this provider", [where])
-        )
-        return
-    holder = slot.get("appointment_id")
-    if holder not in (None, op.id) or slot.get("status") not in booking.BOOKABLE_SLOT_STATUSES:
-        op.problems.append(
-            Issue(
-                "conflict",
-                f"Slot/{sid} is no longer free"
-                + (f": it holds Appointment/{holder}" if holder else ""),
-                [where],
-            )
-        )
-        return
     if slot.get("category") == "first-privileged" and not central.get("privileged"):
-        op.problems.append(
+        op.problem(
+            422,
             Issue(
                 "business-rule",
                 "a first-privileged slot is for a patient whose out-of-turn entitlement the "
                 "facility verified: mark the appointment privileged (R-PAT-5)",
                 [where],
-            )
+            ),
         )
-    for name in ("start", "end", "scope", "category"):
-        if not central.get(name):
-            central[name] = slot.get(name)
     if central["scope"] != slot.get("scope"):
-        op.problems.append(
+        op.problem(
+            422,
             Issue(
                 "business-rule",
                 f"the appointment's scope {central['scope']!r} differs from its slot's "
                 f"({slot.get('scope')!r})",
                 [ctx.where(op, "Appointment.serviceType")],
-            )
+            ),
         )
+    if central["category"] != slot.get("category"):
+        op.problem(
+            422,
+            Issue(
+                "business-rule",
+                f"the appointment's category {central['category']!r} differs from its slot's "
+                f"({slot.get('category')!r})",
+                [ctx.where(op, "Appointment.appointmentType")],
+            ),
+        )
+    if len(central["slot_ids"]) == 1:
+        for name in ("start", "end"):
+            if central[name] != slot.get(name):
+                op.problem(
+                    422,
+                    Issue(
+                        "business-rule",
+                        f"the appointment's {name} differs from its slot's "
+                        f"({fhir_instant(slot[name])}); leave it out to take the slot's",
+                        [ctx.where(op, f"Appointment.{name}")],
+                    ),
+                )
+    if (
+        central["status"] in appointment_map.REFERRAL_CHECKED
+        and central.get("referral") is None
+        and central["scope"]
+        and codes.referral_required(central["scope"], central["category"])
+    ):
+        op.problem(
+            422,
+            Issue(
+                "required",
+                f"a first-time {central['scope']} visit needs an e-referral (R-PAT-2): "
+                f"basedOn.identifier with system {codes.E_REFERRAL_SYSTEM} and value KEY:CODE",
+                [ctx.where(op, "Appointment.basedOn")],
+            ),
+        )
+
+
+def copy_from_slot(
+    op: Op, central: dict[str, Any], slot: dict[str, Any], slot_resource: dict[str, Any]
+) -> None:
+    """What the appointment leaves out is taken from its slot, in the central model and
+    in the stored resource (R4 app-3: a booked appointment has start and end), with the
+    slot's own offsets."""
+    assert op.resource is not None
+    resource = dict(op.resource)
+    if not central.get("start") and not central.get("end") and slot.get("start"):
+        central["start"], central["end"] = slot["start"], slot["end"]
+        resource["start"] = slot_resource.get("start") or fhir_instant(slot["start"])
+        resource["end"] = slot_resource.get("end") or fhir_instant(slot["end"])
+    if not central.get("scope") and slot.get("scope"):
+        central["scope"] = slot["scope"]
+        resource["serviceType"] = [
+            *(resource.get("serviceType") or []),
+            {"coding": [codes.coding(codes.SCOPE_SYSTEM, slot["scope"])]},
+        ]
+    if not central.get("category") and slot.get("category"):
+        central["category"] = slot["category"]
+        cc = dict(resource.get("appointmentType") or {})
+        cc["coding"] = [
+            *(cc.get("coding") or []),
+            codes.coding(codes.SLOT_CATEGORY_SYSTEM, slot["category"]),
+        ]
+        resource["appointmentType"] = cc
+    op.resource = resource
 
 
 async def check_delete(ctx: WriteContext, op: Op) -> None:
     if op.current is None:
         return
-    where = [ctx.where(op, op.type)] if ctx.prefix else []
-    if op.type == "Slot" and op.current["central"].get("appointment_id"):
-        op.problems.append(
+    # A DELETE entry has no resource: its problems are the entry's.
+    where = [f"Bundle.entry[{op.index}]"] if ctx.prefix else []
+    current = op.current["central"]
+    if op.type == "Slot" and current.get("appointment_id"):
+        op.problem(
+            409,
             Issue(
                 "conflict",
-                f"the slot holds Appointment/{op.current['central']['appointment_id']}; "
-                "cancel it first",
+                f"the slot holds Appointment/{current['appointment_id']}; cancel it first",
                 where,
-            )
+            ),
+        )
+    elif (
+        op.type == "Appointment"
+        and current.get("status") in booking.HOLDING
+        and current.get("slot_ids")
+    ):
+        op.problem(
+            409,
+            Issue(
+                "conflict",
+                f"the appointment holds Slot/{current['slot_ids'][0]}: cancel it first "
+                "(status=cancelled with a cancelationReason, R-CAN-1), then delete it",
+                where,
+            ),
         )
     elif op.type in ("Schedule", "Location"):
         child, field_name = (
             ("Slot", "schedule_id") if op.type == "Schedule" else ("Schedule", "location_id")
         )
-        n = await ctx.store.count(
-            c.RESOURCES,
-            {"tenant": ctx.tenant, "type": child, "deleted": False, f"central.{field_name}": op.id},
-        )
+        flt: dict[str, Any] = {
+            "tenant": ctx.tenant,
+            "type": child,
+            "deleted": False,
+            f"central.{field_name}": op.id,
+        }
+        going = [k.split("/", 1)[1] for k in ctx.deleting if k.startswith(f"{child}/")]
+        if going:
+            flt["rid"] = {"$nin": going}
+        n = await ctx.store.count(c.RESOURCES, flt)
         if n:
-            op.problems.append(
-                Issue("conflict", f"{n} {child}(s) still reference {op.type}/{op.id}", where)
+            op.problem(
+                409,
+                Issue("conflict", f"{n} {child}(s) still reference {op.type}/{op.id}", where),
             )
 
 
@@ -448,28 +644,39 @@ def result(
     }
 
 
+# When a transaction has problems of several kinds, the answer's status is the first
+# of these that occurs: a malformed request before a version mismatch before a conflict.
+STATUS_ORDER = (400, 412, 409, 422)
+
+
 def problems_error(ops: list[Op], bundle: bool) -> FhirError:
     issues: list[Issue] = []
-    status = 422
+    statuses: set[int] = set()
     for op in ops:
-        for issue in op.problems:
+        for issue, status in zip(op.problems, op.statuses, strict=True):
             if not issue.expression and bundle:
                 issue.expression = [f"Bundle.entry[{op.index}]"]
             issues.append(issue)
-            if issue.code in ("conflict",) and "If-Match" in issue.diagnostics:
-                status = 412
-            elif issue.code == "conflict" and status != 412:
-                status = 409
-            elif issue.code == "multiple-matches":
-                status = 412
-            elif issue.code == "duplicate" and bundle:
-                status = 400
+            statuses.add(status)
+    status = next((s for s in STATUS_ORDER if s in statuses), 422)
     code = {
         409: "slot-taken" if any("no longer free" in i.diagnostics for i in issues) else "conflict",
         412: "version-mismatch",
         400: "invalid",
     }.get(status, "business-rule")
     return FhirError(status, issues, code=code)
+
+
+def apply_order(ops: list[Op]) -> list[Op]:
+    """Deletes first (FHIR's transaction order), then the other writes, appointments last,
+    so that an appointment's slot is written before the appointment takes it."""
+
+    def rank(op: Op) -> int:
+        if op.method == "DELETE":
+            return 0
+        return 2 if op.type == "Appointment" else 1
+
+    return sorted(ops, key=lambda op: (rank(op), op.index))
 
 
 async def run_write(
@@ -497,7 +704,7 @@ async def run_write(
     )
     if mode == "batch":
         results: list[dict[str, Any]] = []
-        for op in ops:
+        for n, op in enumerate(ops, 1):
             one = WriteContext(store, now, tenant, msg_id, correlation_id, channel, prefix="bundle")
             try:
                 await resolve(one, [op])
@@ -507,8 +714,8 @@ async def run_write(
                 results.append(await apply(one, op))
             except FhirError as err:
                 results.append(err.to_reply())
-            if progress is not None and (op.index + 1) % 100 == 0:
-                await progress(op.index + 1)
+            if progress is not None and n % 100 == 0:
+                await progress(n)
         if not representation:
             for r in results:
                 r.pop("resource", None)
@@ -518,11 +725,12 @@ async def run_write(
         await check(ctx, op)
     if any(op.problems for op in ops):
         raise problems_error(ops, bundle)
-    results = []
-    for n, op in enumerate(ops, 1):
-        results.append(await apply(ctx, op))
+    by_op: dict[int, dict[str, Any]] = {}
+    for n, op in enumerate(apply_order(ops), 1):
+        by_op[id(op)] = await apply(ctx, op)
         if progress is not None and n % 100 == 0:
             await progress(n)
+    results = [by_op[id(op)] for op in ops]
     if not representation:
         for r in results:
             r.pop("resource", None)
