@@ -29,6 +29,7 @@ from gateway.http.fhir import (
     check_id,
     new_resource_id,
     parse_if_match,
+    parse_if_none_exist,
     prepare,
     read_body,
     send_and_wait,
@@ -57,7 +58,7 @@ def parse_entries(bundle: Any) -> tuple[str, list[dict[str, Any]]]:
             400,
             [Issue("value", "Bundle.type must be transaction or batch", ["Bundle.type"])],
         )
-    entries = bundle.get("entry") or []
+    entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         raise FhirError(400, [Issue("structure", "Bundle.entry must be a list", ["Bundle.entry"])])
     unknown = set(bundle) - {"resourceType", "type", "entry", "id", "meta", "timestamp"}
@@ -81,6 +82,19 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
     if not isinstance(req, dict):
         raise FhirError(400, [Issue("required", "entry.request is required", [f"{where}.request"])])
     method = req.get("method")
+    unknown = sorted(set(req) - {"method", "url", "ifNoneExist", "ifMatch"})
+    if unknown:
+        raise FhirError(
+            400,
+            [
+                Issue(
+                    "not-supported",
+                    f"entry.request.{name} is not supported (method, url, ifNoneExist, ifMatch)",
+                    [f"{where}.request.{name}"],
+                )
+                for name in unknown
+            ],
+        )
     if method not in ("POST", "PUT", "DELETE"):
         raise FhirError(
             400,
@@ -92,7 +106,8 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
                 )
             ],
         )
-    url = str(req.get("url") or "").split("?")[0].strip("/")
+    url = req.get("url")
+    url = url.split("?")[0].strip("/") if isinstance(url, str) else ""
     m = URL_RE.match(url)
     if not m or (method == "POST") != (m.group("id") is None):
         raise FhirError(
@@ -108,7 +123,16 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
         )
     rid = m.group("id")
     if rid is not None:
-        check_id(rid, m.group("type"))
+        try:
+            check_id(rid, m.group("type"))
+        except FhirError as err:
+            err.issues[0].expression = [f"{where}.request.url"]
+            raise
+    full_url = entry.get("fullUrl")
+    if full_url is not None and (not isinstance(full_url, str) or not full_url.strip()):
+        raise FhirError(
+            400, [Issue("value", "entry.fullUrl must be a non-empty string", [f"{where}.fullUrl"])]
+        )
     return method, m.group("type"), rid, req
 
 
@@ -128,7 +152,22 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
             continue
         rid = rid or new_resource_id()
         full_url = entry.get("fullUrl")
-        if isinstance(full_url, str) and full_url:
+        if full_url is not None:
+            if full_url in renames:
+                twice = FhirError(
+                    400,
+                    [
+                        Issue(
+                            "duplicate",
+                            f"fullUrl {full_url!r} appears twice in the Bundle",
+                            [f"Bundle.entry[{i}].fullUrl"],
+                        )
+                    ],
+                )
+                issues.extend(twice.issues)
+                early[i] = twice
+                parsed.append(("", "", "", {}, None, None))
+                continue
             renames[full_url] = f"{rtype}/{rid}"
         parsed.append((method, rtype, rid, req, entry.get("resource"), full_url))
     ops: list[dict[str, Any] | FhirError] = []
@@ -148,19 +187,24 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
             data = rewrite_references(data, renames)
         if isinstance(data, dict) and method == "POST":
             data = {k: v for k, v in data.items() if k not in ("id", "meta")}
+        where = f"Bundle.entry[{i}].request"
         try:
-            ops.append(
-                prepare(
-                    method,
-                    rtype,
-                    rid,
-                    data,
-                    if_match=parse_if_match(req.get("ifMatch")),
-                    if_none_exist=req.get("ifNoneExist"),
-                    root=f"Bundle.entry[{i}].resource",
-                    full_url=full_url,
-                )
+            op = prepare(
+                method,
+                rtype,
+                rid,
+                data,
+                if_match=parse_if_match(req.get("ifMatch"), f"{where}.ifMatch"),
+                if_none_exist=(
+                    parse_if_none_exist(req.get("ifNoneExist"), f"{where}.ifNoneExist")
+                    if method == "POST"
+                    else None
+                ),
+                root=f"Bundle.entry[{i}].resource",
+                full_url=full_url,
             )
+            op["index"] = i
+            ops.append(op)
         except FhirError as err:
             issues.extend(err.issues)
             ops.append(err)

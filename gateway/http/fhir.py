@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -58,13 +59,51 @@ async def read_body(request: web.Request) -> Any:
     return parse_json(body)
 
 
-def parse_if_match(value: str | None) -> int | None:
+def parse_if_match(value: Any, where: str | None = None) -> int | None:
+    """``W/"3"`` (or ``"3"``) -> 3; anything else is 400 (at ``where`` inside a Bundle)."""
     if value is None:
         return None
-    m = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', value)
+    m = re.fullmatch(r'\s*(?:W/)?"(\d{1,18})"\s*', value) if isinstance(value, str) else None
     if not m:
-        raise FhirError(400, [Issue("value", 'If-Match must look like W/"3"')])
+        raise FhirError(
+            400, [Issue("value", 'If-Match must look like W/"3"', [where] if where else [])]
+        )
     return int(m.group(1))
+
+
+IF_NONE_EXIST_PARAMS = ("identifier", "_id")
+
+
+def parse_if_none_exist(value: Any, where: str | None = None) -> str | None:
+    """Check an ``If-None-Exist`` query (``identifier=system|value`` or ``_id=x``).
+
+    Checked here so that a mistake is a 400 at once, with its FHIRPath inside a
+    Bundle; the worker runs the query.
+    """
+    if value is None:
+        return None
+    expr = [where] if where else []
+    query = value.strip().lstrip("?") if isinstance(value, str) else ""
+    params = parse_qsl(query, keep_blank_values=True)
+    if not params:
+        raise FhirError(400, [Issue("value", "If-None-Exist must be a search query", expr)])
+    for name, val in params:
+        if name not in IF_NONE_EXIST_PARAMS:
+            raise FhirError(
+                400,
+                [
+                    Issue(
+                        "not-supported",
+                        f"If-None-Exist supports {' and '.join(IF_NONE_EXIST_PARAMS)}, "
+                        f"not {name!r}",
+                        expr,
+                    )
+                ],
+            )
+        system, sep, code = val.partition("|")
+        if not (code if sep else system).strip():
+            raise FhirError(400, [Issue("value", f"If-None-Exist: {name} has no value", expr)])
+    return query
 
 
 def http_date(stored: str) -> str:
@@ -194,7 +233,7 @@ async def create(request: web.Request) -> web.Response:
         rtype,
         new_resource_id(),
         data,
-        if_none_exist=request.headers.get("If-None-Exist"),
+        if_none_exist=parse_if_none_exist(request.headers.get("If-None-Exist")),
     )
     return write_response(request, await single_write(request, op, tenant))
 
