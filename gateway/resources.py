@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import constants as c
+from gateway import search
 from gateway.errors import FhirError, Issue, not_found, version_conflict
 from gateway.events import event
 from gateway.ports import Document, DuplicateKey, Store
@@ -149,6 +150,7 @@ async def apply_put(
                 if i.get("system") and i.get("value")
             ],
             "last_msg": msg_id,
+            search.FOLDED: search.folded(rtype, central),
         }
         update: dict[str, Any] = {"$set": fields}
         if ident_key:

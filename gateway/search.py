@@ -35,8 +35,18 @@ COMMON = [
 PARAMS: dict[str, list[Param]] = {
     "Location": [
         *COMMON,
-        Param("address-city", "string", "central.city", "city (exact, case-insensitive)"),
-        Param("address-postalcode", "string", "central.postal_code", "postal code 00-000"),
+        Param(
+            "address-city",
+            "string",
+            "central.city",
+            "city: the whole name, case-insensitive (no prefix match)",
+        ),
+        Param(
+            "address-postalcode",
+            "string",
+            "central.postal_code",
+            "postal code 00-000 (the whole code)",
+        ),
         Param("status", "token", "central.status", "active | suspended | inactive"),
     ],
     "Schedule": [
@@ -71,6 +81,7 @@ PARAMS: dict[str, list[Param]] = {
 CONTROL = ("_count", "_offset", "_format", "_total")
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
+MAX_OFFSET = 10_000_000
 
 
 @dataclass
@@ -87,6 +98,8 @@ def bad(param: str, msg: str) -> FhirError:
 
 def date_range(param: str, value: str) -> tuple[str, str, str]:
     """``(prefix, low, high)``: the value covers ``[low, high)`` in store form."""
+    # ``+01:00`` typed into a URL without encoding arrives as `` 01:00``.
+    value = value.replace(" ", "+")
     prefix = "eq"
     if len(value) > 2 and value[:2] in ("eq", "ne", "gt", "ge", "lt", "le", "sa", "eb", "ap"):
         prefix, value = value[:2], value[2:]
@@ -100,7 +113,7 @@ def date_range(param: str, value: str) -> tuple[str, str, str]:
         else:
             lo = parse_instant(value)
             hi = lo + timedelta(milliseconds=1)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # e.g. 0001-01-01T00:00+01:00
         raise bad(param, "use a date YYYY-MM-DD or an instant with an offset") from exc
     return prefix, to_store(lo), to_store(hi)
 
@@ -160,7 +173,7 @@ def parse(rtype: str, tenant: str, query: list[tuple[str, str]]) -> Query:
             continue
         if name == "_offset":
             try:
-                offset = max(0, int(values[-1]))
+                offset = max(0, min(MAX_OFFSET, int(values[-1])))
             except ValueError as exc:
                 raise bad(name, "an integer") from exc
             continue
@@ -185,10 +198,11 @@ def parse(rtype: str, tenant: str, query: list[tuple[str, str]]) -> Query:
             if param.type == "reference":
                 vals = [reference_value(param, a) for a in alts]
             elif param.type == "string":
-                vals = alts
+                vals = [a.casefold() for a in alts]
             else:
                 vals = [token_value(param, a) for a in alts]
-            conds.append({param.path: vals[0] if len(vals) == 1 else {"$in": vals}})
+            path = f"{FOLDED}.{name}" if param.type == "string" else param.path
+            conds.append({path: vals[0] if len(vals) == 1 else {"$in": vals}})
         for cond in conds:
             if "$or" in cond:
                 flt.setdefault("$and", []).append(cond)
@@ -204,6 +218,23 @@ def parse(rtype: str, tenant: str, query: list[tuple[str, str]]) -> Query:
         else [("last_updated", 1), ("rid", 1)]
     )
     return Query(flt, sort, count, offset)
+
+
+# String parameters match case-insensitively on a case-folded copy of their values,
+# kept on the stored document (``resources.apply_put``) under this key.
+FOLDED = "folded"
+
+
+def folded(rtype: str, central: dict[str, Any]) -> dict[str, str]:
+    """``{parameter name: case-folded value}`` of the string parameters of ``rtype``."""
+    out: dict[str, str] = {}
+    for p in PARAMS.get(rtype, []):
+        if p.type != "string":
+            continue
+        value = central.get(p.path.removeprefix("central."))
+        if isinstance(value, str):
+            out[p.name] = value.casefold()
+    return out
 
 
 def identifier_cond(value: str) -> dict[str, Any]:
