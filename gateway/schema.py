@@ -52,10 +52,9 @@ INDEXES: dict[str, list[Index]] = {
         Index((("status", 1), ("next_heartbeat_at", 1))),
     ],
     c.WEBHOOK_EVENTS: [
-        Index((("subscription", 1), ("event_id", 1)), unique=True),
-        # "<subscription>#<number>", set with the number: one event per number.
-        Index((("seq_key", 1),), unique=True, sparse=True),
-        Index((("subscription", 1), ("number", 1))),
+        # The _id "<subscription>:<event id>" is the dedupe guard; a document is
+        # born with its number, unique within its subscription.
+        Index((("subscription", 1), ("number", 1)), unique=True),
         # The sweeper: pending tries by when their broker copy is due back.
         Index((("status", 1), ("copy_at", 1), ("next_attempt_at", 1))),
         Index((("at", 1),)),

@@ -11,19 +11,22 @@ Data model (Svix-like, STYLE.md), one collection each:
   their expiry, status (requested, active, error, off), the event counter.
 * ``webhook_events`` (message x destination): one per subscription and domain
   event, ``_id`` ``<subscription>:<event id>`` (the dedupe guard: a
-  redelivered event finds its document), its ``number`` (unique per
-  subscription, ``seq_key``), and the delivery state: ``status`` (new ->
-  pending -> delivered | failed | cancelled), ``round`` (bumped by a replay),
-  ``attempts`` (tries done in this round), ``next_attempt_at`` (app clock).
+  redelivered event finds its document), born with its ``number`` (unique per
+  subscription), and the delivery state: ``status`` (pending -> delivered |
+  failed | cancelled), ``round`` (bumped by a replay), ``attempts`` (tries done
+  in this round), ``next_attempt_at`` (app clock), ``copy_at`` (wall clock:
+  when the broker's copy of the next try is due back; the sweeper's cue).
 * ``webhook_attempts`` (the delivery log): one per HTTP try.
 
 Numbering, gap-free: after the dedupe guard, the subscription's counter is
 incremented in the same atomic update that records which event holds the new
-number (``pending_event``); the event document then takes the number and the
-reservation is released. A redelivered event that finds itself holding the
-reservation reuses the number; a reservation abandoned by a dead worker is
-taken over (with its number) after ``STALE_RESERVATION``; the unique
-``seq_key`` stops two documents from ever sharing a number.
+number (``pending_event``, a lock on the counter); the event's document is
+inserted with that number and the reservation released. A redelivered event
+finds its document and keeps its number; a copy that finds itself holding the
+reservation resumes it; a number not needed after all is given back (nobody
+else can have moved the counter meanwhile); a reservation left by a dead
+worker is taken over, with its number, after ``STALE_RESERVATION``; the unique
+(subscription, number) index stops two documents from ever sharing a number.
 
 Delivery: ``webhook.deliver`` bus messages carry ``{event, round, attempt}``
 (ids, never payloads). One try per message; a failed try records the next due
@@ -69,7 +72,7 @@ from gateway.ports import (
     WebhookSender,
 )
 from gateway.settings import Settings
-from gateway.timeutil import from_store, to_fhir, to_store
+from gateway.timeutil import from_store, to_fhir
 
 log = structlog.get_logger("gateway.webhooks")
 
@@ -86,6 +89,11 @@ EXCERPT = 512
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(pysecrets.token_bytes(24)).decode()
+
+
+def ts(dt: datetime) -> str:
+    """``timeutil.to_store`` (fixed-width UTC, milliseconds), without strftime's cost."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _wall() -> datetime:
@@ -118,6 +126,7 @@ class Webhooks:
             settings.public_base_url.rstrip("/") or f"http://{settings.host}:{settings.port}"
         )
         self._bus_retries = len(settings.bus_retry_delays)
+        self._tiers = sorted(set(settings.bus_retry_delays))
         self._background: set[asyncio.Task[Any]] = set()
         self._heartbeat_slots = asyncio.Semaphore(32)
         self._next_prune: datetime | None = None
@@ -132,8 +141,8 @@ class Webhooks:
             "_id": uuid.uuid4().hex,
             "tenant": tenant,
             "version": 1,
-            "created": to_store(now),
-            "last_updated": to_store(now),
+            "created": ts(now),
+            "last_updated": ts(now),
             "status": "off" if spec.wants_off else "requested",
             "error": None,
             **self._spec_fields(spec, now),
@@ -160,7 +169,7 @@ class Webhooks:
             "timeout": spec.timeout,
             "end": spec.end,
             "next_heartbeat_at": (
-                to_store(now + timedelta(seconds=spec.heartbeat)) if spec.heartbeat else NEVER
+                ts(now + timedelta(seconds=spec.heartbeat)) if spec.heartbeat else NEVER
             ),
         }
 
@@ -187,7 +196,7 @@ class Webhooks:
                     "status": status,
                     "error": None if status != "off" else "turned off by the provider",
                     "version": doc["version"] + 1,
-                    "last_updated": to_store(now),
+                    "last_updated": ts(now),
                 }
             },
         )
@@ -206,7 +215,7 @@ class Webhooks:
     async def rotate_secret(self, doc: Document) -> tuple[Document, str, str]:
         """A new secret signs from now on; the old one(s) also sign until the overlap ends."""
         now = self.clock.now()
-        until = to_store(now + timedelta(seconds=self.settings.webhook_secret_overlap_seconds))
+        until = ts(now + timedelta(seconds=self.settings.webhook_secret_overlap_seconds))
         kept = [
             {"value": s["value"], "expires": s["expires"] or until}
             for s in self._secrets_in_force(doc, now, raw=True)
@@ -221,7 +230,7 @@ class Webhooks:
         return updated or doc, secret, until
 
     def _secrets_in_force(self, doc: Document, now: datetime, raw: bool = False) -> list[Any]:
-        at = to_store(now)
+        at = ts(now)
         live = [
             s for s in doc.get("secrets") or [] if s.get("expires") is None or s["expires"] > at
         ]
@@ -262,7 +271,7 @@ class Webhooks:
         if until_number is not None:
             flt["number"]["$lte"] = until_number
         if since is not None:
-            flt["at"] = {"$gte": to_store(since)}
+            flt["at"] = {"$gte": ts(since)}
         events = await self.store.find(c.WEBHOOK_EVENTS, flt, sort=[("number", 1)])
         now = self.clock.now()
         numbers = []
@@ -274,9 +283,9 @@ class Webhooks:
                     "$set": {
                         "status": "pending",
                         "attempts": 0,
-                        "next_attempt_at": to_store(now),
+                        "next_attempt_at": ts(now),
                         "claim_until": "",
-                        "swept_until": "",
+                        "copy_at": ts(_wall()),
                     },
                     "$inc": {"round": 1},
                 },
@@ -341,7 +350,7 @@ class Webhooks:
             c.SUBSCRIPTIONS, {"tenant": msg.tenant, "status": {"$in": list(LIVE)}, "types": rtype}
         )
         for sub in matching:
-            if sub.get("end") and sub["end"] <= to_store(now):
+            if sub.get("end") and sub["end"] <= ts(now):
                 continue
             ev = await self._record(sub, msg, now)
             if ev is None:
@@ -350,105 +359,114 @@ class Webhooks:
                 await self._dispatch(ev, "initial")
 
     async def _record(self, sub: Document, msg: Envelope, now: datetime) -> Document | None:
-        """The event's document for ``sub``, numbered (the same on a redelivery)."""
-        key = f"{sub['_id']}:{msg.id}"
+        """The event's document for ``sub``, numbered (the same one on a redelivery).
+
+        Holding the subscription's reservation (``pending_event``) is a lock on its
+        counter: nobody else increments it meanwhile, so a number that turns out
+        not to be needed (a copy of this event got there first) is given back.
+        """
+        sid = sub["_id"]
+        key = f"{sid}:{msg.id}"
+        existing = await self.store.get(c.WEBHOOK_EVENTS, key)
+        if existing is not None:
+            return existing  # a redelivery: the same document, the same number
+        wall = _wall()
         doc: Document = {
             "_id": key,
             "tenant": msg.tenant,
-            "subscription": sub["_id"],
+            "subscription": sid,
             "event_id": msg.id,
             "event_type": msg.type,
-            "at": msg.created_at or to_store(now),
+            "at": msg.created_at or ts(now),
             "type": msg.body["type"],
             "rid": msg.body["id"],
             "version": msg.body.get("version"),
             "action": msg.type.rsplit(".", 1)[-1],
             "channel": msg.body.get("channel"),
-            "status": "new",
+            "status": "pending",
             "round": 0,
             "attempts": 0,
-            "next_attempt_at": to_store(now),
+            "next_attempt_at": ts(now),
             "claim_until": "",
-            "swept_until": "",
+            # the first try's message is published right after the insert
+            "copy_at": ts(wall),
         }
-        try:
-            await self.store.insert(c.WEBHOOK_EVENTS, doc)
-        except DuplicateKey:
-            existing = await self.store.get(c.WEBHOOK_EVENTS, key)
-            if existing is None:
-                raise Retry("webhook event document vanished while numbering") from None
-            doc = existing
-        if doc.get("number") is not None:
-            return doc
-        return await self._assign_number(sub["_id"], key)
-
-    async def _assign_number(self, sid: str, key: str) -> Document | None:
-        """Give event ``key`` the subscription's next number; see the module docstring."""
         for spin in range(200):
-            ev = await self.store.get(c.WEBHOOK_EVENTS, key)
-            if ev is None:
-                return None
-            if ev.get("number") is not None:
-                return ev
-            wall = _wall()
-            sub = await self.store.update_one(
+            held = await self.store.update_one(
                 c.SUBSCRIPTIONS,
                 {"_id": sid, "pending_event": None},
                 {
                     "$inc": {"events_count": 1},
-                    "$set": {"pending_event": key, "pending_since": to_store(wall)},
+                    "$set": {"pending_event": key, "pending_since": ts(wall)},
                 },
             )
-            if sub is None:
-                sub = await self.store.get(c.SUBSCRIPTIONS, sid)
-                if sub is None:
+            if held is None:
+                current = await self.store.get(c.SUBSCRIPTIONS, sid)
+                if current is None:
                     return None
-                holder = sub.get("pending_event")
-                if holder is None:
+                holder = current.get("pending_event")
+                outcome = "mine" if holder == key else await self._take_over(current, key)
+                if outcome != "mine":
+                    if outcome == "wait":
+                        await asyncio.sleep(min(0.005 * (spin + 1), 0.2))
+                    existing = await self.store.get(c.WEBHOOK_EVENTS, key)
+                    if existing is not None:
+                        return existing
                     continue
-                if holder != key and not await self._take_over(sub, holder, key, wall):
-                    # Another worker is numbering an event of this subscription right now.
-                    await asyncio.sleep(min(0.01 * (spin + 1), 0.2))
-                    continue
-            number = int(sub["events_count"])
+                held = current
+            number = int(held["events_count"])
             try:
-                done = await self.store.update_one(
-                    c.WEBHOOK_EVENTS,
-                    {"_id": key, "number": {"$exists": False}},
-                    {"$set": {"number": number, "seq_key": f"{sid}#{number}", "status": "pending"}},
-                )
+                await self.store.insert(c.WEBHOOK_EVENTS, {**doc, "number": number})
             except DuplicateKey:
-                done = None  # the number went to the event we took it over from: take another
-            await self.store.update_one(
-                c.SUBSCRIPTIONS,
-                {"_id": sid, "pending_event": key},
-                {"$set": {"pending_event": None}},
-            )
-            if done is not None:
-                return done
+                existing = await self.store.get(c.WEBHOOK_EVENTS, key)
+                unused = existing is not None and existing.get("number") != number
+                await self._release(sid, key, number, give_back=unused)
+                if existing is not None:
+                    return existing  # a copy of this event was numbered meanwhile
+                continue  # the number went to the event we took it over from
+            await self._release(sid, key, number, give_back=False)
+            return {**doc, "number": number}
         raise Retry(f"could not number event {key}")
 
-    async def _take_over(self, sub: Document, holder: str, key: str, wall: datetime) -> bool:
-        """Take (or clear) a reservation its holder will not finish; True when ``key`` holds it."""
-        count = sub["events_count"]
+    async def _release(self, sid: str, key: str, number: int, *, give_back: bool) -> None:
+        update: Document = {"$set": {"pending_event": None}}
+        flt: Document = {"_id": sid, "pending_event": key}
+        if give_back:
+            flt["events_count"] = number
+            update["$inc"] = {"events_count": -1}
+        await self.store.update_one(c.SUBSCRIPTIONS, flt, update)
+
+    async def _take_over(self, sub: Document, key: str) -> str:
+        """Another event holds the reservation: ``wait``, ``cleared`` it, or made it ``mine``.
+
+        A holder whose event is numbered died before releasing (cleared); a
+        reservation older than ``STALE_RESERVATION`` is a dead worker's: its
+        number is taken over (the unique (subscription, number) settles a late holder).
+        """
+        holder, count = sub["pending_event"], sub["events_count"]
+        wall = _wall()
+        stale = sub.get("pending_since", "") < ts(wall - STALE_RESERVATION)
         other = await self.store.get(c.WEBHOOK_EVENTS, holder)
-        if other is not None and other.get("number") is not None:
-            # The holder numbered its event but died before releasing: release it.
+        guard = {"_id": sub["_id"], "pending_event": holder, "events_count": count}
+        if other is not None and other.get("number") == count:
+            done = await self.store.update_one(
+                c.SUBSCRIPTIONS, guard, {"$set": {"pending_event": None}}
+            )
+            return "cleared" if done is not None else "wait"
+        if not stale:
+            return "wait"
+        if other is not None:
+            # A copy of an event numbered before: its reservation is not needed.
             await self.store.update_one(
                 c.SUBSCRIPTIONS,
-                {"_id": sub["_id"], "pending_event": holder},
-                {"$set": {"pending_event": None}},
+                guard,
+                {"$set": {"pending_event": None}, "$inc": {"events_count": -1}},
             )
-            return False
-        stale = sub.get("pending_since", "") < to_store(wall - STALE_RESERVATION)
-        if other is not None and not stale:
-            return False
+            return "cleared"
         taken = await self.store.update_one(
-            c.SUBSCRIPTIONS,
-            {"_id": sub["_id"], "pending_event": holder, "events_count": count},
-            {"$set": {"pending_event": key, "pending_since": to_store(wall)}},
+            c.SUBSCRIPTIONS, guard, {"$set": {"pending_event": key, "pending_since": ts(wall)}}
         )
-        return taken is not None
+        return "mine" if taken is not None else "wait"
 
     async def _dispatch(self, ev: Document, trigger: str) -> None:
         now = self.clock.now()
@@ -465,7 +483,7 @@ class Webhooks:
                 # Deliveries of one subscription go one at a time, in event-number order.
                 tenant=ev["subscription"],
                 correlation_id=ev["event_id"],
-                created_at=to_store(now),
+                created_at=ts(now),
             )
         )
 
@@ -487,8 +505,15 @@ class Webhooks:
         ):
             return  # done by another copy, replayed since, or deleted
         now = self.clock.now()
-        if ev["next_attempt_at"] > to_store(now + EARLY_SLACK):
-            return  # early (the sandbox clock went back): the sweeper sends it when due
+        if ev["next_attempt_at"] > ts(now + EARLY_SLACK):
+            # Early (the sandbox clock went back): no copy is on its way any more; the
+            # sweeper sends the try when it is due.
+            await self.store.update_one(
+                c.WEBHOOK_EVENTS,
+                {"_id": key, "round": rnd, "attempts": attempt, "status": "pending"},
+                {"$set": {"copy_at": ""}},
+            )
+            return
         wall = _wall()
         sub = await self.store.get(c.SUBSCRIPTIONS, ev["subscription"])
         lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
@@ -499,9 +524,9 @@ class Webhooks:
                 "status": "pending",
                 "round": rnd,
                 "attempts": attempt,
-                "claim_until": {"$lt": to_store(wall)},
+                "claim_until": {"$lt": ts(wall)},
             },
-            {"$set": {"claim_until": to_store(wall + lease)}},
+            {"$set": {"claim_until": ts(wall + lease)}},
         )
         if claimed is None:
             return
@@ -525,7 +550,7 @@ class Webhooks:
         tries = attempt + 1
         last = {"last_status": result.status, "last_error": result.error, "attempts": tries}
         if result.ok:
-            await self._settle(ev, {**last, "status": "delivered", "delivered_at": to_store(now)})
+            await self._settle(ev, {**last, "status": "delivered", "delivered_at": ts(now)})
             await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
             if sub["status"] == "error":
                 await self.store.update_one(
@@ -564,20 +589,34 @@ class Webhooks:
             delay = max(
                 delay, min(result.retry_after, self.settings.webhook_retry_after_max_seconds)
             )
+        # The broker brings this message back after the tier that fits ``delay``
+        # (real time): ``copy_at`` says when, so the sweeper only steps in when the
+        # app clock is ahead of that (sandbox) or the copy is lost.
+        by_broker = msg.attempt + 1 < self._bus_retries
+        copy_at = ts(_wall() + timedelta(seconds=self._tier(delay))) if by_broker else ""
         await self._settle(
-            ev, {**last, "next_attempt_at": to_store(now + timedelta(seconds=delay))}
+            ev,
+            {
+                **last,
+                "next_attempt_at": ts(now + timedelta(seconds=delay)),
+                "copy_at": copy_at,
+            },
         )
         await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="retrying")
-        if msg.attempt + 1 >= self._bus_retries:
+        if not by_broker:
             return  # the bus would dead-letter this copy: the sweeper sends the next try
         raise Retry(f"webhook {result.error}", delay=delay)
+
+    def _tier(self, delay: float) -> float:
+        """The broker's wait for ``delay``: the smallest tier >= delay (as the bus picks)."""
+        return next((t for t in self._tiers if t >= delay), self._tiers[-1])
 
     async def _settle(self, ev: Document, fields: Document) -> None:
         """End a claimed try (guarded by the round and attempt it was for)."""
         await self.store.update_one(
             c.WEBHOOK_EVENTS,
             {"_id": ev["_id"], "round": ev["round"], "attempts": ev["attempts"]},
-            {"$set": {**fields, "claim_until": "", "swept_until": ""}},
+            {"$set": {"claim_until": "", "copy_at": "", **fields}},
         )
 
     async def _disable(self, sub: Document, reason: str) -> None:
@@ -657,7 +696,7 @@ class Webhooks:
                 "attempt": ev["attempts"] + 1 if ev else 1,
                 "trigger": trigger,
                 "outcome": outcome or ("delivered" if result.ok else "failed"),
-                "at": to_store(now),
+                "at": ts(now),
                 "seq": _wall().timestamp(),
                 "status_code": result.status,
                 "latency_ms": result.latency_ms,
@@ -685,26 +724,32 @@ class Webhooks:
                 await self.clock.wait_changed(self.settings.webhook_sweep_seconds)
 
     async def sweep_once(self) -> bool:
-        """One pass; True when there may be more due right now."""
-        now = self.clock.now()
-        wall = to_store(_wall())
-        due = await self.store.find(
-            c.WEBHOOK_EVENTS,
-            {
-                "status": "pending",
-                "next_attempt_at": {
-                    "$lte": to_store(
-                        now - timedelta(seconds=self.settings.webhook_sweep_grace_seconds)
-                    )
+        """One pass; True when there may be more due right now.
+
+        A pending try is sent again when it is due by the app clock and its broker
+        copy either is not due yet in real time (the sandbox clock jumped ahead, or
+        a Retry-After longer than the tier) or is late by the grace (lost: a crash
+        between a state change and its publish).
+        """
+        app_now = self.clock.now()
+        now = ts(app_now)
+        wall_dt = _wall()
+        wall = ts(wall_dt)
+        lost = ts(wall_dt - timedelta(seconds=self.settings.webhook_sweep_grace_seconds))
+        due: list[Document] = []
+        for copy_at in ({"$gt": wall}, {"$lt": lost}):
+            due += await self.store.find(
+                c.WEBHOOK_EVENTS,
+                {
+                    "status": "pending",
+                    "copy_at": copy_at,
+                    "next_attempt_at": {"$lte": now},
+                    "claim_until": {"$lt": wall},
                 },
-                "claim_until": {"$lt": wall},
-                "swept_until": {"$lt": wall},
-            },
-            sort=[("next_attempt_at", 1)],
-            limit=SWEEP_BATCH,
-        )
+                limit=SWEEP_BATCH,
+            )
+        due.sort(key=lambda ev: ev["next_attempt_at"])
         swept = 0
-        hold = to_store(_wall() + timedelta(seconds=30))
         for ev in due:
             mine = await self.store.update_one(
                 c.WEBHOOK_EVENTS,
@@ -712,27 +757,27 @@ class Webhooks:
                     "_id": ev["_id"],
                     "round": ev["round"],
                     "attempts": ev["attempts"],
-                    "swept_until": ev["swept_until"],
+                    "copy_at": ev["copy_at"],
                 },
-                {"$set": {"swept_until": hold}},
+                {"$set": {"copy_at": wall}},
             )
             if mine is not None:
                 await self._dispatch(mine, "sweeper")
                 swept += 1
         if swept:
             log.info("webhook.swept", deliveries=swept)
-        await self._heartbeats(now)
-        await self._prune(now)
-        return len(due) == SWEEP_BATCH
+        await self._heartbeats(app_now)
+        await self._prune(app_now)
+        return len(due) >= SWEEP_BATCH
 
     async def _heartbeats(self, now: datetime) -> None:
         due = await self.store.find(
             c.SUBSCRIPTIONS,
-            {"status": "active", "next_heartbeat_at": {"$lte": to_store(now)}},
+            {"status": "active", "next_heartbeat_at": {"$lte": ts(now)}},
             limit=200,
         )
         for sub in due:
-            nxt = to_store(now + timedelta(seconds=int(sub.get("heartbeat") or 60)))
+            nxt = ts(now + timedelta(seconds=int(sub.get("heartbeat") or 60)))
             mine = await self.store.update_one(
                 c.SUBSCRIPTIONS,
                 {"_id": sub["_id"], "next_heartbeat_at": sub["next_heartbeat_at"]},
@@ -765,7 +810,7 @@ class Webhooks:
         if self._next_prune is not None and now < self._next_prune:
             return
         self._next_prune = now + timedelta(minutes=10)
-        cutoff = to_store(now - timedelta(days=self.settings.webhook_event_retention_days))
+        cutoff = ts(now - timedelta(days=self.settings.webhook_event_retention_days))
         gone = await self.store.delete_many(
             c.WEBHOOK_EVENTS, {"at": {"$lt": cutoff}, "status": {"$ne": "pending"}}
         )
