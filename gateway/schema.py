@@ -56,7 +56,7 @@ INDEXES: dict[str, list[Index]] = {
         # born with its number, unique within its subscription.
         Index((("subscription", 1), ("number", 1)), unique=True),
         # The sweeper: pending tries by when their broker copy is due back.
-        Index((("status", 1), ("copy_at", 1), ("next_attempt_at", 1))),
+        Index((("status", 1), ("copy_at", 1))),
         Index((("at", 1),)),
     ],
     c.WEBHOOK_ATTEMPTS: [Index((("subscription", 1), ("at", 1))), Index((("at", 1),))],
