@@ -61,4 +61,5 @@ INDEXES: dict[str, list[Index]] = {
     ],
     c.WEBHOOK_ATTEMPTS: [Index((("subscription", 1), ("at", 1))), Index((("at", 1),))],
     c.SANDBOX_INBOX: [Index((("tenant", 1), ("at", 1)))],
+    c.WEBHOOK_COUNTERS: [],
 }

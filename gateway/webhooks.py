@@ -80,6 +80,7 @@ WATCHED = ("resource.Appointment.*", "resource.Slot.*")
 LIVE = ("requested", "active", "error")  # statuses that collect events
 NEVER = "9999-12-31T23:59:59.999Z"  # next_heartbeat_at without heartbeats
 STALE_RESERVATION = timedelta(seconds=60)
+GENERATION = "__generation__"  # webhook_counters document: changes with every subscription write
 CLAIM_EXTRA = timedelta(seconds=30)
 EARLY_SLACK = timedelta(seconds=1)
 SWEEP_BATCH = 500
@@ -130,6 +131,53 @@ class Webhooks:
         self._background: set[asyncio.Task[Any]] = set()
         self._heartbeat_slots = asyncio.Semaphore(32)
         self._next_prune: datetime | None = None
+        # Subscriptions as last read, valid while the generation token is unchanged
+        # (every write of a subscription changes it): one small read per message
+        # instead of a query.
+        self._token: str | None = None
+        self._by_tenant: dict[str, list[Document]] = {}
+        self._by_id: dict[str, Document | None] = {}
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def _changed(self) -> None:
+        """Tell every process's cache that subscriptions changed."""
+        await self.store.update_one(
+            c.WEBHOOK_COUNTERS,
+            {"_id": GENERATION},
+            {"$set": {"token": uuid.uuid4().hex}},
+            upsert=True,
+        )
+
+    async def _fresh(self) -> None:
+        doc = await self.store.get(c.WEBHOOK_COUNTERS, GENERATION)
+        token = doc["token"] if doc else ""
+        if token != self._token:
+            self._token = token
+            self._by_tenant.clear()
+            self._by_id.clear()
+
+    async def live_subscriptions(self, tenant: str) -> list[Document]:
+        """The tenant's subscriptions that collect events (requested, active, error)."""
+        await self._fresh()
+        found = self._by_tenant.get(tenant)
+        if found is None:
+            found = await self.store.find(
+                c.SUBSCRIPTIONS, {"tenant": tenant, "status": {"$in": list(LIVE)}}
+            )
+            self._by_tenant[tenant] = found
+        return found
+
+    async def subscription(self, sid: str) -> Document | None:
+        await self._fresh()
+        if sid not in self._by_id:
+            self._by_id[sid] = await self.store.get(c.SUBSCRIPTIONS, sid)
+        return self._by_id[sid]
+
+    async def events_count(self, sid: str) -> int:
+        """Events since the subscription started (its counter)."""
+        counter = await self.store.get(c.WEBHOOK_COUNTERS, sid)
+        return int(counter["events_count"]) if counter else 0
 
     # ================================================================== API side
 
@@ -147,11 +195,19 @@ class Webhooks:
             "error": None,
             **self._spec_fields(spec, now),
             "secrets": [{"value": secret, "expires": None}],
-            "events_count": 0,
-            "pending_event": None,
-            "pending_since": "",
         }
+        await self.store.insert(
+            c.WEBHOOK_COUNTERS,
+            {
+                "_id": doc["_id"],
+                "tenant": tenant,
+                "events_count": 0,
+                "pending_event": None,
+                "pending_since": "",
+            },
+        )
         await self.store.insert(c.SUBSCRIPTIONS, doc)
+        await self._changed()
         log.info("subscription.created", subscription=doc["_id"], endpoint=_host(spec.endpoint))
         if doc["status"] == "requested":
             doc = await self.handshake(doc)
@@ -202,6 +258,7 @@ class Webhooks:
         )
         if updated is None:
             return None
+        await self._changed()
         if status == "requested":
             updated = await self.handshake(updated)
         return updated
@@ -209,6 +266,8 @@ class Webhooks:
     async def delete(self, doc: Document) -> None:
         """Remove a subscription with its events and delivery log (pending tries are dropped)."""
         await self.store.delete_one(c.SUBSCRIPTIONS, {"_id": doc["_id"]})
+        await self.store.delete_one(c.WEBHOOK_COUNTERS, {"_id": doc["_id"]})
+        await self._changed()
         await self.store.delete_many(c.WEBHOOK_EVENTS, {"subscription": doc["_id"]})
         await self.store.delete_many(c.WEBHOOK_ATTEMPTS, {"subscription": doc["_id"]})
 
@@ -226,6 +285,7 @@ class Webhooks:
             {"_id": doc["_id"]},
             {"$set": {"secrets": [{"value": secret, "expires": None}, *kept]}},
         )
+        await self._changed()
         log.info("subscription.secret_rotated", subscription=doc["_id"])
         return updated or doc, secret, until
 
@@ -240,7 +300,11 @@ class Webhooks:
         """``requested`` -> ``active`` when the endpoint answers 2xx, else ``error`` (410: off)."""
         now = self.clock.now()
         bundle = subs.notification_bundle(
-            doc, base=self.base, kind="handshake", events_since=doc["events_count"], now=now
+            doc,
+            base=self.base,
+            kind="handshake",
+            events_since=await self.events_count(doc["_id"]),
+            now=now,
         )
         result = await self._post(doc, bundle, f"hs-{uuid.uuid4().hex}", now)
         if result.ok:
@@ -255,6 +319,7 @@ class Webhooks:
             {"_id": doc["_id"], "status": "requested"},
             {"$set": {"status": status, "error": error}},
         )
+        await self._changed()
         log.info("subscription.handshake", subscription=doc["_id"], status=status)
         return updated or (await self.store.get(c.SUBSCRIPTIONS, doc["_id"])) or doc
 
@@ -346,11 +411,8 @@ class Webhooks:
             return
         bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, event=msg.type)
         now = self.clock.now()
-        matching = await self.store.find(
-            c.SUBSCRIPTIONS, {"tenant": msg.tenant, "status": {"$in": list(LIVE)}, "types": rtype}
-        )
-        for sub in matching:
-            if sub.get("end") and sub["end"] <= ts(now):
+        for sub in await self.live_subscriptions(msg.tenant):
+            if rtype not in sub["types"] or (sub.get("end") and sub["end"] <= ts(now)):
                 continue
             ev = await self._record(sub, msg, now)
             if ev is None:
@@ -393,7 +455,7 @@ class Webhooks:
         }
         for spin in range(200):
             held = await self.store.update_one(
-                c.SUBSCRIPTIONS,
+                c.WEBHOOK_COUNTERS,
                 {"_id": sid, "pending_event": None},
                 {
                     "$inc": {"events_count": 1},
@@ -401,7 +463,7 @@ class Webhooks:
                 },
             )
             if held is None:
-                current = await self.store.get(c.SUBSCRIPTIONS, sid)
+                current = await self.store.get(c.WEBHOOK_COUNTERS, sid)
                 if current is None:
                     return None
                 holder = current.get("pending_event")
@@ -434,7 +496,7 @@ class Webhooks:
         if give_back:
             flt["events_count"] = number
             update["$inc"] = {"events_count": -1}
-        await self.store.update_one(c.SUBSCRIPTIONS, flt, update)
+        await self.store.update_one(c.WEBHOOK_COUNTERS, flt, update)
 
     async def _take_over(self, sub: Document, key: str) -> str:
         """Another event holds the reservation: ``wait``, ``cleared`` it, or made it ``mine``.
@@ -450,7 +512,7 @@ class Webhooks:
         guard = {"_id": sub["_id"], "pending_event": holder, "events_count": count}
         if other is not None and other.get("number") == count:
             done = await self.store.update_one(
-                c.SUBSCRIPTIONS, guard, {"$set": {"pending_event": None}}
+                c.WEBHOOK_COUNTERS, guard, {"$set": {"pending_event": None}}
             )
             return "cleared" if done is not None else "wait"
         if not stale:
@@ -458,13 +520,15 @@ class Webhooks:
         if other is not None:
             # A copy of an event numbered before: its reservation is not needed.
             await self.store.update_one(
-                c.SUBSCRIPTIONS,
+                c.WEBHOOK_COUNTERS,
                 guard,
                 {"$set": {"pending_event": None}, "$inc": {"events_count": -1}},
             )
             return "cleared"
         taken = await self.store.update_one(
-            c.SUBSCRIPTIONS, guard, {"$set": {"pending_event": key, "pending_since": ts(wall)}}
+            c.WEBHOOK_COUNTERS,
+            guard,
+            {"$set": {"pending_event": key, "pending_since": ts(wall)}},
         )
         return "mine" if taken is not None else "wait"
 
@@ -515,7 +579,7 @@ class Webhooks:
             )
             return
         wall = _wall()
-        sub = await self.store.get(c.SUBSCRIPTIONS, ev["subscription"])
+        sub = await self.subscription(ev["subscription"])
         lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
         claimed = await self.store.update_one(
             c.WEBHOOK_EVENTS,
@@ -541,7 +605,7 @@ class Webhooks:
             sub,
             base=self.base,
             kind="event-notification",
-            events_since=max(int(sub["events_count"]), int(ev["number"])),
+            events_since=int(ev["number"]),
             now=now,
             events=[ev],
             resources=resources,
@@ -553,11 +617,13 @@ class Webhooks:
             await self._settle(ev, {**last, "status": "delivered", "delivered_at": ts(now)})
             await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
             if sub["status"] == "error":
-                await self.store.update_one(
+                back = await self.store.update_one(
                     c.SUBSCRIPTIONS,
                     {"_id": sub["_id"], "status": "error"},
                     {"$set": {"status": "active", "error": None}},
                 )
+                if back is not None:
+                    await self._changed()
             return
         if result.status == 410:
             await self._settle(ev, {**last, "status": "cancelled"})
@@ -582,6 +648,7 @@ class Webhooks:
                     }
                 },
             )
+            await self._changed()
             log.warning("webhook.dead_letter", number=ev["number"], tries=tries)
             raise Reject(f"webhook event {ev['number']} undeliverable after {tries} tries")
         delay = self.schedule[tries]
@@ -625,6 +692,7 @@ class Webhooks:
             {"_id": sub["_id"], "status": {"$ne": "off"}},
             {"$set": {"status": "off", "error": reason}},
         )
+        await self._changed()
         log.warning("subscription.disabled", subscription=sub["_id"], reason=reason)
 
     async def _resource_at(self, ev: Document) -> Document | None:
@@ -795,7 +863,7 @@ class Webhooks:
                     sub,
                     base=self.base,
                     kind="heartbeat",
-                    events_since=int(sub["events_count"]),
+                    events_since=await self.events_count(sub["_id"]),
                     now=now,
                 )
                 result = await self._post(sub, bundle, f"hb-{uuid.uuid4().hex}", now)

@@ -170,12 +170,13 @@ async def search(request: web.Request) -> web.Response:
     )
 
 
-def _status_bundle(request: web.Request, docs: list[Document]) -> web.Response:
+async def _status_bundle(request: web.Request, docs: list[Document]) -> web.Response:
     base = base_url(request)
+    webhooks = _webhooks(request)
     entries = []
     for d in docs:
         params = subs.status_parameters(
-            d, base=base, kind="query-status", events_since=int(d["events_count"])
+            d, base=base, kind="query-status", events_since=await webhooks.events_count(d["_id"])
         )
         entries.append(
             {
@@ -191,7 +192,7 @@ def _status_bundle(request: web.Request, docs: list[Document]) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """``$status`` (Backport IG): a searchset Bundle of status Parameters."""
-    return _status_bundle(request, [await _own(request)])
+    return await _status_bundle(request, [await _own(request)])
 
 
 async def status_all(request: web.Request) -> web.Response:
@@ -203,7 +204,7 @@ async def status_all(request: web.Request) -> web.Response:
     if "status" in request.query:
         flt["status"] = {"$in": request.query["status"].split(",")}
     docs = await request.app[SERVICES].store.find(c.SUBSCRIPTIONS, flt, sort=[("created", 1)])
-    return _status_bundle(request, docs)
+    return await _status_bundle(request, docs)
 
 
 def _number(value: Any, name: str) -> int:
@@ -235,7 +236,7 @@ async def events(request: web.Request) -> web.Response:
         doc,
         base=base,
         kind="query-event",
-        events_since=int(doc["events_count"]),
+        events_since=await webhooks.events_count(doc["_id"]),
         now=webhooks.clock.now(),
         events=kept,
         resources=resources,

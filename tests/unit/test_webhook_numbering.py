@@ -99,7 +99,7 @@ async def test_redelivery_keeps_the_number_and_own_changes_make_none(hooks: Any)
     assert await numbers(webhooks, sub["_id"]) == [1, 2]
     assert await numbers(webhooks, only_slots["_id"]) == []
     assert await numbers(webhooks, other_tenant["_id"]) == []
-    doc = await webhooks.store.get(c.SUBSCRIPTIONS, sub["_id"])
+    doc = await webhooks.store.get(c.WEBHOOK_COUNTERS, sub["_id"])
     assert doc["events_count"] == 2 and doc["pending_event"] is None
 
 
@@ -121,7 +121,7 @@ async def test_a_dead_workers_reservation_is_taken_over_without_a_gap(hooks: Any
     dead = change(99)
     long_ago = to_store(datetime.now(UTC) - timedelta(minutes=5))
     await store.update_one(
-        c.SUBSCRIPTIONS,
+        c.WEBHOOK_COUNTERS,
         {"_id": sub["_id"]},
         {
             "$inc": {"events_count": 1},
@@ -141,7 +141,9 @@ async def test_a_finished_but_unreleased_reservation_is_released(hooks: Any) -> 
     await webhooks.on_resource_event(change(1))
     key = f"{sub['_id']}:ev1"
     # As if the worker died right after numbering ev1, before releasing.
-    await store.update_one(c.SUBSCRIPTIONS, {"_id": sub["_id"]}, {"$set": {"pending_event": key}})
+    await store.update_one(
+        c.WEBHOOK_COUNTERS, {"_id": sub["_id"]}, {"$set": {"pending_event": key}}
+    )
     await webhooks.on_resource_event(change(2))
     assert await numbers(webhooks, sub["_id"]) == [1, 2]
 
