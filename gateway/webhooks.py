@@ -578,22 +578,27 @@ class Webhooks:
                 {"$set": {"copy_at": ""}},
             )
             return
-        wall = _wall()
         sub = await self.subscription(ev["subscription"])
-        lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
-        claimed = await self.store.update_one(
-            c.WEBHOOK_EVENTS,
-            {
-                "_id": key,
-                "status": "pending",
-                "round": rnd,
-                "attempts": attempt,
-                "claim_until": {"$lt": ts(wall)},
-            },
-            {"$set": {"claim_until": ts(wall + lease)}},
-        )
-        if claimed is None:
-            return
+        if trigger != "initial" or ev["claim_until"]:
+            # Retries, replays and the sweeper's sends claim their try first, so two
+            # copies of it (the broker's and the sweeper's) send once. The first try
+            # is not claimed: a second copy of it exists only after a redelivery,
+            # and the receiver drops a duplicate webhook-id.
+            wall = _wall()
+            lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
+            claimed = await self.store.update_one(
+                c.WEBHOOK_EVENTS,
+                {
+                    "_id": key,
+                    "status": "pending",
+                    "round": rnd,
+                    "attempts": attempt,
+                    "claim_until": {"$lt": ts(wall)},
+                },
+                {"$set": {"claim_until": ts(wall + lease)}},
+            )
+            if claimed is None:
+                return
         bind_correlation(ev["event_id"], subscription=ev["subscription"], event_number=ev["number"])
         if sub is None or sub["status"] == "off":
             await self._settle(ev, {"status": "cancelled"})
