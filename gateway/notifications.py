@@ -713,16 +713,15 @@ class Notifier:
             await self._sleep(timeout, clock_changed)
 
     async def _sleep(self, timeout: float, clock_changed: asyncio.Future[None]) -> None:
-        woken = asyncio.ensure_future(self.reminders_wake.wait())
-        due = asyncio.ensure_future(asyncio.sleep(timeout))
-        waiters: set[asyncio.Future[Any]] = {clock_changed, woken, due}
+        woken: asyncio.Future[Any] = asyncio.ensure_future(self.reminders_wake.wait())
+        waiters: set[asyncio.Future[Any]] = {clock_changed, woken}
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            # Cancelled, not awaited: awaiting them with CancelledError suppressed
+            # would swallow this task's own cancellation at shutdown.
+            clock_changed.cancel()
+            woken.cancel()
 
 
 class ChannelsRetry(Retry):
