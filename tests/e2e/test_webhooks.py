@@ -240,6 +240,64 @@ async def test_outside_booking_arrives_signed_and_numbered(
     assert len(bundle["entry"]) == 4  # status + 3 resources
 
 
+@pytest.mark.parametrize(
+    "backend", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+)
+async def test_patient_booking_and_cancellation_in_the_portal_reach_the_provider(
+    backend: str, aiohttp_client: Callable[..., Any], receiver: Receiver
+) -> None:
+    """As a new user would: subscribe, a patient books in /patient/v1 (R-SCHED-4) and
+    cancels (R-CAN-3); each change arrives signed, numbered, within a second."""
+    from tests.e2e.patient_support import (
+        CONTACT,
+        at,
+        clinic,
+        patient,
+        referral,
+        set_clock,
+    )
+    from tests.e2e.patient_support import (
+        book as patient_book,
+    )
+    from tests.e2e.patient_support import (
+        cancel as patient_cancel,
+    )
+
+    client = await make_client(aiohttp_client, backend)
+    await set_clock(client)
+    a = await clinic(client, [("s1", at("2027-01-11", 8), "first-stable")])
+    created, secret = await subscribe(client, a.token, receiver.url)
+    assert created["status"] == "active"
+    p = await patient(client)
+    ref = await referral(client, p)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, appt = await patient_book(client, p, a.slots["s1"], ref, CONTACT)
+    assert status == 201, appt
+    await receiver.wait(lambda: len(receiver.numbers()) >= 2, timeout=5)
+    assert loop.time() - started < 1.0
+    kinds = {
+        d["body"]["entry"][1]["resource"]["resourceType"]: d["body"]["entry"][1]
+        for d in receiver.of_type("event-notification")
+    }
+    assert kinds["Appointment"]["resource"]["status"] == "booked"
+    assert kinds["Slot"]["resource"]["status"] == "busy"
+    started = loop.time()
+    status, body = await patient_cancel(client, p, appt["id"])
+    assert status in (200, 204), body
+    await receiver.wait(lambda: len(receiver.numbers()) >= 4, timeout=5)
+    assert loop.time() - started < 1.0
+    await asyncio.sleep(0.2)
+    assert sorted(receiver.numbers()) == [1, 2, 3, 4]
+    last = {
+        d["body"]["entry"][1]["resource"]["resourceType"]: d["body"]["entry"][1]["resource"]
+        for d in receiver.of_type("event-notification")[2:]
+    }
+    assert last["Appointment"]["status"] == "cancelled"
+    assert last["Slot"]["status"] == "free"
+    receiver.verify_all(secret)
+
+
 # --------------------------------------------------------------------------- down, then up
 
 
