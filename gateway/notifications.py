@@ -693,10 +693,10 @@ class Notifier:
             clock_changed = asyncio.ensure_future(
                 self.clock.wait_changed(self.reminder_poll_seconds)
             )
-            await asyncio.sleep(0)
-            self.reminders_wake.clear()
             timeout = self.reminder_poll_seconds
             try:
+                await asyncio.sleep(0)  # let the waiter start: it now sees any change
+                self.reminders_wake.clear()
                 if await self.queue_due_reminders() >= 200:
                     timeout = 0.0
                 else:
