@@ -370,6 +370,17 @@ async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) 
             )
         return
     slot, slot_resource = found
+    if holds and len(central["slot_ids"]) > 1:
+        # Only one slot is held per appointment: a second one would stay free for others.
+        op.problem(
+            422,
+            Issue(
+                "not-supported",
+                "a booked appointment references one slot; book a longer visit as one slot",
+                [ctx.where(op, "Appointment.slot[1]")],
+            ),
+        )
+        return
     if holds:
         holder = slot.get("appointment_id")
         claimed = ctx.claims.get(sid)
@@ -428,18 +439,17 @@ async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) 
                 [ctx.where(op, "Appointment.appointmentType")],
             ),
         )
-    if len(central["slot_ids"]) == 1:
-        for name in ("start", "end"):
-            if central[name] != slot.get(name):
-                op.problem(
-                    422,
-                    Issue(
-                        "business-rule",
-                        f"the appointment's {name} differs from its slot's "
-                        f"({fhir_instant(slot[name])}); leave it out to take the slot's",
-                        [ctx.where(op, f"Appointment.{name}")],
-                    ),
-                )
+    for name in ("start", "end"):
+        if central[name] != slot.get(name):
+            op.problem(
+                422,
+                Issue(
+                    "business-rule",
+                    f"the appointment's {name} differs from its slot's "
+                    f"({fhir_instant(slot[name])}); leave it out to take the slot's",
+                    [ctx.where(op, f"Appointment.{name}")],
+                ),
+            )
     if (
         central["status"] in appointment_map.REFERRAL_CHECKED
         and central.get("referral") is None
@@ -576,8 +586,41 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
         channel=ctx.channel,
     )
     ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
+    if previous is not None and op.type in ("Location", "Schedule"):
+        await propagate_location(ctx, op, previous)
     return result(
         written.status, op.type, op.id, written.version, written.last_updated, written.resource
+    )
+
+
+async def propagate_location(ctx: WriteContext, op: Op, previous: dict[str, Any]) -> None:
+    """Keep the slots' copy of their facility's address current (R-CRIT-1).
+
+    A slot carries its Location's id, postal code and city (``check_slot``) for
+    the patients' search across providers; when a Location's address or a
+    Schedule's Location changes, its slots' copies change with it. Derived data
+    of the central model only: the slots' FHIR resources and versions stay.
+    """
+    assert op.central is not None
+    if op.type == "Location":
+        new = {"postal_code": op.central.get("postal_code"), "city": op.central.get("city")}
+        if all(previous.get(k) == v for k, v in new.items()):
+            return
+        flt: dict[str, Any] = {"central.location_id": op.id}
+    else:
+        if previous.get("location_id") == op.central["location_id"]:
+            return
+        loc = await referenced(ctx, "Location", op.central["location_id"]) or {}
+        new = {
+            "location_id": op.central["location_id"],
+            "postal_code": loc.get("postal_code"),
+            "city": loc.get("city"),
+        }
+        flt = {"central.schedule_id": op.id}
+    await ctx.store.update_many(
+        c.RESOURCES,
+        {"tenant": ctx.tenant, "type": "Slot", **flt},
+        {"$set": {f"central.{k}": v for k, v in new.items()}},
     )
 
 

@@ -262,3 +262,15 @@ async def test_held_slot_keeps_its_times_and_appointment_its_slots(client: Any) 
     same = {**appointment(f"Slot/{s2}"), "start": start.isoformat(), "end": end.isoformat()}
     status, body, _ = await fhir.create(same)
     assert status == 201, body
+
+
+async def test_a_booking_holds_one_slot(client: Any) -> None:
+    """A second slot on a booked appointment would stay free for others: refused."""
+    fhir = await Fhir.new(client)
+    s1, s2 = (await fhir.seed(slots=2))["slots"]
+    two = appointment(f"Slot/{s1}")
+    two["slot"].append({"reference": f"Slot/{s2}"})
+    status, outcome, _ = await fhir.create(two)
+    assert status == 422, outcome
+    assert "Appointment.slot[1]" in expressions(outcome)
+    assert {(await fhir.get(f"/fhir/Slot/{s}"))[1]["status"] for s in (s1, s2)} == {"free"}

@@ -255,3 +255,36 @@ async def test_each_type_round_trips(client: Any) -> None:
 
 def headers_etag(resource: dict[str, Any]) -> str:
     return f'W/"{resource["meta"]["versionId"]}"'
+
+
+async def test_a_new_address_reaches_the_slots(client: Any) -> None:
+    """Slots carry their facility's postal code and city for the patients' search (R-CRIT-1);
+    a Location's new address and a Schedule's new Location reach them."""
+    from gateway import constants as c
+    from gateway.http.keys import SERVICES
+
+    store = client.server.app[SERVICES].store
+    fhir = await Fhir.new(client)
+    seeded = await fhir.seed(slots=2)
+
+    async def slot_places() -> set[tuple[str, str, str]]:
+        docs = await store.find(c.RESOURCES, {"tenant": fhir.id, "type": "Slot"})
+        return {
+            (d["central"]["location_id"], d["central"]["postal_code"], d["central"]["city"])
+            for d in docs
+        }
+
+    assert await slot_places() == {(seeded["location"], "31-147", "Kraków")}
+    moved = location()
+    moved["address"] = {"city": "Wieliczka", "postalCode": "32-020"}
+    status, body, _ = await fhir.put("Location", seeded["location"], moved)
+    assert status == 200, body
+    assert await slot_places() == {(seeded["location"], "32-020", "Wieliczka")}
+    # the slots' FHIR resources did not change
+    _, _, headers = await fhir.get(f"/fhir/Slot/{seeded['slots'][0]}")
+    assert headers["ETag"] == 'W/"1"'
+    # the schedule moves to another facility
+    other = await fhir.created_id(location(city="Tarnów"))
+    status, body, _ = await fhir.put("Schedule", seeded["schedule"], schedule(f"Location/{other}"))
+    assert status == 200, body
+    assert await slot_places() == {(other, "31-147", "Tarnów")}
