@@ -53,6 +53,7 @@ def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,
+            "conditionalRead": "not-match",  # If-None-Match on read answers 304
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
             "searchParam": [

@@ -455,3 +455,23 @@ async def test_two_conditional_creates_of_one_identifier_in_one_transaction(clie
     assert status == 400, outcome
     assert "Bundle.entry[1].resource.identifier[0]" in expressions(outcome)
     await assert_nothing_stored(fhir)
+
+
+async def test_transaction_if_match_per_entry(client: Any) -> None:
+    fhir = await Fhir.new(client)
+    await fhir.put("Location", "l1", location())
+    put = {
+        "resource": {**location(), "name": "v2"},
+        "request": {"method": "PUT", "url": "Location/l1"},
+    }
+    stale = transaction(
+        entry(location("NEW")), {**put, "request": {**put["request"], "ifMatch": 'W/"7"'}}
+    )
+    status, outcome, _ = await fhir.post_bundle(stale)
+    assert status == 412, outcome
+    assert "Bundle.entry[1]" in expressions(outcome)
+    assert (await fhir.search("Location"))["total"] == 1
+    good = transaction({**put, "request": {**put["request"], "ifMatch": 'W/"1"'}})
+    status, body, _ = await fhir.post_bundle(good)
+    assert status == 200, body
+    assert body["entry"][0]["response"]["etag"] == 'W/"2"'
