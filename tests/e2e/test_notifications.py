@@ -176,3 +176,25 @@ async def test_a_failing_channel_is_retried_then_dead_lettered(client: Any) -> N
 def _sample(services: Any, name: str, **labels: str) -> float:
     value = services.metrics.registry.get_sample_value(name, labels)
     return float(value or 0.0)
+
+
+async def test_portal_booking_and_cancellation_are_notified_too(client: Any) -> None:
+    """R-NOT-1 holds in every channel: a booking and a cancellation made in IKP."""
+    from tests.e2e import patient_support as ikp
+
+    await ikp.set_clock(client)
+    clinic = await ikp.clinic(client, [("s1", ikp.plus_days(9, 8), "first-stable")])
+    who = await ikp.patient(client)
+    ref = await ikp.referral(client, who)
+    status, appt = await ikp.book(
+        client, who, clinic.slots["s1"], ref, contact={"phone": "600100200", "email": EMAIL}
+    )
+    assert status == 201, appt
+    msgs = await wait_outbox(client, 3, pesel=who.pesel)
+    assert sorted(m["channel"] for m in msgs) == ["email", "push", "sms"]
+    assert {m["kind"] for m in msgs} == {"booked"}
+
+    status, body = await ikp.cancel(client, who, appt["id"])
+    assert status == 200, body
+    msgs = await wait_outbox(client, 6, pesel=who.pesel)
+    assert sorted(m["kind"] for m in msgs) == ["booked"] * 3 + ["cancelled"] * 3
