@@ -28,20 +28,11 @@ channel: provider, portal, SMS, waiting room) and to ``reminder.due``:
   the event is dead-lettered. A permanent refusal (bad number) is recorded as
   ``failed`` and not retried. Both show in ``/metrics``.
 
-**Reminders** 7 days and 1 day before the visit (R-NOT-2) are documents in
-``reminders`` with a due time, kept in step with the visit on every
-Appointment event (re-timed when the visit moves, cancelled when it is
-cancelled). "N days before" is the same wall-clock time N calendar days
-earlier in Europe/Warsaw (DOMAIN.md Time), so across a DST change the
-distance is 7 x 24 h +- 1 h. One task per worker process (``run_reminders``)
-follows the app clock: it takes the due ones, moves each from ``pending`` to
-``queued`` with a conditional update that writes a ``reminder.due`` event in
-the same document's outbox (so exactly one event per reminder, whatever the
-number of workers, and nothing is lost in a crash), then sleeps until the next
-due time, a new reminder, or a change of the sandbox clock. The event is
-handled like any other: the visit's *current* state is checked at send time,
-so a cancelled or moved visit gets no stale reminder. State is in the store,
-so reminders survive a restart.
+**Reminders** 7 days and 1 day before the visit (R-NOT-2) are planned here
+on every Appointment event (``gateway.reminders``: re-timed when the visit
+moves, cancelled when it is cancelled) and come back as ``reminder.due``
+events; the visit's *current* state is checked at send time, so a cancelled
+or moved visit gets no stale reminder.
 
 Every message about a booked visit carries the visit's short **reply
 reference** (``sms_refs``): ``ANULUJ <ref>`` in an SMS reply cancels that
@@ -56,7 +47,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 import structlog
@@ -64,7 +55,6 @@ import structlog
 from gateway import constants as c
 from gateway import pesel as pesel_rules
 from gateway.errors import FhirError
-from gateway.events import event, new_id
 from gateway.logging import bind_correlation
 from gateway.metrics import Metrics, Outcome
 from gateway.ports import (
@@ -81,7 +71,8 @@ from gateway.ports import (
     SmsSender,
     Store,
 )
-from gateway.timeutil import WARSAW, from_store, to_store
+from gateway.reminders import Reminders
+from gateway.timeutil import from_store, to_store
 from mappings import appointment as appointment_map
 from mappings import notifications as templates
 from mappings.notifications import VisitFacts
@@ -94,8 +85,6 @@ Channel = Literal["sms", "email", "push"]
 CHANNELS: tuple[Channel, ...] = ("sms", "email", "push")
 # Statuses of a visit that is booked and still ahead (messages and reminders).
 BOOKED = frozenset({"booked", "pending"})
-# Reminders: kind -> calendar days before the visit (R-NOT-2).
-REMINDERS: dict[str, int] = {"reminder-7d": 7, "reminder-1d": 1}
 # How long a claim on (event, channel) protects a send in progress (seconds).
 CLAIM_LEASE = 120.0
 REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed safely
@@ -117,16 +106,6 @@ def normalize_phone(raw: str | None) -> str | None:
     if len(digits) == 9:
         digits = "48" + digits
     return digits if 9 <= len(digits) <= 15 else None
-
-
-def due_time(start: datetime, days: int) -> datetime:
-    """The same Europe/Warsaw wall-clock time ``days`` calendar days before ``start``."""
-    local = start.astimezone(WARSAW)
-    day: date = local.date() - timedelta(days=days)
-    wall = datetime.combine(day, time(local.hour, local.minute, local.second), tzinfo=WARSAW)
-    # A wall time inside the spring-forward gap does not exist: zoneinfo maps it
-    # with the offset before the change, i.e. an hour later in summer time.
-    return wall.astimezone(start.tzinfo or WARSAW)
 
 
 def reference(key: str, taken: set[str]) -> str:
@@ -306,11 +285,16 @@ class Notifier:
         self.push_secret = (push_secret or "cer-push-sandbox").encode()
         self.retry_tiers = retry_tiers
         self.outbox_signal = outbox_signal or asyncio.Event()
-        self.reminder_poll_seconds = reminder_poll_seconds
-        self.reminders_wake = asyncio.Event()
+        self.reminders = Reminders(
+            store, clock, metrics, self.outbox_signal, poll_seconds=reminder_poll_seconds
+        )
 
     async def start(self, bus: MessageBus) -> None:
         await bus.consume_events(GROUP, PATTERNS, self.handle)
+
+    async def run_reminders(self) -> None:
+        """The reminder task (one per worker process, started by ``bootstrap``)."""
+        await self.reminders.run()
 
     async def close(self) -> None:
         for sender in self.senders.values():
@@ -373,7 +357,7 @@ class Notifier:
         await self.notify(msg.id, kind, visit)
 
     async def on_reminder(self, msg: Envelope) -> None:
-        rem_id = msg.body.get("reminder_id")
+        rem_id = str(msg.body.get("reminder_id") or "")
         rem = await self.store.get(c.REMINDERS, rem_id) if rem_id else None
         if rem is None:
             return
@@ -387,20 +371,12 @@ class Notifier:
         elif visit.start is None or from_store(visit.start) <= self.clock.now():
             why = "visit already started"
         if why is not None or visit is None:
-            await self.store.update_one(
-                c.REMINDERS,
-                {"_id": rem_id, "status": "queued"},
-                {"$set": {"status": "skipped", "why": why}},
-            )
+            await self.reminders.finish(rem_id, rem["start"], "skipped", why)
             self.metrics.reminders_total.labels(kind, "skipped").inc()
             log.info("reminder.skipped", kind=kind, why=why)
             return
         await self.notify(msg.id, kind, visit)
-        await self.store.update_one(
-            c.REMINDERS,
-            {"_id": rem_id, "status": "queued", "start": rem["start"]},
-            {"$set": {"status": "sent", "sent_at": to_store(self.clock.now())}},
-        )
+        await self.reminders.finish(rem_id, rem["start"], "sent")
         self.metrics.reminders_total.labels(kind, "sent").inc()
 
     # ------------------------------------------------------------------ sending
@@ -577,16 +553,10 @@ class Notifier:
             await self.store.update_many(
                 c.SMS_REFS, {"_id": key, "active": True}, {"$set": {"active": False}}
             )
-            n = await self.store.update_many(
-                c.REMINDERS,
-                {"tenant": tenant, "appointment_id": rid, "status": "pending"},
-                {"$set": {"status": "cancelled"}},
-            )
-            if n:
-                self.metrics.reminders_total.labels("any", "cancelled").inc(n)
+            await self.reminders.cancel(tenant, rid)
             return
         await self._sync_ref(key, visit)
-        await self._sync_reminders(visit)
+        await self.reminders.plan(tenant, rid, visit.start)
 
     async def _sync_ref(self, key: str, visit: Visit) -> None:
         if not visit.phone:
@@ -612,116 +582,6 @@ class Notifier:
             },
             upsert=True,
         )
-
-    async def _sync_reminders(self, visit: Visit) -> None:
-        assert visit.start is not None
-        start = from_store(visit.start)
-        now = self.clock.now()
-        for kind, days in REMINDERS.items():
-            rem_id = f"{visit.tenant}/{visit.id}/{kind}"
-            existing = await self.store.get(c.REMINDERS, rem_id)
-            if existing is not None and existing.get("start") == visit.start:
-                continue  # already planned for this date (pending, queued or done)
-            due = due_time(start, days)
-            status = "pending" if due > now else "too-late"
-            await self.store.update_one(
-                c.REMINDERS,
-                {"_id": rem_id},
-                {
-                    "$set": {
-                        "tenant": visit.tenant,
-                        "appointment_id": visit.id,
-                        "kind": kind,
-                        "start": visit.start,
-                        "due": to_store(due),
-                        "status": status,
-                    }
-                },
-                upsert=True,
-            )
-            self.metrics.reminders_total.labels(
-                kind, "scheduled" if status == "pending" else "skipped"
-            ).inc()
-        self.reminders_wake.set()
-
-    # ------------------------------------------------------------------ reminder task
-
-    async def queue_due_reminders(self, batch: int = 200) -> int:
-        """Turn due reminders into ``reminder.due`` events (outbox); how many were queued."""
-        now = self.clock.now()
-        due = await self.store.find(
-            c.REMINDERS,
-            {"status": "pending", "due": {"$lte": to_store(now)}},
-            sort=[("due", 1)],
-            limit=batch,
-        )
-        queued = 0
-        for rem in due:
-            ev = event(
-                "reminder.due",
-                {
-                    "reminder_id": rem["_id"],
-                    "appointment_id": rem["appointment_id"],
-                    "kind": rem["kind"],
-                    "start": rem["start"],
-                },
-                tenant=rem["tenant"],
-                correlation_id=new_id(),
-                now=now,
-            )
-            done = await self.store.update_one(
-                c.REMINDERS,
-                {"_id": rem["_id"], "status": "pending", "start": rem["start"]},
-                {"$set": {"status": "queued", "queued_at": to_store(now)}},
-                events=[ev],
-            )
-            if done is not None:
-                queued += 1
-                self.metrics.reminders_total.labels(rem["kind"], "queued").inc()
-        if queued:
-            self.outbox_signal.set()
-        return queued
-
-    async def next_due(self) -> datetime | None:
-        nxt = await self.store.find_one(c.REMINDERS, {"status": "pending"}, sort=[("due", 1)])
-        return from_store(nxt["due"]) if nxt is not None else None
-
-    async def run_reminders(self) -> None:
-        """Forever: queue due reminders, then sleep until the next one or a clock change."""
-        while True:
-            # Armed before looking, so a clock change during the look is not missed.
-            clock_changed = asyncio.ensure_future(
-                self.clock.wait_changed(self.reminder_poll_seconds)
-            )
-            timeout = self.reminder_poll_seconds
-            try:
-                await asyncio.sleep(0)  # let the waiter start: it now sees any change
-                self.reminders_wake.clear()
-                if await self.queue_due_reminders() >= 200:
-                    timeout = 0.0
-                else:
-                    nxt = await self.next_due()
-                    if nxt is not None:
-                        wait = (nxt - self.clock.now()).total_seconds()
-                        timeout = min(max(wait, 0.01), self.reminder_poll_seconds)
-            except asyncio.CancelledError:
-                clock_changed.cancel()
-                raise
-            except Exception as exc:  # store down: try again soon
-                log.warning("reminders.failed", error=repr(exc))
-                timeout = min(self.reminder_poll_seconds, 2.0)
-            await self._sleep(timeout, clock_changed)
-
-    async def _sleep(self, timeout: float, clock_changed: asyncio.Future[None]) -> None:
-        woken: asyncio.Future[Any] = asyncio.ensure_future(self.reminders_wake.wait())
-        waiters: set[asyncio.Future[Any]] = {clock_changed, woken}
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Cancelled, not awaited: awaiting them with CancelledError suppressed
-            # would swallow this task's own cancellation at shutdown.
-            clock_changed.cancel()
-            woken.cancel()
 
 
 class ChannelsRetry(Retry):

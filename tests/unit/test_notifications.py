@@ -22,11 +22,11 @@ from gateway.notifications import (
     Notifier,
     Visit,
     classify,
-    due_time,
     normalize_phone,
     reference,
 )
 from gateway.ports import ChannelError, Notice
+from gateway.reminders import due_time
 from gateway.schema import INDEXES
 from gateway.sms_replies import Parsed, parse
 from gateway.timeutil import to_store
