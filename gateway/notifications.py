@@ -359,7 +359,9 @@ class Notifier:
     async def on_reminder(self, msg: Envelope) -> None:
         rem_id = str(msg.body.get("reminder_id") or "")
         rem = await self.store.get(c.REMINDERS, rem_id) if rem_id else None
-        if rem is None:
+        if rem is None or rem.get("start") != msg.body.get("start"):
+            # Re-planned for another date since it was queued: that one comes on its own.
+            log.info("reminder.skipped", why="re-planned")
             return
         kind = rem["kind"]
         visit = await current_visit(self.store, rem["tenant"], rem["appointment_id"])

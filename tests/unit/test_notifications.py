@@ -303,3 +303,49 @@ async def test_logs_carry_no_contact_data_nor_text(notifier: Notifier) -> None:
     assert logs
     for secret in ("48600100200", "600100200", "jan@example.pl", "Dzień dobry", "44051401458"):
         assert secret not in dump
+
+
+# --------------------------------------------------------------------------- reminders
+
+
+async def test_reminders_are_queued_once_through_the_outbox() -> None:
+    import asyncio
+
+    from gateway.reminders import Reminders
+
+    store = MemoryStore()
+    await store.start(INDEXES)
+    clock = SandboxClock()
+    clock.set(w(2027, 1, 4, 9))
+    signal = asyncio.Event()
+    rem = Reminders(store, clock, Metrics(), signal)
+    start = to_store(w(2027, 1, 13, 8))
+    await rem.plan("t", "a1", start)
+    await rem.plan("t", "a1", start)  # a redelivered event plans nothing new
+    docs = await store.find(c.REMINDERS, {}, sort=[("due", 1)])
+    assert [(d["kind"], d["due"], d["status"]) for d in docs] == [
+        ("reminder-7d", to_store(w(2027, 1, 6, 8)), "pending"),
+        ("reminder-1d", to_store(w(2027, 1, 12, 8)), "pending"),
+    ]
+    assert await rem.queue_due() == 0
+    assert await rem.next_due() == w(2027, 1, 6, 8)
+
+    clock.set(w(2027, 1, 6, 8, 1))
+    assert await rem.queue_due() == 1
+    assert await rem.queue_due() == 0  # exactly one event per reminder
+    assert signal.is_set()
+    events = [i.event for i in await store.pending_events()]
+    assert [(e["type"], e["body"]["kind"]) for e in events] == [("reminder.due", "reminder-7d")]
+
+    # The visit moves: the 1-day reminder is re-timed; cancelled: nothing pending.
+    later = to_store(w(2027, 1, 20, 8))
+    await rem.plan("t", "a1", later)
+    one_day = await store.get(c.REMINDERS, "t/a1/reminder-1d")
+    assert one_day is not None and one_day["due"] == to_store(w(2027, 1, 19, 8))
+    await rem.cancel("t", "a1")
+    assert await store.count(c.REMINDERS, {"status": "pending"}) == 0
+
+    # Booked too late for both: nothing to send.
+    await rem.plan("t", "a2", to_store(w(2027, 1, 6, 20)))
+    late = await store.find(c.REMINDERS, {"appointment_id": "a2"})
+    assert {d["status"] for d in late} == {"too-late"}
