@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway import booking, resources
+from gateway import booking, resources, search
 from gateway import constants as c
 from gateway.errors import FhirError, Issue
 from gateway.ports import Document, Store
@@ -147,11 +147,8 @@ async def find_conditional(ctx: WriteContext, op: Op) -> list[Document]:
     flt: dict[str, Any] = {"tenant": ctx.tenant, "type": op.type, "deleted": False}
     for name, value in params:
         if name == "identifier":
-            system, sep, val = value.partition("|")
-            if not sep:
-                flt["central.identifiers.value"] = value
-            else:
-                flt["ident_key"] = f"{ctx.tenant}|{op.type}|{system}|{val}"
+            # Any of the resource's identifiers, as the search parameter matches them.
+            flt.setdefault("$and", []).append(search.identifier_cond(value))
         elif name == "_id":
             flt["rid"] = value
         else:

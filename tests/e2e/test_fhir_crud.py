@@ -288,3 +288,21 @@ async def test_a_new_address_reaches_the_slots(client: Any) -> None:
     status, body, _ = await fhir.put("Schedule", seeded["schedule"], schedule(f"Location/{other}"))
     assert status == 200, body
     assert await slot_places() == {(other, "31-147", "Tarnów")}
+
+
+async def test_if_none_exist_matches_any_identifier_of_the_resource(client: Any) -> None:
+    fhir = await Fhir.new(client)
+    two = location("VENDOR-1")
+    two["identifier"].insert(
+        0, {"system": "urn:oid:2.16.840.1.113883.3.4424.2.3.1", "value": "000000001234"}
+    )
+    first = await fhir.created_id(two)
+    for cond in (
+        f"identifier={VENDOR}/location|VENDOR-1",
+        "identifier=urn:oid:2.16.840.1.113883.3.4424.2.3.1|000000001234",
+        f"identifier=VENDOR-1&_id={first}",
+    ):
+        status, body, _ = await fhir.create(two, If_None_Exist=cond)
+        assert (status, body["id"]) == (200, first), cond
+    status, body, _ = await fhir.create(location(), If_None_Exist="identifier=VENDOR-1&_id=other")
+    assert status == 201
