@@ -94,7 +94,7 @@ BASES: dict[str, list[dict[str, Any]]] = {
     "Appointment": [APPOINTMENT_BOOKED, APPOINTMENT_CANCELLED],
 }
 # Free slots seeded for the Appointment examples to book (one per example at most).
-FREE_SLOTS = [f"fz-free-{n:03d}" for n in range(60)]
+FREE_SLOTS = [f"fz-free-{n:03d}" for n in range(40)]
 KNOWN_IDS = {
     "Location": ["loc-kardio-krakow"],
     "Schedule": ["sch-kardio-2027"],
@@ -121,7 +121,9 @@ class Answer:
         return f"{self.method} {self.path} -> {self.status}\nsent: {sent!r}\nbody: {body}"
 
 
-Snapshot = tuple[dict[str, tuple[int, bool]], int]
+# (version, deleted) of each of the fuzzed tenant's resources; (resources, history
+# versions) in the whole store, every tenant's.
+Snapshot = tuple[dict[str, tuple[int, bool]], tuple[int, int]]
 
 
 class Harness:
@@ -137,8 +139,7 @@ class Harness:
         )
         self.app = create_app(settings)
         self.client: TestClient[Any, Any] = self.run(self._start())
-        self.token = ""
-        self.other_token = ""
+        self.token = self.tenant = self.other_token = ""
         self.sent = 0
         self.run(self._seed())
 
@@ -163,20 +164,21 @@ class Harness:
     def bus(self) -> Any:
         return self.app[SERVICES].bus
 
-    async def _provider(self) -> str:
+    async def _provider(self) -> tuple[str, str]:
+        """A sandbox provider: ``(token, tenant)``."""
         resp = await self.client.post("/sandbox/providers", json={"name": "Fuzz clinic"})
         assert resp.status == 201, await resp.text()
-        token: str = (await resp.json())["token"]
-        return token
+        data = await resp.json()
+        return str(data["token"]), str(data["provider_id"])
 
     async def _seed(self) -> None:
-        self.token = await self._provider()
-        self.other_token = await self._provider()
+        self.token, self.tenant = await self._provider()
+        self.other_token, _ = await self._provider()
         for token in (self.token, self.other_token):
             await self._put_ok(token, LOCATION)
             await self._put_ok(token, SCHEDULE)
             await self._put_ok(token, SLOT)
-            for n, sid in enumerate(FREE_SLOTS):
+            for n, sid in enumerate(FREE_SLOTS if token == self.token else FREE_SLOTS[:5]):
                 slot = copy.deepcopy(SLOT)
                 slot["id"] = sid
                 slot["identifier"][0]["value"] = f"FZ-{sid}"
@@ -188,6 +190,8 @@ class Harness:
                 slot["end"] = f"2027-01-{day:02d}T{8 + end // 60:02d}:{end % 60:02d}:00+01:00"
                 await self._put_ok(token, slot)
             await self._put_ok(token, APPOINTMENT_BOOKED)
+        seeded, _ = await self.snapshot()
+        assert len(seeded) == len(FREE_SLOTS) + 4, "the snapshot does not see the tenant's data"
 
     async def _put_ok(self, token: str, res: dict[str, Any]) -> None:
         resp = await self.client.put(
@@ -219,9 +223,11 @@ class Harness:
         return body.replace(UNIQ.encode(), str(self.sent).encode()) if body else body
 
     async def snapshot(self) -> Snapshot:
-        docs = await self.store.find(c.RESOURCES, {})
+        """Only the fuzzed tenant's documents are read (copies cost); all are counted."""
+        docs = await self.store.find(c.RESOURCES, {"tenant": self.tenant})
         versions = {d["_id"]: (d["version"], bool(d.get("deleted"))) for d in docs}
-        return versions, await self.store.count(c.HISTORY, {})
+        counts = (await self.store.count(c.RESOURCES, {}), await self.store.count(c.HISTORY, {}))
+        return versions, counts
 
     async def dead_letters(self) -> list[str]:
         dead = await self.bus.dead_letters()
@@ -986,6 +992,10 @@ def write_request(draw: st.DrawFn) -> tuple[str, str, str, bytes, dict[str, str]
     ctype = draw(content_types)
     if draw(st.integers(min_value=0, max_value=3)) == 0:
         extra["If-Match"] = draw(st.sampled_from(IF_MATCH) | st.text(max_size=12))
+    if draw(st.integers(min_value=0, max_value=5)) == 0:
+        extra["Prefer"] = draw(
+            st.sampled_from(["return=minimal", "return=representation", "respond-async", "x"])
+        )
     if method == "POST":
         path = f"/fhir/{rtype}"
         if draw(st.booleans()):
@@ -1577,3 +1587,43 @@ def test_known_transaction_conditional_create_overlapping_an_update(harness: Har
     }
     ans = h.run(h.request("POST", "/fhir", encode(bundle), h.headers()))
     assert ans.status == 400, ans.where()
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+    path=st.sampled_from(
+        [
+            "/fhir",
+            "/fhir/",
+            "/fhir/metadata",
+            "/fhir/metadata?_format=xml",
+            "/fhir/Patient",
+            "/fhir/Patient/1",
+            "/fhir/Slot/_search",
+            "/fhir/Slot/fz-free-001/_history/1/x",
+            "/fhir/Location/loc-kardio-krakow/$validate",
+        ]
+    )
+    | st.tuples(st.sampled_from(["/fhir/_async/", "/fhir/_history/"]), ids).map(
+        lambda t: t[0] + quoted(t[1])
+    ),
+    authorization=st.sampled_from(["ok", "ok", "ok", "none", "Bearer x", "Basic eDp5", "Bearer "]),
+    body=st.none() | st.sampled_from([b"{}", b'{"resourceType": "Bundle"}']) | raw_bodies,
+)
+def test_other_methods_paths_and_credentials(
+    harness: Harness, method: str, path: str, authorization: str, body: bytes | None
+) -> None:
+    """Methods, paths and credentials the API does not serve: 4xx OperationOutcomes."""
+    h = harness
+    headers = h.headers()
+    if authorization == "none":
+        del headers["Authorization"]
+    elif authorization != "ok":
+        headers["Authorization"] = authorization
+    before = h.run(h.snapshot())
+    ans = h.run(h.request(method, path, body, headers))
+    event(f"{method} -> {ans.status}")
+    check_status(ans)
+    if ans.status >= 400 or authorization != "ok":
+        assert h.run(h.snapshot()) == before, f"stored something\n{ans.where()}"
