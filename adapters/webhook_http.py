@@ -70,6 +70,7 @@ def non_public(ip: IPAddress) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host.strip("[]"))

@@ -27,8 +27,8 @@ What a subscription can ask for (documented in the README):
 from __future__ import annotations
 
 import copy
+import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -317,7 +317,8 @@ def status_parameters(
     for ev in events:
         parts: list[dict[str, Any]] = [
             {"name": "event-number", "valueString": str(ev["number"])},
-            {"name": "timestamp", "valueInstant": to_fhir(from_store(ev["at"]))},
+            # stored instants (fixed-width UTC with milliseconds) are FHIR instants
+            {"name": "timestamp", "valueInstant": ev["at"]},
         ]
         if content != "empty":
             parts.append(
@@ -331,7 +332,7 @@ def status_parameters(
         params.append({"name": "error", "valueCodeableConcept": {"text": doc["error"]}})
     return {
         "resourceType": "Parameters",
-        "id": uuid.uuid4().hex,
+        "id": os.urandom(16).hex(),
         "meta": {"profile": [PROFILE_STATUS]},
         "parameter": params,
     }
@@ -391,7 +392,7 @@ def notification_bundle(
             entries.append(resource_entry(ev, base, resource))
     return {
         "resourceType": "Bundle",
-        "id": uuid.uuid4().hex,
+        "id": os.urandom(16).hex(),
         "meta": {"profile": [PROFILE_NOTIFICATION]},
         "type": "history",
         "timestamp": to_fhir(now),

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import secrets as pysecrets
 import uuid
 from collections.abc import Sequence
@@ -536,7 +537,7 @@ class Webhooks:
         now = self.clock.now()
         await self.bus.publish(
             Envelope(
-                id=uuid.uuid4().hex,
+                id=os.urandom(16).hex(),
                 type=c.WEBHOOK_DELIVER,
                 body={
                     "event": ev["_id"],
@@ -760,7 +761,7 @@ class Webhooks:
         await self.store.insert(
             c.WEBHOOK_ATTEMPTS,
             {
-                "_id": uuid.uuid4().hex,
+                "_id": os.urandom(16).hex(),
                 "tenant": sub["tenant"],
                 "subscription": sub["_id"],
                 "kind": kind,
