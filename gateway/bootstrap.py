@@ -195,7 +195,12 @@ async def _start_webhooks(services: Services) -> None:
     if services.webhooks is None:
         sender = make_webhook_sender(services.settings, services.store, services.clock)
         services.webhooks = Webhooks(
-            services.store, services.bus, services.clock, sender, services.settings
+            services.store,
+            services.bus,
+            services.clock,
+            sender,
+            services.settings,
+            metrics=services.metrics,
         )
     await services.webhooks.sender.start()
 

@@ -111,6 +111,24 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.webhook_events_total = Counter(
+            "webhook_events",
+            "Numbered webhook events (one per change and matching subscription, R-SCHED-4).",
+            registry=r,
+        )
+        self.webhook_deliveries_total = Counter(
+            "webhook_deliveries",
+            "Webhook tries by kind (event, handshake, heartbeat) and outcome "
+            "(delivered, retrying, dead-lettered, disabled, failed).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.webhook_delivery_seconds = Histogram(
+            "webhook_delivery_seconds",
+            "Webhook try duration in seconds (until the subscriber's answer).",
+            buckets=_BUCKETS,
+            registry=r,
+        )
         for kind in PUBLISH_KINDS:  # zeros from the start, so rates work from the first scrape
             self.messages_published_total.labels(kind)
 

@@ -59,6 +59,7 @@ import structlog
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.logging import bind_correlation
+from gateway.metrics import Metrics
 from gateway.ports import (
     Clock,
     Document,
@@ -117,8 +118,11 @@ class Webhooks:
         clock: Clock,
         sender: WebhookSender,
         settings: Settings,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.bus = bus
         self.clock = clock
         self.sender = sender
@@ -488,6 +492,8 @@ class Webhooks:
                     return existing  # a copy of this event was numbered meanwhile
                 continue  # the number went to the event we took it over from
             await self._release(sid, key, number, give_back=False)
+            if self.metrics is not None:
+                self.metrics.webhook_events_total.inc()
             return {**doc, "number": number}
         raise Retry(f"could not number event {key}")
 
@@ -758,6 +764,10 @@ class Webhooks:
         trigger: str,
         outcome: str | None = None,
     ) -> None:
+        outcome = outcome or ("delivered" if result.ok else "failed")
+        if self.metrics is not None:
+            self.metrics.webhook_deliveries_total.labels(kind, outcome).inc()
+            self.metrics.webhook_delivery_seconds.observe(result.latency_ms / 1000)
         await self.store.insert(
             c.WEBHOOK_ATTEMPTS,
             {
@@ -769,7 +779,7 @@ class Webhooks:
                 "round": ev["round"] if ev else None,
                 "attempt": ev["attempts"] + 1 if ev else 1,
                 "trigger": trigger,
-                "outcome": outcome or ("delivered" if result.ok else "failed"),
+                "outcome": outcome,
                 "at": ts(now),
                 "seq": _wall().timestamp(),
                 "status_code": result.status,

@@ -239,6 +239,10 @@ async def test_outside_booking_arrives_signed_and_numbered(
     assert event_numbers(bundle) == [2, 3, 4]
     assert len(bundle["entry"]) == 4  # status + 3 resources
 
+    metrics = await (await client.get("/metrics")).text()
+    assert 'webhook_deliveries_total{kind="event",outcome="delivered"} 4.0' in metrics
+    assert "webhook_events_total 4.0" in metrics
+
 
 @pytest.mark.parametrize(
     "backend", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
