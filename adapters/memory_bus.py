@@ -16,7 +16,6 @@ makes waiting retries due at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -342,10 +341,10 @@ class MemoryBus:
                     {clock_changed, retry_added}, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
+                # Cancel without awaiting: awaiting here could swallow a cancellation
+                # of this task that arrives meanwhile (and hang close()).
                 for waiter in (clock_changed, retry_added):
                     waiter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiter
 
     # ------------------------------------------------------------------ inspection
 
