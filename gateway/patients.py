@@ -155,14 +155,6 @@ class Criteria:
     def postal_exact(self) -> bool:
         return self.postal_code is not None and len(self.postal_code) == 6
 
-    def needs_local_filter(self) -> bool:
-        return bool(
-            self.weekdays
-            or self.hours
-            or self.city
-            or (self.postal_code is not None and not self.postal_exact)
-        )
-
 
 SEARCH_PARAMS = (
     "scope",
@@ -725,6 +717,11 @@ def slot_filter(
     }
     if crit.postal_code and crit.postal_exact:
         flt["central.postal_code"] = crit.postal_code
+    elif crit.postal_code:
+        prefix = crit.postal_code  # "31" or "31-1": the codes from it up to the next prefix
+        flt["central.postal_code"] = {"$gte": prefix, "$lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)}
+    if crit.city:
+        flt["central.city"] = {"$in": city_spellings(crit.city)}
     if crit.facility is not None:
         tenant, location = crit.facility
         flt["central.location_id"] = location
@@ -733,13 +730,47 @@ def slot_filter(
     return flt
 
 
+def _at_minute(day: date, minute: int) -> datetime:
+    """``minute`` minutes after midnight of a Warsaw ``day`` (1440 = the next midnight)."""
+    day += timedelta(days=minute // 1440)
+    return datetime.combine(day, time(minute % 1440 // 60, minute % 60), WARSAW)
+
+
+def start_ranges(crit: Criteria, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
+    """The visit starts the criteria allow within ``[lo, hi)``, as ranges of instants.
+
+    One range; or, with weekdays or hours (R-CRIT-1, Polish local time), one
+    per Warsaw day of those weekdays between those hours, following DST. As
+    ranges of ``central.start`` they are served by the index itself.
+    """
+    if not crit.weekdays and not crit.hours:
+        return [(lo, hi)] if lo < hi else []
+    first, end = crit.hours or (0, 1440)
+    out: list[tuple[datetime, datetime]] = []
+    day, last = warsaw_day(lo), warsaw_day(hi)
+    while day <= last:
+        if not crit.weekdays or day.isoweekday() in crit.weekdays:
+            a, b = max(_at_minute(day, first), lo), min(_at_minute(day, end), hi)
+            if a < b:
+                out.append((a, b))
+        day += timedelta(days=1)
+    return out
+
+
+def city_spellings(city: str) -> list[str]:
+    """The usual spellings of a city name, for an index-friendly case-insensitive match."""
+    return list(dict.fromkeys([city, city.title(), city.capitalize(), city.lower(), city.upper()]))
+
+
 async def search_slots(store: Store, now: datetime, pesel: str, crit: Criteria) -> dict[str, Any]:
     """Free slots the patient may book, earliest first, one page (R-CRIT-1, R-CRIT-2).
 
     The window closes at the scope's booking horizon (``window_end``); ``to``
-    beyond it is cut there. Paging is by cursor: ``next_cursor`` is the
-    position after the page's last slot (start, id), so bookings made between
-    pages neither skip nor repeat slots.
+    beyond it is cut there. Every criterion is in the store filter (times of
+    day as ranges of starts, ``start_ranges``), so the store returns only what
+    the page shows. Paging is by cursor: ``next_cursor`` is the position after
+    the page's last slot (start, id), so bookings made between pages neither
+    skip nor repeat slots.
     """
     info = codes.scopes()[crit.scope]
     medical = (
@@ -750,35 +781,39 @@ async def search_slots(store: Store, now: datetime, pesel: str, crit: Criteria) 
     categories = allowed_categories(info, medical)
     lo_dt = max(now, crit.start) if crit.start else now
     hi_dt = min(window_end(info, now), crit.end) if crit.end else window_end(info, now)
-    lo, hi = to_store(lo_dt), to_store(hi_dt)
     position = crit.after
-    if position is not None and position[0] > lo:
-        lo = position[0]
     found: list[Document] = []
-    batch = max(4 * (crit.limit + 1), 50) if crit.needs_local_filter() else crit.limit + 1
-    while lo < hi:
-        docs = await store.find(
-            c.RESOURCES,
-            slot_filter(crit, categories, lo, hi),
-            sort=[("central.start", 1), ("_id", 1)],
-            limit=batch,
-        )
-        for d in docs:
-            key = (d["central"]["start"], d["_id"])
-            if position is not None and key <= position:
+    for a, b in start_ranges(crit, lo_dt, hi_dt):
+        lo, hi = to_store(a), to_store(b)
+        if position is not None:
+            if position[0] >= hi:
                 continue
-            position = key
-            if d["central"].get("appointment_id") is None and matches_local(d["central"], crit):
-                found.append(d)
-                if len(found) > crit.limit:
-                    break
-        if len(found) > crit.limit or len(docs) < batch:
+            lo = max(lo, position[0])
+        batch = crit.limit + 1
+        while lo < hi and len(found) <= crit.limit:
+            docs = await store.find(
+                c.RESOURCES,
+                slot_filter(crit, categories, lo, hi),
+                sort=[("central.start", 1), ("_id", 1)],
+                limit=batch,
+            )
+            for d in docs:
+                key = (d["central"]["start"], d["_id"])
+                if position is not None and key <= position:
+                    continue
+                position = key
+                if d["central"].get("appointment_id") is None and matches_local(d["central"], crit):
+                    found.append(d)
+                    if len(found) > crit.limit:
+                        break
+            if len(docs) < batch:
+                break
+            last = docs[-1]["central"]["start"]
+            if last == lo:
+                batch *= 2  # one instant fills the batch: widen it to get past
+            lo = last
+        if len(found) > crit.limit:
             break
-        if docs[0]["central"]["start"] == docs[-1]["central"]["start"]:
-            batch *= 2  # one instant fills the batch: widen it to get past
-        else:
-            batch = min(batch * 2, 1000)
-        lo = docs[-1]["central"]["start"]
     page = found[: crit.limit]
     directory = Directory(store)
     out: dict[str, Any] = {

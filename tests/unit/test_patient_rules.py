@@ -154,6 +154,45 @@ def test_location_criteria() -> None:
     assert (flt["tenant"], flt["central.location_id"]) == ("p", "loc")
 
 
+def test_weekdays_and_hours_become_ranges_of_starts_per_warsaw_day() -> None:
+    """R-CRIT-1: the store is asked for exactly the starts the criteria allow, DST included."""
+    crit = pr.Criteria(scope="cardiology", weekdays=frozenset({1, 7}), hours=(480, 720))
+    # Sunday 2027-03-28 is the spring change (02:00 -> 03:00): 08:00 is +02:00 from then
+    ranges = pr.start_ranges(crit, warsaw(2027, 3, 27, 9), warsaw(2027, 3, 30))
+    assert ranges == [
+        (warsaw(2027, 3, 28, 8), warsaw(2027, 3, 28, 12)),
+        (warsaw(2027, 3, 29, 8), warsaw(2027, 3, 29, 12)),
+    ]
+    assert [a.utcoffset().total_seconds() for a, _ in ranges] == [7200, 7200]  # type: ignore[union-attr]
+    # the bounds cut the first and last day; no criteria: one range
+    ranges = pr.start_ranges(
+        pr.Criteria(scope="cardiology", hours=(600, 1440)),
+        warsaw(2027, 1, 4, 11),
+        warsaw(2027, 1, 5, 12),
+    )
+    assert ranges == [
+        (warsaw(2027, 1, 4, 11), warsaw(2027, 1, 5)),
+        (warsaw(2027, 1, 5, 10), warsaw(2027, 1, 5, 12)),
+    ]
+    whole = pr.Criteria(scope="cardiology")
+    assert pr.start_ranges(whole, warsaw(2027, 1, 4), warsaw(2027, 1, 9)) == [
+        (warsaw(2027, 1, 4), warsaw(2027, 1, 9))
+    ]
+    assert pr.start_ranges(whole, warsaw(2027, 1, 9), warsaw(2027, 1, 4)) == []
+
+
+def test_location_criteria_in_the_store_filter() -> None:
+    flt = pr.slot_filter(
+        pr.Criteria(scope="cardiology", postal_code="31-1", city="kraków"), [None], "a", "b"
+    )
+    assert flt["central.postal_code"] == {"$gte": "31-1", "$lt": "31-2"}
+    assert "Kraków" in flt["central.city"]["$in"]
+    assert pr.slot_filter(pr.Criteria(scope="cardiology", postal_code="3"), [None], "a", "b")[
+        "central.postal_code"
+    ] == {"$gte": "3", "$lt": "4"}
+    assert "Bielsko-Biała" in pr.city_spellings("BIELSKO-BIAŁA")
+
+
 # --------------------------------------------------------------------------- R-PAT-5/6/8
 
 
