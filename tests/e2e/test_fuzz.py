@@ -49,6 +49,8 @@ from multidict import CIMultiDict
 from gateway import constants as c
 from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
+from mappings.codes import PESEL_SYSTEM
+from mappings.validation import model_for
 from tests.e2e.conftest import settings_for
 
 T = TypeVar("T")
@@ -812,7 +814,7 @@ def mutation(draw: st.DrawFn, doc: Any) -> Any:
         found = [
             p
             for p in everything
-            if p and p[-1] == "value" and get_at(doc, p[:-1]).get("system") == pesel_system()
+            if p and p[-1] == "value" and get_at(doc, p[:-1]).get("system") == PESEL_SYSTEM
         ]
         if not found:
             return doc
@@ -855,10 +857,6 @@ def mutation(draw: st.DrawFn, doc: Any) -> Any:
     target = get_at(doc, draw(st.sampled_from(lists)))
     target.append(copy.deepcopy(target[0]))
     return doc
-
-
-def pesel_system() -> str:
-    return "urn:oid:2.16.840.1.113883.3.4424.1.1.616"
 
 
 UNIQ = "{uniq}"  # replaced by a number unique to the request when it is sent
@@ -906,8 +904,6 @@ def valid_resource(draw: st.DrawFn, rtype: str, tag: str = "s") -> dict[str, Any
 @st.composite
 def generated_resource(draw: st.DrawFn, rtype: str) -> dict[str, Any]:
     """Fully generated: the right ``resourceType`` and known element names with junk values."""
-    from mappings.validation import model_for
-
     names = sorted(
         {f.alias or n for n, f in model_for(rtype).model_fields.items()} - {"resourceType"}
     )
@@ -973,7 +969,8 @@ content_types = st.sampled_from(
 
 
 def quoted(rid: str) -> str:
-    return urllib.parse.quote(rid, safe="")
+    """An id as one path segment; lone surrogates go out as their (invalid) UTF-8 bytes."""
+    return urllib.parse.quote(rid.encode("utf-8", "surrogatepass"), safe="")
 
 
 ids = (
