@@ -8,48 +8,42 @@ provider made itself (``channel`` ``provider``) is not echoed back.
 Data model (Svix-like, STYLE.md), one collection each:
 
 * ``subscriptions`` (the endpoint): endpoint, headers, content, secrets with
-  their expiry, status (requested, active, error, off), the event counter.
+  their expiry, status (requested, active, error, off).
+* ``webhook_counters``: per subscription, the event counter and its
+  reservation (``gateway.webhook_numbering``); also the generation token that
+  every subscription write changes, which keeps each process's cache of
+  subscriptions valid.
 * ``webhook_events`` (message x destination): one per subscription and domain
   event, ``_id`` ``<subscription>:<event id>`` (the dedupe guard: a
-  redelivered event finds its document), born with its ``number`` (unique per
-  subscription), and the delivery state: ``status`` (pending -> delivered |
-  failed | cancelled), ``round`` (bumped by a replay), ``attempts`` (tries done
-  in this round), ``next_attempt_at`` (app clock), ``copy_at`` (wall clock:
-  when the broker's copy of the next try is due back; the sweeper's cue).
+  redelivered event finds its document), born with its ``number`` (1, 2, 3...
+  without gaps, unique per subscription), and the delivery state: ``status``
+  (pending -> delivered | failed | cancelled), ``round`` (bumped by a replay),
+  ``attempts`` (tries done in this round), ``next_attempt_at`` (app clock),
+  ``copy_at`` (wall clock: when the broker's copy of the next try is due back).
 * ``webhook_attempts`` (the delivery log): one per HTTP try.
-
-Numbering, gap-free: after the dedupe guard, the subscription's counter is
-incremented in the same atomic update that records which event holds the new
-number (``pending_event``, a lock on the counter); the event's document is
-inserted with that number and the reservation released. A redelivered event
-finds its document and keeps its number; a copy that finds itself holding the
-reservation resumes it; a number not needed after all is given back (nobody
-else can have moved the counter meanwhile); a reservation left by a dead
-worker is taken over, with its number, after ``STALE_RESERVATION``; the unique
-(subscription, number) index stops two documents from ever sharing a number.
 
 Delivery: ``webhook.deliver`` bus messages carry ``{event, round, attempt}``
 (ids, never payloads). One try per message; a failed try records the next due
 time in the event document and raises ``Retry(delay)``, so the broker's delay
 tier brings the message back. Because tiers run on real time while the
-sandbox clock can jump, a sweeper re-sends every pending delivery that is
-due by ``clock.now()`` and whose broker copy is late; copies are told apart
-by ``(round, attempt)`` and a short claim, so one try happens once. After the
-last try the event is ``failed``, its message dead-lettered (``Reject``) and
-the subscription shows ``error`` until a delivery succeeds again (``$replay``).
-``410 Gone`` turns the subscription off; ``429`` / ``503`` with
-``Retry-After`` wait at least that long (up to a bound).
+sandbox clock can jump, the sweeper (``gateway.webhook_sweeper``) sends a try
+that is due by ``clock.now()`` when its broker copy is not due back yet or is
+lost; copies are told apart by ``(round, attempt)`` and a claim, so one try
+happens once. After the last try the event is ``failed``, its message
+dead-lettered (``Reject``) and the subscription shows ``error`` until a
+delivery succeeds again (``$replay``). ``410 Gone`` turns the subscription
+off; ``429`` / ``503`` with ``Retry-After`` wait at least that long (up to a
+bound).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import secrets as pysecrets
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,7 +57,6 @@ from gateway.metrics import Metrics
 from gateway.ports import (
     Clock,
     Document,
-    DuplicateKey,
     Envelope,
     MessageBus,
     Reject,
@@ -75,33 +68,23 @@ from gateway.ports import (
 )
 from gateway.settings import Settings
 from gateway.timeutil import from_store, to_fhir
+from gateway.webhook_numbering import record, ts, wall
+from gateway.webhook_sweeper import Sweeper
 
 log = structlog.get_logger("gateway.webhooks")
 
 WATCHED = ("resource.Appointment.*", "resource.Slot.*")
 LIVE = ("requested", "active", "error")  # statuses that collect events
 NEVER = "9999-12-31T23:59:59.999Z"  # next_heartbeat_at without heartbeats
-STALE_RESERVATION = timedelta(seconds=60)
 GENERATION = "__generation__"  # webhook_counters document: changes with every subscription write
 CLAIM_EXTRA = timedelta(seconds=30)
 EARLY_SLACK = timedelta(seconds=1)
-SWEEP_BATCH = 500
 EVENTS_MAX = 500  # events per $events answer
 EXCERPT = 512
 
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(pysecrets.token_bytes(24)).decode()
-
-
-def ts(dt: datetime) -> str:
-    """``timeutil.to_store`` (fixed-width UTC, milliseconds), without strftime's cost."""
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"
-
-
-def _wall() -> datetime:
-    """Wall time, for leases (a crash-recovery timer, not a domain one)."""
-    return datetime.now(UTC)
 
 
 def _host(url: str) -> str:
@@ -133,9 +116,7 @@ class Webhooks:
         )
         self._bus_retries = len(settings.bus_retry_delays)
         self._tiers = sorted(set(settings.bus_retry_delays))
-        self._background: set[asyncio.Task[Any]] = set()
-        self._heartbeat_slots = asyncio.Semaphore(32)
-        self._next_prune: datetime | None = None
+        self.sweeper = Sweeper(self)
         # Subscriptions as last read, valid while the generation token is unchanged
         # (every write of a subscription changes it): one small read per message
         # instead of a query.
@@ -311,14 +292,14 @@ class Webhooks:
             events_since=await self.events_count(doc["_id"]),
             now=now,
         )
-        result = await self._post(doc, bundle, f"hs-{uuid.uuid4().hex}", now)
+        result = await self.post(doc, bundle, f"hs-{uuid.uuid4().hex}", now)
         if result.ok:
             status, error = "active", None
         elif result.status == 410:
             status, error = "off", "the endpoint answered 410 Gone to the handshake"
         else:
             status, error = "error", f"handshake failed: {result.error}"
-        await self._log_attempt(doc, result, now, kind="handshake", trigger="handshake")
+        await self.log_attempt(doc, result, now, kind="handshake", trigger="handshake")
         updated = await self.store.update_one(
             c.SUBSCRIPTIONS,
             {"_id": doc["_id"], "status": "requested"},
@@ -355,13 +336,13 @@ class Webhooks:
                         "attempts": 0,
                         "next_attempt_at": ts(now),
                         "claim_until": "",
-                        "copy_at": ts(_wall()),
+                        "copy_at": ts(wall()),
                     },
                     "$inc": {"round": 1},
                 },
             )
             if updated is not None:
-                await self._dispatch(updated, "replay")
+                await self.dispatch(updated, "replay")
                 numbers.append(int(updated["number"]))
         log.info("subscription.replay", subscription=doc["_id"], events=len(numbers))
         return numbers
@@ -397,10 +378,11 @@ class Webhooks:
         )
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=5)
+        await self.sweeper.close()
+
+    async def run_sweeper(self) -> None:
+        """Due tries, heartbeats and retention on the app clock (``gateway.webhook_sweeper``)."""
+        await self.sweeper.run()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -419,127 +401,15 @@ class Webhooks:
         for sub in await self.live_subscriptions(msg.tenant):
             if rtype not in sub["types"] or (sub.get("end") and sub["end"] <= ts(now)):
                 continue
-            ev = await self._record(sub, msg, now)
+            ev, created = await record(self.store, sub["_id"], msg, now)
             if ev is None:
                 continue
-            if ev["status"] == "pending" and ev["round"] == 0 and ev["attempts"] == 0:
-                await self._dispatch(ev, "initial")
-
-    async def _record(self, sub: Document, msg: Envelope, now: datetime) -> Document | None:
-        """The event's document for ``sub``, numbered (the same one on a redelivery).
-
-        Holding the subscription's reservation (``pending_event``) is a lock on its
-        counter: nobody else increments it meanwhile, so a number that turns out
-        not to be needed (a copy of this event got there first) is given back.
-        """
-        sid = sub["_id"]
-        key = f"{sid}:{msg.id}"
-        existing = await self.store.get(c.WEBHOOK_EVENTS, key)
-        if existing is not None:
-            return existing  # a redelivery: the same document, the same number
-        wall = _wall()
-        doc: Document = {
-            "_id": key,
-            "tenant": msg.tenant,
-            "subscription": sid,
-            "event_id": msg.id,
-            "event_type": msg.type,
-            "at": msg.created_at or ts(now),
-            "type": msg.body["type"],
-            "rid": msg.body["id"],
-            "version": msg.body.get("version"),
-            "action": msg.type.rsplit(".", 1)[-1],
-            "channel": msg.body.get("channel"),
-            "status": "pending",
-            "round": 0,
-            "attempts": 0,
-            "next_attempt_at": ts(now),
-            "claim_until": "",
-            # the first try's message is published right after the insert
-            "copy_at": ts(wall),
-        }
-        for spin in range(200):
-            held = await self.store.update_one(
-                c.WEBHOOK_COUNTERS,
-                {"_id": sid, "pending_event": None},
-                {
-                    "$inc": {"events_count": 1},
-                    "$set": {"pending_event": key, "pending_since": ts(wall)},
-                },
-            )
-            if held is None:
-                current = await self.store.get(c.WEBHOOK_COUNTERS, sid)
-                if current is None:
-                    return None
-                holder = current.get("pending_event")
-                outcome = "mine" if holder == key else await self._take_over(current, key)
-                if outcome != "mine":
-                    if outcome == "wait":
-                        await asyncio.sleep(min(0.005 * (spin + 1), 0.2))
-                    existing = await self.store.get(c.WEBHOOK_EVENTS, key)
-                    if existing is not None:
-                        return existing
-                    continue
-                held = current
-            number = int(held["events_count"])
-            try:
-                await self.store.insert(c.WEBHOOK_EVENTS, {**doc, "number": number})
-            except DuplicateKey:
-                existing = await self.store.get(c.WEBHOOK_EVENTS, key)
-                unused = existing is not None and existing.get("number") != number
-                await self._release(sid, key, number, give_back=unused)
-                if existing is not None:
-                    return existing  # a copy of this event was numbered meanwhile
-                continue  # the number went to the event we took it over from
-            await self._release(sid, key, number, give_back=False)
-            if self.metrics is not None:
+            if created and self.metrics is not None:
                 self.metrics.webhook_events_total.inc()
-            return {**doc, "number": number}
-        raise Retry(f"could not number event {key}")
+            if ev["status"] == "pending" and ev["round"] == 0 and ev["attempts"] == 0:
+                await self.dispatch(ev, "initial")
 
-    async def _release(self, sid: str, key: str, number: int, *, give_back: bool) -> None:
-        update: Document = {"$set": {"pending_event": None}}
-        flt: Document = {"_id": sid, "pending_event": key}
-        if give_back:
-            flt["events_count"] = number
-            update["$inc"] = {"events_count": -1}
-        await self.store.update_one(c.WEBHOOK_COUNTERS, flt, update)
-
-    async def _take_over(self, sub: Document, key: str) -> str:
-        """Another event holds the reservation: ``wait``, ``cleared`` it, or made it ``mine``.
-
-        A holder whose event is numbered died before releasing (cleared); a
-        reservation older than ``STALE_RESERVATION`` is a dead worker's: its
-        number is taken over (the unique (subscription, number) settles a late holder).
-        """
-        holder, count = sub["pending_event"], sub["events_count"]
-        wall = _wall()
-        stale = sub.get("pending_since", "") < ts(wall - STALE_RESERVATION)
-        other = await self.store.get(c.WEBHOOK_EVENTS, holder)
-        guard = {"_id": sub["_id"], "pending_event": holder, "events_count": count}
-        if other is not None and other.get("number") == count:
-            done = await self.store.update_one(
-                c.WEBHOOK_COUNTERS, guard, {"$set": {"pending_event": None}}
-            )
-            return "cleared" if done is not None else "wait"
-        if not stale:
-            return "wait"
-        if other is not None:
-            # A copy of an event numbered before: its reservation is not needed.
-            await self.store.update_one(
-                c.WEBHOOK_COUNTERS,
-                guard,
-                {"$set": {"pending_event": None}, "$inc": {"events_count": -1}},
-            )
-            return "cleared"
-        taken = await self.store.update_one(
-            c.WEBHOOK_COUNTERS,
-            guard,
-            {"$set": {"pending_event": key, "pending_since": ts(wall)}},
-        )
-        return "mine" if taken is not None else "wait"
-
-    async def _dispatch(self, ev: Document, trigger: str) -> None:
+    async def dispatch(self, ev: Document, trigger: str) -> None:
         now = self.clock.now()
         await self.bus.publish(
             Envelope(
@@ -591,7 +461,7 @@ class Webhooks:
             # copies of it (the broker's and the sweeper's) send once. The first try
             # is not claimed: a second copy of it exists only after a redelivery,
             # and the receiver drops a duplicate webhook-id.
-            wall = _wall()
+            now_wall = wall()
             lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
             claimed = await self.store.update_one(
                 c.WEBHOOK_EVENTS,
@@ -600,9 +470,9 @@ class Webhooks:
                     "status": "pending",
                     "round": rnd,
                     "attempts": attempt,
-                    "claim_until": {"$lt": ts(wall)},
+                    "claim_until": {"$lt": ts(now_wall)},
                 },
-                {"$set": {"claim_until": ts(wall + lease)}},
+                {"$set": {"claim_until": ts(now_wall + lease)}},
             )
             if claimed is None:
                 return
@@ -622,12 +492,12 @@ class Webhooks:
             events=[ev],
             resources=resources,
         )
-        result = await self._post(sub, bundle, f"{sub['_id']}-{ev['number']}", now)
+        result = await self.post(sub, bundle, f"{sub['_id']}-{ev['number']}", now)
         tries = attempt + 1
         last = {"last_status": result.status, "last_error": result.error, "attempts": tries}
         if result.ok:
             await self._settle(ev, {**last, "status": "delivered", "delivered_at": ts(now)})
-            await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
+            await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
             if sub["status"] == "error":
                 back = await self.store.update_one(
                     c.SUBSCRIPTIONS,
@@ -639,12 +509,12 @@ class Webhooks:
             return
         if result.status == 410:
             await self._settle(ev, {**last, "status": "cancelled"})
-            await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="disabled")
-            await self._disable(sub, "the endpoint answered 410 Gone")
+            await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="disabled")
+            await self.disable(sub, "the endpoint answered 410 Gone")
             return
         if tries >= len(self.schedule):
             await self._settle(ev, {**last, "status": "failed"})
-            await self._log_attempt(
+            await self.log_attempt(
                 sub, result, now, ev=ev, trigger=trigger, outcome="dead-lettered"
             )
             await self.store.update_one(
@@ -672,7 +542,7 @@ class Webhooks:
         # (real time): ``copy_at`` says when, so the sweeper only steps in when the
         # app clock is ahead of that (sandbox) or the copy is lost.
         by_broker = msg.attempt + 1 < self._bus_retries
-        copy_at = ts(_wall() + timedelta(seconds=self._tier(delay))) if by_broker else ""
+        copy_at = ts(wall() + timedelta(seconds=self._tier(delay))) if by_broker else ""
         await self._settle(
             ev,
             {
@@ -681,7 +551,7 @@ class Webhooks:
                 "copy_at": copy_at,
             },
         )
-        await self._log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="retrying")
+        await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="retrying")
         if not by_broker:
             return  # the bus would dead-letter this copy: the sweeper sends the next try
         raise Retry(f"webhook {result.error}", delay=delay)
@@ -698,7 +568,7 @@ class Webhooks:
             {"$set": {"claim_until": "", "copy_at": "", **fields}},
         )
 
-    async def _disable(self, sub: Document, reason: str) -> None:
+    async def disable(self, sub: Document, reason: str) -> None:
         await self.store.update_one(
             c.SUBSCRIPTIONS,
             {"_id": sub["_id"], "status": {"$ne": "off"}},
@@ -718,7 +588,7 @@ class Webhooks:
         resource: Document | None = hist.get("resource")
         return resource
 
-    async def _post(
+    async def post(
         self, sub: Document, bundle: Document, msg_id: str, now: datetime
     ) -> WebhookResult:
         headers: dict[str, str] = {}
@@ -753,7 +623,7 @@ class Webhooks:
         )
         return result
 
-    async def _log_attempt(
+    async def log_attempt(
         self,
         sub: Document,
         result: WebhookResult,
@@ -781,7 +651,7 @@ class Webhooks:
                 "trigger": trigger,
                 "outcome": outcome,
                 "at": ts(now),
-                "seq": _wall().timestamp(),
+                "seq": wall().timestamp(),
                 "status_code": result.status,
                 "latency_ms": result.latency_ms,
                 "error": result.error,
@@ -790,118 +660,6 @@ class Webhooks:
         )
 
     # ------------------------------------------------------------------ sweeper
-
-    async def run_sweeper(self) -> None:
-        """Forever: due deliveries whose broker copy is late, heartbeats, retention.
-
-        Wakes every ``webhook_sweep_seconds`` and at once when the sandbox clock moves.
-        """
-        while True:
-            busy = False
-            try:
-                busy = await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("webhook.sweep_failed", error=repr(exc))
-            if not busy:
-                await self.clock.wait_changed(self.settings.webhook_sweep_seconds)
-
-    async def sweep_once(self) -> bool:
-        """One pass; True when there may be more due right now.
-
-        A pending try is sent again when it is due by the app clock and its broker
-        copy either is not due yet in real time (the sandbox clock jumped ahead, or
-        a Retry-After longer than the tier) or is late by the grace (lost: a crash
-        between a state change and its publish).
-        """
-        app_now = self.clock.now()
-        now = ts(app_now)
-        wall_dt = _wall()
-        wall = ts(wall_dt)
-        lost = ts(wall_dt - timedelta(seconds=self.settings.webhook_sweep_grace_seconds))
-        due: list[Document] = []
-        for copy_at in ({"$gt": wall}, {"$lt": lost}):
-            due += await self.store.find(
-                c.WEBHOOK_EVENTS,
-                {
-                    "status": "pending",
-                    "copy_at": copy_at,
-                    "next_attempt_at": {"$lte": now},
-                    "claim_until": {"$lt": wall},
-                },
-                limit=SWEEP_BATCH,
-            )
-        due.sort(key=lambda ev: ev["next_attempt_at"])
-        swept = 0
-        for ev in due:
-            mine = await self.store.update_one(
-                c.WEBHOOK_EVENTS,
-                {
-                    "_id": ev["_id"],
-                    "round": ev["round"],
-                    "attempts": ev["attempts"],
-                    "copy_at": ev["copy_at"],
-                },
-                {"$set": {"copy_at": wall}},
-            )
-            if mine is not None:
-                await self._dispatch(mine, "sweeper")
-                swept += 1
-        if swept:
-            log.info("webhook.swept", deliveries=swept)
-        await self._heartbeats(app_now)
-        await self._prune(app_now)
-        return len(due) >= SWEEP_BATCH
-
-    async def _heartbeats(self, now: datetime) -> None:
-        due = await self.store.find(
-            c.SUBSCRIPTIONS,
-            {"status": "active", "next_heartbeat_at": {"$lte": ts(now)}},
-            limit=200,
-        )
-        for sub in due:
-            nxt = ts(now + timedelta(seconds=int(sub.get("heartbeat") or 60)))
-            mine = await self.store.update_one(
-                c.SUBSCRIPTIONS,
-                {"_id": sub["_id"], "next_heartbeat_at": sub["next_heartbeat_at"]},
-                {"$set": {"next_heartbeat_at": nxt}},
-            )
-            if mine is not None:
-                task = asyncio.get_running_loop().create_task(self._heartbeat(mine, now))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    async def _heartbeat(self, sub: Document, now: datetime) -> None:
-        async with self._heartbeat_slots:
-            try:
-                bundle = subs.notification_bundle(
-                    sub,
-                    base=self.base,
-                    kind="heartbeat",
-                    events_since=await self.events_count(sub["_id"]),
-                    now=now,
-                )
-                result = await self._post(sub, bundle, f"hb-{uuid.uuid4().hex}", now)
-                await self._log_attempt(sub, result, now, kind="heartbeat", trigger="heartbeat")
-                if result.status == 410:
-                    await self._disable(sub, "the endpoint answered 410 Gone to a heartbeat")
-            except Exception as exc:
-                log.warning("webhook.heartbeat_failed", error=repr(exc))
-
-    async def _prune(self, now: datetime) -> None:
-        """Forget events (not pending ones) and log lines older than the retention."""
-        if self._next_prune is not None and now < self._next_prune:
-            return
-        self._next_prune = now + timedelta(minutes=10)
-        cutoff = ts(now - timedelta(days=self.settings.webhook_event_retention_days))
-        gone = await self.store.delete_many(
-            c.WEBHOOK_EVENTS, {"at": {"$lt": cutoff}, "status": {"$ne": "pending"}}
-        )
-        gone += await self.store.delete_many(c.WEBHOOK_ATTEMPTS, {"at": {"$lt": cutoff}})
-        gone += await self.store.delete_many(c.SANDBOX_INBOX, {"at": {"$lt": cutoff}})
-        if gone:
-            log.info("webhook.pruned", documents=gone)
 
 
 def attempt_parameter(a: Document) -> Document:
