@@ -690,6 +690,13 @@ async def test_subscription_crud_search_and_tenancy(
     assert bundle["total"] == 0
     status, bundle = await call(client, "GET", "/fhir/Subscription?status=active", a["token"])
     assert [e["resource"]["id"] for e in bundle["entry"]] == [sid]
+    status, bundle = await call(client, "GET", "/fhir/Subscription?endpoint=x", a["token"])
+    assert status == 400
+    status, bundle = await call(client, "GET", "/fhir/Subscription/$status", a["token"])
+    assert status == 200 and bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["resourceType"] == "Parameters"
+    status, bundle = await call(client, "GET", "/fhir/Subscription/$status", b["token"])
+    assert bundle["total"] == 0
     # Update with If-Match; a stale one is 412; off pauses.
     resp = await client.put(
         f"/fhir/Subscription/{sid}",
