@@ -640,13 +640,17 @@ def next_step(appt: Mapping[str, Any]) -> str | None:
     return "search-again"
 
 
-async def appointment_view(store: Store, directory: Directory, doc: Document) -> dict[str, Any]:
+async def appointment_view(
+    store: Store, directory: Directory, doc: Document, slot: Document | None = None
+) -> dict[str, Any]:
+    """What a patient sees of a visit; ``slot`` when the caller has it at hand."""
     a = doc["central"]
     tenant = doc["tenant"]
     slot_id = a["slot_ids"][0] if a.get("slot_ids") else None
     facility = None
     if slot_id:
-        slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
+        if slot is None or slot.get("rid") != slot_id:
+            slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
         if slot is not None:
             facility = await directory.facility(tenant, slot["central"].get("location_id"))
     cat = codes.slot_categories().get(a.get("category") or "")
@@ -1087,8 +1091,9 @@ async def book(
                 await eligibility.cancelled(pesel, s["scope"], gid)
         raise
     directory = Directory(store)
-    written = await resources.read(store, tenant, "Appointment", rid)
-    reply: dict[str, Any] = {"appointment": await appointment_view(store, directory, written)}
+    # the appointment as written (its central model is the op's), without reading it back
+    written = {"tenant": tenant, "rid": rid, "central": ops[0]["central"]}
+    reply: dict[str, Any] = {"appointment": await appointment_view(store, directory, written, slot)}
     if old is not None and old["tenant"] == tenant:
         moved = await resources.read(store, tenant, "Appointment", old["rid"])
         reply["replaced"] = await appointment_view(store, directory, moved)
