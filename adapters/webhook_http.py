@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
@@ -68,6 +69,16 @@ def non_public(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not ip.is_global or ip.is_multicast
+
+
+@functools.lru_cache(maxsize=4096)
+def _url(url: str) -> yarl.URL:
+    return yarl.URL(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -184,7 +195,8 @@ class HttpWebhookSender:
             ms = round((time.perf_counter() - started) * 1000, 2)
             return WebhookResult(status, ms, error, **kw)
 
-        host = urlsplit(request.url).hostname or ""
+        url = _url(request.url)
+        host = url.host or ""
         literal = ip_literal(host)
         if not self._allow_private and literal is not None and non_public(literal):
             return result(None, f"refused: {host} is not a public address")
@@ -195,10 +207,10 @@ class HttpWebhookSender:
         }
         try:
             async with self._session.post(
-                request.url,
+                url,
                 data=request.body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                timeout=_timeout(request.timeout),
                 allow_redirects=False,
             ) as resp:
                 if resp.content_length is not None and resp.content_length <= SMALL_BODY:
