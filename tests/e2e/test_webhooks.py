@@ -547,6 +547,35 @@ async def test_heartbeats_follow_the_sandbox_clock(
     assert status == 422, outcome
 
 
+async def test_events_are_kept_for_the_retention_then_forgotten(
+    aiohttp_client: Callable[..., Any], receiver: Receiver
+) -> None:
+    client = await make_client(
+        aiohttp_client, webhook_event_retention_days=30, token_ttl_seconds=60 * 86400
+    )
+    prov = await new_provider(client)
+    token = prov["token"]
+    slots = await seed_slots(client, token, 1)
+    created, _ = await subscribe(client, token, receiver.url)
+    sid = created["id"]
+    await book(client, prov, slots[0])
+    await receiver.wait(lambda: len(receiver.numbers()) == 2)
+    await advance(client, "P29D")
+    await asyncio.sleep(0.3)
+    _, bundle = await call(client, "GET", f"/fhir/Subscription/{sid}/$events", token)
+    assert event_numbers(bundle) == [1, 2]
+    await advance(client, "P2D")
+    for _ in range(50):
+        _, bundle = await call(client, "GET", f"/fhir/Subscription/{sid}/$events", token)
+        if not event_numbers(bundle):
+            break
+        await asyncio.sleep(0.05)
+    assert event_numbers(bundle) == []
+    # the count still says how many there were
+    params = await status_of(client, token, sid)
+    assert params["events-since-subscription-start"]["valueString"] == "2"
+
+
 # --------------------------------------------------------------------------- sandbox inbox
 
 
