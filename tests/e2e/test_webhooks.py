@@ -12,11 +12,9 @@ sandbox inbox; SSRF refusal; secret rotation.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aio_pika
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -25,7 +23,7 @@ from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
 from gateway.settings import Settings
 from mappings import codes
-from tests.e2e.conftest import AMQP_URL, E2E_GROUPS, new_provider, settings_for
+from tests.e2e.conftest import new_provider, purge_rabbit, settings_for
 from tests.e2e.webhook_support import (
     Receiver,
     advance,
@@ -45,45 +43,6 @@ FAST = {
     "webhook_sweep_grace_seconds": 0.5,
     "token_ttl_seconds": 7 * 86400,  # tests move the sandbox clock by hours
 }
-VHOST = "cer-webhooks-tests"
-_vhost_url: str | None = None
-
-
-def rabbit_url() -> str:
-    """A vhost of our own when rabbitmqctl can make one (other suites may share the broker)."""
-    global _vhost_url
-    if _vhost_url is None:
-        _vhost_url = AMQP_URL
-        try:
-            subprocess.run(["rabbitmqctl", "add_vhost", VHOST], capture_output=True, timeout=30)
-            done = subprocess.run(
-                ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
-                capture_output=True,
-                timeout=30,
-            )
-            if done.returncode == 0:
-                _vhost_url = AMQP_URL.rstrip("/") + "/" + VHOST
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return _vhost_url
-
-
-async def purge(settings: Settings) -> None:
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
-    names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in E2E_GROUPS]
-    names += [
-        f"{c.EVENT_QUEUE_PREFIX}{c.WEBHOOK_GROUP}",
-        f"{c.EVENT_QUEUE_PREFIX}{c.WEBHOOK_DELIVERY_GROUP}",
-        c.DEAD_QUEUE,
-    ]
-    conn = await aio_pika.connect(settings.amqp_url or AMQP_URL, timeout=5)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
 
 
 async def make_client(
@@ -91,8 +50,7 @@ async def make_client(
 ) -> Any:
     settings = settings_for(backend, **{**FAST, **overrides})
     if backend == "rabbitmq":
-        settings = settings.model_copy(update={"amqp_url": rabbit_url()})
-        await purge(settings)
+        await purge_rabbit(settings)
     return await aiohttp_client(create_app(settings))
 
 
