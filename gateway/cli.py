@@ -11,7 +11,7 @@ import sys
 import structlog
 from aiohttp import web
 
-from gateway import bootstrap
+from gateway import bootstrap, gc_policy
 from gateway.http.app import create_app
 from gateway.logging import configure_logging
 from gateway.settings import Settings
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run_worker(settings))
         return 0
     app = create_app(settings, workers=args.command == "serve")
+    if gc_policy.wanted(settings):
+        app.cleanup_ctx.append(gc_policy.cleanup_ctx(settings))
     if settings.sample_data and args.command == "serve":
         from gateway.sample import seed_on_startup
 
@@ -87,6 +89,13 @@ def _token(base: str, client_id: str, key_file: str) -> int:
 async def _run_worker(settings: Settings) -> None:
     services = bootstrap.build_services(settings)
     await bootstrap.start(services, workers=True)
+    if gc_policy.wanted(settings):
+        services.tasks.append(
+            asyncio.create_task(
+                gc_policy.freeze_survivors(settings.gc_freeze_seconds, settings.gc_thaw_seconds),
+                name="gc-freeze",
+            )
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

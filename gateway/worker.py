@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -22,7 +22,7 @@ from gateway.events import event_envelope
 from gateway.handlers import COMMAND_HANDLERS, invoke
 from gateway.logging import bind_correlation
 from gateway.metrics import Metrics, Outcome
-from gateway.ports import Clock, DuplicateKey, Envelope, MessageBus, Reject, Store
+from gateway.ports import Clock, DuplicateKey, Envelope, MessageBus, OutboxItem, Reject, Store
 from gateway.timeutil import to_store
 
 log = structlog.get_logger("gateway.worker")
@@ -102,6 +102,7 @@ async def relay_outbox(
     signal: asyncio.Event,
     poll_seconds: float,
     batch: int = 500,
+    chunk: int = 100,
 ) -> None:
     """Publish outbox events forever; cleared only after the broker confirmed them."""
     while True:
@@ -109,10 +110,7 @@ async def relay_outbox(
             items = await store.pending_events(batch)
             metrics.outbox_pending.set(len(items))
             if items:
-                for item in items:
-                    await bus.publish(event_envelope(item.event))
-                    metrics.published("event")
-                await store.clear_events(items)
+                await publish_events(store, bus, metrics, items, chunk)
                 if len(items) == batch:
                     continue
         except asyncio.CancelledError:
@@ -123,3 +121,33 @@ async def relay_outbox(
         signal.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(signal.wait(), poll_seconds)
+
+
+async def publish_events(
+    store: Store, bus: MessageBus, metrics: Metrics, items: Sequence[OutboxItem], chunk: int
+) -> None:
+    """Publish ``items`` in order, ``chunk`` publishes in flight at a time; clear them.
+
+    One publish at a time waits a broker round trip per event; in flight together
+    the confirms overlap. Publishes start in order and RabbitMQ keeps one channel's
+    order. On a failure only the events before the first failed one are cleared:
+    the rest are published again (at least once, and in order) on the next pass.
+    """
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        results = await asyncio.gather(
+            *(bus.publish(event_envelope(item.event)) for item in part), return_exceptions=True
+        )
+        failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
+        for r in results:
+            if not isinstance(r, BaseException):
+                metrics.published("event")
+        if failed is not None:
+            if start + failed:
+                await store.clear_events(items[: start + failed])
+            error = results[failed]
+            assert isinstance(error, BaseException)
+            if isinstance(error, Exception):
+                raise error
+            raise RuntimeError(f"publishing an event was interrupted: {error!r}") from error
+    await store.clear_events(items)
