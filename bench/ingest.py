@@ -416,6 +416,7 @@ class Run:
     failures: list[str] = field(default_factory=list)
     # CPU seconds from the first post until searchable: server, broker, this client
     cpu: dict[str, float] = field(default_factory=dict)
+    cpu_relayed: float | None = None  # server CPU seconds until every event was published
 
     @property
     def rate(self) -> float:
@@ -526,6 +527,7 @@ async def ingest(
             while time.perf_counter() - t0 < run.searchable_s + wait_relay:
                 if await events_published(http, base) >= expected:
                     run.relayed_s = time.perf_counter() - t0
+                    run.cpu_relayed = server_cpu(server) - cpu0[0]
                     break
                 await asyncio.sleep(0.2)
         finally:
@@ -584,7 +586,15 @@ def machine() -> str:
 
 def cpu_line(run: Run) -> str:
     parts = [f"{k} {v:.1f} s ({v / run.searchable_s:.2f} cores)" for k, v in run.cpu.items()]
-    return "CPU until searchable: " + ", ".join(parts)
+    if "server" in run.cpu:
+        parts[0] += f" = {run.cpu['server'] * 1e6 / run.slots:.0f} us per Slot"
+    line = "CPU until searchable: " + ", ".join(parts)
+    if run.cpu_relayed is not None and run.relayed_s:
+        line += (
+            f"; server CPU until every event was published: {run.cpu_relayed:.1f} s "
+            f"({run.cpu_relayed * 1e6 / run.slots:.0f} us per Slot)"
+        )
+    return line
 
 
 def table(runs: list[Run], floor: float, n: int) -> str:
