@@ -15,7 +15,8 @@ e-referral, created before the clock starts.
 Once per backend (``--backend``): ``embedded`` (in-process bus and store, the
 default run) and ``rabbitmq`` (RabbitMQ on ``--amqp-url``, by default the
 ``cer-bench-booking`` vhost, and the embedded store). The server is the real gateway
-(``create_app``) in a child process (``python -m bench.booking --serve ...``),
+(``create_app``, with the garbage-collector policy of ``cer-gateway serve``,
+``gateway/gc_policy.py``) in a child process (``python -m bench.booking --serve ...``),
 so the patients (this process) do not share its event loop.
 
 Printed: the machine; per backend, p50 / p95 / p99 latency of searches and of
@@ -132,6 +133,7 @@ def serve(backend: str, amqp_url: str, ready_file: str) -> int:
     """The child process: the real app on a free port until SIGTERM."""
     from aiohttp import web
 
+    from gateway import gc_policy
     from gateway.http.app import create_app
     from gateway.logging import configure_logging
     from gateway.settings import Settings
@@ -148,7 +150,10 @@ def serve(backend: str, amqp_url: str, ready_file: str) -> int:
     configure_logging(settings.log_level)
 
     async def run() -> None:
-        runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+        app = create_app(settings)
+        if gc_policy.wanted(settings):  # as ``cer-gateway serve`` does
+            app.cleanup_ctx.append(gc_policy.cleanup_ctx(settings))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()

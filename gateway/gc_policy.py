@@ -1,0 +1,58 @@
+"""The garbage-collector policy of a process that keeps the embedded store.
+
+The embedded store holds every document as Python dicts and lists: a sandbox
+with tens of thousands of slots is 10^5-10^6 container objects, plus their
+history. CPython's full collections walk every tracked object, and with the
+default thresholds they came every few seconds under load and stopped the
+event loop for 0.2-0.7 s (``bench/booking.py``: p99 above 250 ms from that
+alone). Documents are trees: reference counting frees them, a collection
+never finds garbage among them.
+
+So every ``GC_FREEZE_SECONDS`` (default 1 s; 0 turns it off) the process
+collects what was allocated since the last time (a few milliseconds), then
+``gc.freeze()`` s the survivors so later collections skip them. Every
+``GC_THAW_SECONDS`` (default 15 min) the frozen objects are thawed and
+collected once, so reference cycles that formed among them are reclaimed (one
+full pause, rarely). With MongoDB the process keeps no documents: no policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from gateway.settings import Settings
+
+
+def wanted(settings: Settings) -> bool:
+    return settings.gc_freeze_seconds > 0 and not settings.mongodb_url
+
+
+async def freeze_survivors(every: float, thaw_every: float) -> None:
+    thawed = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        if time.monotonic() - thawed >= thaw_every:
+            gc.unfreeze()
+            thawed = time.monotonic()
+        gc.collect()
+        gc.freeze()
+
+
+def cleanup_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """For ``app.cleanup_ctx``: the policy runs while the app does."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(
+            freeze_survivors(settings.gc_freeze_seconds, settings.gc_thaw_seconds),
+            name="gc-freeze",
+        )
+        yield
+        task.cancel()
+        gc.unfreeze()
+
+    return ctx
