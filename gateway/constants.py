@@ -39,3 +39,14 @@ WEBHOOK_COUNTERS = "webhook_counters"  # per subscription: event counter and its
 WEBHOOK_GROUP = "webhooks"  # resource.Appointment.* / resource.Slot.* -> numbered events
 WEBHOOK_DELIVERY_GROUP = "webhook-deliveries"  # webhook.deliver -> one HTTP try
 WEBHOOK_DELIVER = "webhook.deliver"  # body {event, round, attempt}: ids, never payloads
+
+# The waiting room (issue 5, R-WAIT-1..7, R-CAN-2)
+WAITING_ROOM = "waiting_room"  # entries: criteria, place in the queue (rank), status
+WAITING_ROOM_PROPOSALS = "waiting_room_proposals"  # R-CAN-2 48-72 h offers and their answers
+WAITING_ROOM_STATE = "waiting_room_state"  # per scope: the last day unlocked (R-SCHED-6)
+WAITING_ROOM_RELEASES = "waiting_room_releases"  # cancellations seen: the release rate (R-WAIT-5)
+AUDIT = "audit"  # who read what: providers' reads of a patient's waiting-room entries
+WAITING_ROOM_GROUP = "waiting-room"  # slot events -> waiting-room commands
+# The provider-less "tenant" of waiting-room entries as FHIR Appointments (status
+# waitlist): not a provider, so no provider's token ever names it.
+WAITING_ROOM_TENANT = "cer-waiting-room"

@@ -122,6 +122,8 @@ class WriteContext:
     deleting: dict[str, Op] = field(default_factory=dict)  # "Type/id" -> DELETE in this bundle
     idents: dict[str, Op] = field(default_factory=dict)  # business identifier -> op
     claims: dict[str, Op] = field(default_factory=dict)  # slot id -> appointment op holding it
+    # Slots this write may book although the waiting room holds them (it is the waiting room).
+    take_holds: frozenset[str] = frozenset()
 
     def where(self, op: Op, expr: str) -> str:
         if not self.prefix:
@@ -391,7 +393,10 @@ async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) 
                 ),
             )
             return
-        if holder not in (None, op.id) or slot.get("status") not in booking.BOOKABLE_SLOT_STATUSES:
+        bookable = slot.get("status") in booking.BOOKABLE_SLOT_STATUSES or (
+            sid in ctx.take_holds and booking.is_held(slot)
+        )
+        if holder not in (None, op.id) or not bookable:
             op.problem(
                 409,
                 Issue(
@@ -647,6 +652,7 @@ async def apply_appointment_holds(
             correlation_id=ctx.correlation_id,
             channel=ctx.channel,
             expression=ctx.where(op, "Appointment.slot[0]"),
+            take_hold=new_slot in ctx.take_holds,
         )
     if old_slot and old_slot != new_slot:
         if op.central["status"] == "cancelled" and not op.central.get("cancelled_at"):
@@ -731,16 +737,26 @@ async def run_write(
     channel: str = "provider",
     representation: bool = True,
     progress: Callable[[int], Awaitable[None]] | None = None,
+    take_holds: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Apply a ``fhir.write`` command; the reply lists one result per entry.
 
     Without ``representation`` the results leave the resources out (a big
     transaction's reply stays small); ``progress`` is told every 100 entries.
+    ``take_holds``: slots the waiting room holds that this write may book
+    (``booking.is_held``; only the waiting room passes them).
     """
     bundle = mode in ("transaction", "batch")
     ops = [Op.from_body(i, d) for i, d in enumerate(ops_body)]
     ctx = WriteContext(
-        store, now, tenant, msg_id, correlation_id, channel, prefix="bundle" if bundle else ""
+        store,
+        now,
+        tenant,
+        msg_id,
+        correlation_id,
+        channel,
+        prefix="bundle" if bundle else "",
+        take_holds=take_holds,
     )
     if mode == "batch":
         results: list[dict[str, Any]] = []

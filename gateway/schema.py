@@ -73,4 +73,24 @@ INDEXES: dict[str, list[Index]] = {
     c.WEBHOOK_ATTEMPTS: [Index((("subscription", 1), ("at", 1))), Index((("at", 1),))],
     c.SANDBOX_INBOX: [Index((("tenant", 1), ("at", 1)))],
     c.WEBHOOK_COUNTERS: [],
+    # The waiting room (issue 5). Entries of a queue in rank order (R-WAIT-5: the
+    # best-ranked entry that takes a slot); one active entry per e-referral (the
+    # unique, sparse active_key); a patient's entries; SMS REZYGNUJE by phone;
+    # claims a dead command left behind.
+    c.WAITING_ROOM: [
+        Index((("scope", 1), ("status", 1), ("queue", 1), ("rank", 1))),
+        Index((("active_key", 1),), unique=True, sparse=True),
+        Index((("pesel", 1), ("entered_at", 1))),
+        Index((("referral.key", 1), ("entered_at", 1))),
+        Index((("phone_key", 1), ("status", 1))),
+        Index((("status", 1), ("claim.real", 1))),
+    ],
+    # R-CAN-2 proposals: due answers by time, a patient's proposals.
+    c.WAITING_ROOM_PROPOSALS: [
+        Index((("status", 1), ("expires_at", 1))),
+        Index((("pesel", 1), ("created_at", 1))),
+    ],
+    c.WAITING_ROOM_STATE: [],
+    c.WAITING_ROOM_RELEASES: [Index((("scope", 1), ("at", 1)))],
+    c.AUDIT: [Index((("tenant", 1), ("at", 1))), Index((("pesel", 1), ("at", 1)))],
 }

@@ -77,6 +77,24 @@ class Settings(BaseSettings):
     # Bearer token the SMS gateway must send to POST /channels/sms/inbound (open when empty).
     sms_inbound_token: str = ""
 
+    # The waiting room (issue 5, R-WAIT-1..7, R-CAN-2, R-SCHED-6). Each night the
+    # next day's slots become bookable (R-SCHED-6): the waiting room takes them
+    # this many seconds before midnight (Europe/Warsaw), everyone else at midnight.
+    waiting_room_unlock_lead_seconds: float = 600.0
+    # How long a patient has to accept or decline a 48-72 h proposal (R-CAN-2),
+    # on the app clock; then the next candidate is asked.
+    waiting_room_proposal_answer_seconds: float = 7200.0
+    # Queue credit (days) by which an urgent case and an out-of-turn entitlement
+    # rank ahead of first come first served (R-WAIT-5). Bounded, so no entry
+    # waits forever behind later ones with the same or looser criteria.
+    waiting_room_urgent_credit_days: float = 60.0
+    waiting_room_privileged_credit_days: float = 30.0
+    # Longest sleep of the waiting room's clock task (seconds); it also wakes when
+    # the sandbox clock moves.
+    waiting_room_poll_seconds: float = 30.0
+    # Seconds an estimate's snapshot of slots and queue is reused (0 = never).
+    waiting_room_estimate_cache_seconds: float = 10.0
+
     # Webhooks to providers (issue 6). Delay in seconds before each try of one
     # event: the first at once, then a Svix-like backoff (5 s, 5 min, 30 min, 2 h,
     # 5 h, 10 h, 10 h); after the last try the event is dead-lettered. Every
