@@ -32,6 +32,7 @@ from gateway.notifications import Notifier
 from gateway.ports import Clock, MessageBus, Store
 from gateway.schema import INDEXES
 from gateway.settings import Settings
+from gateway.waiting_service import WaitingRoomService
 from gateway.webhooks import Webhooks
 from gateway.worker import CommandWorker, relay_outbox
 
@@ -54,6 +55,8 @@ class Services:
     webhooks: Webhooks | None = None
     # Patient notifications (issue 7): the channels and the service that uses them.
     notifier: Notifier | None = None
+    # The waiting room (issue 5): its consumer, clock task and estimates.
+    waiting: WaitingRoomService | None = None
 
 
 def build_services(
@@ -74,6 +77,9 @@ def build_services(
         metrics=Metrics(),
     )
     services.notifier = make_notifier(services)
+    services.waiting = WaitingRoomService(
+        services.store, services.bus, services.clock, settings, services.metrics
+    )
     return services
 
 
@@ -112,7 +118,10 @@ async def start(services: Services, *, workers: bool) -> None:
             services.outbox_signal,
             retry_tiers=len(services.settings.retry_delays),
             # Ports the command handlers name besides store and clock (gateway.handlers).
-            dependencies={"eligibility": make_eligibility(services.settings, services.store)},
+            dependencies={
+                "eligibility": make_eligibility(services.settings, services.store),
+                "settings": services.settings,
+            },
         )
         await worker.start()
         if services.webhooks is not None:
@@ -127,6 +136,10 @@ async def start(services: Services, *, workers: bool) -> None:
             services.tasks.append(
                 asyncio.create_task(services.notifier.run_reminders(), name="reminders")
             )
+        if services.waiting is not None:
+            # The waiting room: slot events, the nightly unlock, proposal time-outs (issue 5).
+            await services.waiting.start()
+            services.tasks.append(asyncio.create_task(services.waiting.run(), name="waiting-room"))
         services.tasks.append(
             asyncio.create_task(
                 relay_outbox(

@@ -7,7 +7,7 @@ turns either into the reply the API is waiting for.
 A handler names its dependencies as parameters and the worker passes them by
 name (``invoke``, as cosmicpython's bootstrap injects by signature): ``msg``
 is the command's ``Envelope``; ``store`` and ``clock`` are always there; other
-ports (``eligibility``, ...) are what ``bootstrap`` gives the worker.
+ports (``eligibility``, ...) and ``settings`` are what ``bootstrap`` gives the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from gateway import constants as c
-from gateway import operations, patients
+from gateway import operations, patients, waiting_assign, waiting_room
 from gateway.errors import FhirError
 from gateway.ports import Clock, Envelope, Reject, Store
 from gateway.timeutil import to_store
@@ -101,4 +101,17 @@ COMMAND_HANDLERS: dict[str, Handler] = {
     "patient.book": patients.book,
     "patient.reschedule": patients.book,
     "patient.cancel": patients.cancel,
+    # The waiting room (issue 5): entries on the waiting room's own partition
+    # (gateway.waiting_room); slots on the partition of their provider
+    # (gateway.waiting_assign: R-WAIT-3 assignment, R-CAN-2 proposals, R-WAIT-6).
+    "waiting-room.enter": waiting_room.handle_enter,
+    "waiting-room.change": waiting_room.handle_change,
+    "waiting-room.leave": waiting_room.handle_leave,
+    "waiting-room.offer": waiting_assign.handle_offer,
+    "waiting-room.released": waiting_assign.handle_released,
+    "waiting-room.assign": waiting_assign.handle_assign,
+    "waiting-room.accept": waiting_assign.handle_accept,
+    "waiting-room.decline": waiting_assign.handle_decline,
+    "waiting-room.expire": waiting_assign.handle_decline,
+    "waiting-room.withdraw": waiting_assign.handle_decline,
 }

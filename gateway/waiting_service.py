@@ -1,0 +1,549 @@
+"""The waiting room's moving parts: its event consumer and its clock-following task.
+
+**Consumer** (group ``waiting-room``): turns events into commands on the
+slot's provider partition (``gateway.waiting_assign``), with ids derived from
+the event's so a redelivered event is applied once:
+
+- ``resource.Slot.created`` (and ``resource.Slot.updated`` by the provider's own
+  system) of a free slot the waiting room may take now: ``waiting-room.offer``
+  (R-WAIT-3: new capacity);
+- ``slot.released`` (a cancellation): ``waiting-room.released`` (R-WAIT-6,
+  R-CAN-2);
+- ``waiting-room.waiting`` (an entry became waiting: entered, criteria changed,
+  back after a cancellation or a declined proposal): the earliest free slot it
+  may take, if any, is offered (``waiting-room.offer``);
+- ``waiting-room.withdraw`` (an entry left with a proposal open): the proposal's
+  provider withdraws it and asks the next candidate;
+- ``booking.booked`` of a first-time visit booked another way with the
+  e-referral of a waiting entry: the entry is closed (booked elsewhere).
+
+**Clock task** (one per worker process, like the reminders; it sleeps until
+the next thing is due or the sandbox clock moves):
+
+- the nightly unlock (R-SCHED-6, ``waiting_rules.horizon_day``): the slots of
+  the day that patients may book from the next midnight are given to the
+  waiting room ``waiting_room_unlock_lead_seconds`` before it: one plan for all
+  of them (``plan``: each slot, earliest first, to the best-ranked entry that
+  takes it) sent as ``waiting-room.assign`` commands, one per provider and
+  chunk. A lease on the scope's ``waiting_room_state`` document keeps two
+  processes from planning the same night;
+- proposals whose answer time is over: ``waiting-room.expire`` (R-CAN-2);
+- entries left ``assigning`` by a command that died (wall-clock minutes):
+  assigned if their visit exists, else waiting again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway import booking, patients, resources
+from gateway import constants as c
+from gateway import waiting_assign as assign
+from gateway import waiting_room as entries
+from gateway import waiting_rules as rules
+from gateway.events import command
+from gateway.logging import bind_correlation
+from gateway.metrics import Metrics
+from gateway.ports import Clock, Document, Envelope, MessageBus, Reject, Store
+from gateway.settings import Settings
+from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
+from gateway.waiting_estimate import Estimator
+from mappings import codes
+
+log = structlog.get_logger("gateway.waiting_service")
+
+PATTERNS = (
+    "resource.Slot.created",
+    "resource.Slot.updated",
+    "slot.released",
+    "booking.booked",
+    "waiting-room.waiting",
+    "waiting-room.withdraw",
+)
+CHUNK = 100  # pairs per waiting-room.assign command
+LEASE_SECONDS = 120.0
+STALE_CLAIM_SECONDS = 120.0
+PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+def plan(
+    slots: Sequence[rules.SlotFacts], ranked: Sequence[rules.EntryFacts]
+) -> list[tuple[rules.SlotFacts, rules.EntryFacts]]:
+    """Each slot, earliest first, to the best-ranked entry left that takes it (R-WAIT-5).
+
+    ``ranked`` is in rank order. Entries are bucketed by their location
+    criterion, so a slot looks only at the entries that may want its place.
+    """
+    buckets: dict[tuple[str, ...], list[int]] = {}
+    for i, e in enumerate(ranked):
+        buckets.setdefault(e.location, []).append(i)
+    start = dict.fromkeys(buckets, 0)  # first index in each bucket not yet taken
+    taken = bytearray(len(ranked))
+    out: list[tuple[rules.SlotFacts, rules.EntryFacts]] = []
+    for s in sorted(slots, key=lambda s: (s.start, s.tenant, s.rid)):
+        keys: list[tuple[str, ...]] = [
+            (),
+            ("facility", "", s.location_id or ""),
+            ("facility", s.tenant, s.location_id or ""),
+            ("city", s.city),
+        ]
+        keys += [("postal", s.postal_code[:n]) for n in range(1, len(s.postal_code) + 1)]
+        best: int | None = None
+        for key in keys:
+            bucket = buckets.get(key)
+            if not bucket:
+                continue
+            k = start[key]
+            while k < len(bucket) and taken[bucket[k]]:
+                k += 1
+            start[key] = k
+            while k < len(bucket) and (best is None or bucket[k] < best):
+                i = bucket[k]
+                if not taken[i] and rules.takes(ranked[i], s):
+                    best = i
+                    break
+                k += 1
+        if best is not None:
+            taken[best] = 1
+            out.append((s, ranked[best]))
+    return out
+
+
+def _msg_id(prefix: str, *parts: Any) -> str:
+    digest = hashlib.sha1(orjson.dumps(parts)).hexdigest()[:32]
+    return f"{prefix}-{digest}"
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class WaitingRoomService:
+    """The waiting room's consumer and clock task (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: MessageBus,
+        clock: Clock,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.settings = settings
+        self.metrics = metrics
+        self.lead = timedelta(seconds=settings.waiting_room_unlock_lead_seconds)
+        self.estimator = Estimator(store, settings.waiting_room_estimate_cache_seconds, self.lead)
+        self.retry_tiers = len(settings.retry_delays)
+        self.wake = asyncio.Event()
+        self.token = uuid.uuid4().hex
+
+    async def start(self) -> None:
+        await self.bus.consume_events(c.WAITING_ROOM_GROUP, PATTERNS, self.handle)
+
+    def horizon(self, info: codes.ScopeInfo, now: datetime) -> date:
+        return rules.horizon_day(info.self_booking_days, now, self.lead)
+
+    async def send(
+        self, kind: str, body: dict[str, Any], tenant: str, msg_id: str, corr: str
+    ) -> None:
+        await self.bus.send(
+            command(
+                kind,
+                body,
+                tenant=tenant,
+                correlation_id=corr or msg_id,
+                now=self.clock.now(),
+                msg_id=msg_id,
+            )
+        )
+        self.metrics.published("command")
+
+    # ------------------------------------------------------------------ events
+
+    async def handle(self, msg: Envelope) -> None:
+        bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, event=msg.type)
+        try:
+            if msg.type.startswith("resource.Slot."):
+                await self.on_slot(msg)
+            elif msg.type == "slot.released":
+                await self.on_released(msg)
+            elif msg.type == "booking.booked":
+                await self.on_booked(msg)
+            elif msg.type == "waiting-room.waiting":
+                await self.on_waiting(msg)
+            elif msg.type == "waiting-room.withdraw":
+                await self.on_withdraw(msg)
+        except Exception as exc:
+            last = isinstance(exc, Reject) or msg.attempt >= self.retry_tiers
+            self.metrics.consumed("waiting-room", "dead_lettered" if last else "retried")
+            log.warning("waiting_room.event_failed", error=repr(exc), attempt=msg.attempt)
+            if last and not isinstance(exc, Reject):
+                raise Reject(f"retries exhausted: {exc!r}") from exc
+            raise
+        self.metrics.consumed("waiting-room", "ok")
+
+    def _takes_now(self, doc: Document, now: datetime) -> codes.ScopeInfo | None:
+        """The scope, when the waiting room could assign this free slot right now."""
+        s = doc["central"]
+        info = codes.scopes().get(s.get("scope") or "")
+        if info is None or not info.waiting_room or not rules.queues_for(s.get("category")):
+            return None
+        if s.get("status") != "free" or s.get("appointment_id") or s.get("hold"):
+            return None
+        start = from_store(s["start"])
+        if start - now <= rules.MIN_NOTICE or warsaw_day(start) > self.horizon(info, now):
+            return None
+        return info
+
+    async def on_slot(self, msg: Envelope) -> None:
+        b = msg.body
+        if msg.tenant is None or msg.tenant == c.WAITING_ROOM_TENANT:
+            return
+        if msg.type.endswith(".updated") and b.get("channel") not in PROVIDER_CHANNELS:
+            return  # bookings, cancellations and holds have their own events
+        if msg.type.endswith(".deleted"):
+            return
+        doc = await self.store.get(c.RESOURCES, resources.doc_id(msg.tenant, "Slot", b["id"]))
+        if doc is None or doc.get("deleted") or doc.get("version") != b.get("version"):
+            return  # changed since: its own event follows
+        info = self._takes_now(doc, self.clock.now())
+        if info is None:
+            return
+        queues = rules.queues_for(doc["central"].get("category"))
+        anyone = await self.store.find_one(
+            c.WAITING_ROOM,
+            {"scope": info.code, "status": rules.WAITING, "queue": {"$in": list(queues)}},
+        )
+        if anyone is None:
+            return
+        await self.send(
+            "waiting-room.offer",
+            {"slot": b["id"], "reason": "new"},
+            msg.tenant,
+            f"wro-{msg.id}",
+            msg.correlation_id,
+        )
+
+    async def on_released(self, msg: Envelope) -> None:
+        b = msg.body
+        info = codes.scopes().get(b.get("scope") or "")
+        if msg.tenant is None or info is None or not info.waiting_room:
+            return
+        await self.send(
+            "waiting-room.released",
+            {
+                "slot": b["slot_id"],
+                "appointment": b.get("appointment_id"),
+                "lead": b.get("lead_time_hours"),
+                "held": bool(b.get("held")),
+                "reason": b.get("reason"),
+                "release": msg.id,
+            },
+            msg.tenant,
+            f"wrr-{msg.id}",
+            msg.correlation_id,
+        )
+
+    async def on_booked(self, msg: Envelope) -> None:
+        b = msg.body
+        info = codes.scopes().get(b.get("scope") or "")
+        if msg.tenant is None or info is None or not info.waiting_room:
+            return
+        if b.get("channel") == entries.CHANNEL:
+            return
+        appt = await self.store.get(
+            c.RESOURCES, resources.doc_id(msg.tenant, "Appointment", b["appointment_id"])
+        )
+        ref = (appt or {}).get("central", {}).get("referral")
+        if ref:
+            await entries.close_for_referral(
+                self.store,
+                self.clock.now(),
+                ref["key"],
+                patients.global_id(msg.tenant, b["appointment_id"]),
+                msg.correlation_id or msg.id,
+            )
+
+    async def on_waiting(self, msg: Envelope) -> None:
+        entry = await self.store.get(c.WAITING_ROOM, msg.body.get("entry", ""))
+        if entry is None or entry["status"] != rules.WAITING:
+            return
+        slot = await self.first_free_slot(entry, self.clock.now())
+        if slot is None:
+            return
+        await self.send(
+            "waiting-room.offer",
+            {"slot": slot["rid"], "reason": "entry", "entry": entry["_id"]},
+            slot["tenant"],
+            f"wre-{msg.id}",
+            msg.correlation_id,
+        )
+
+    async def on_withdraw(self, msg: Envelope) -> None:
+        gid = msg.body.get("proposal") or ""
+        parts = patients.split_id(gid)
+        if parts is None:
+            return
+        await self.send(
+            "waiting-room.withdraw",
+            {"proposal": gid},
+            parts[0],
+            f"wrw-{msg.id}",
+            msg.correlation_id,
+        )
+
+    async def first_free_slot(self, entry: Document, now: datetime) -> Document | None:
+        """The earliest free slot the entry may take now (more than 72 h ahead, in the window)."""
+        info = codes.scopes()[entry["scope"]]
+        crit = entry["criteria"]
+        me = rules.entry_facts(entry)
+        fac = crit.get("facility")
+        criteria = patients.Criteria(
+            scope=entry["scope"],
+            start=from_store(crit["from"]) if crit.get("from") else None,
+            end=from_store(crit["to"]) if crit.get("to") else None,
+            weekdays=frozenset(crit.get("weekdays") or ()),
+            hours=(crit["hours"][0], crit["hours"][1]) if crit.get("hours") else None,
+            postal_code=crit.get("postal_code"),
+            city=crit.get("city"),
+            facility=(fac[0], fac[1]) if fac else None,
+        )
+        lo = now + rules.MIN_NOTICE + timedelta(seconds=1)
+        if criteria.start and criteria.start > lo:
+            lo = criteria.start
+        hi = datetime.combine(self.horizon(info, now) + timedelta(days=1), dtime(0), WARSAW)
+        if criteria.end and criteria.end < hi:
+            hi = criteria.end
+        categories = [
+            cat for cat in [*codes.slot_categories(), None] if me.queue in rules.queues_for(cat)
+        ]
+        for a, b in patients.start_ranges(criteria, lo, hi):
+            docs = await self.store.find(
+                c.RESOURCES,
+                patients.slot_filter(criteria, categories, to_store(a), to_store(b)),
+                sort=[("central.start", 1), ("_id", 1)],
+                limit=50,
+            )
+            for d in docs:
+                if d["central"].get("appointment_id") is None and rules.takes(
+                    me, rules.slot_facts(d)
+                ):
+                    return d
+        return None
+
+    # ------------------------------------------------------------------ the clock task
+
+    async def run(self) -> None:
+        """Forever: unlock, expire proposals, recover claims; sleep until the next is due."""
+        poll = self.settings.waiting_room_poll_seconds
+        while True:
+            clock_changed = asyncio.ensure_future(self.clock.wait_changed(poll))
+            timeout = poll
+            try:
+                await asyncio.sleep(0)
+                self.wake.clear()
+                await self.unlock_due()
+                await self.expire_due()
+                await self.recover_claims()
+                now = self.clock.now()
+                due = [rules.next_unlock(now, self.lead)]
+                nxt = await self.store.find_one(
+                    c.WAITING_ROOM_PROPOSALS, {"status": "open"}, sort=[("expires_at", 1)]
+                )
+                if nxt is not None:
+                    due.append(from_store(nxt["expires_at"]))
+                wait = (min(due) - now).total_seconds()
+                timeout = min(max(wait, 0.01), poll)
+            except asyncio.CancelledError:
+                clock_changed.cancel()
+                raise
+            except Exception as exc:
+                log.warning("waiting_room.task_failed", error=repr(exc))
+                timeout = min(poll, 2.0)
+            woken = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait(
+                    {clock_changed, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                clock_changed.cancel()
+                woken.cancel()
+
+    async def unlock_due(self) -> int:
+        """R-SCHED-6: plan and send the assignments of every day unlocked since the last run."""
+        sent = 0
+        for scope, info in codes.scopes().items():
+            if not info.waiting_room:
+                continue
+            now = self.clock.now()
+            horizon = self.horizon(info, now)
+            key = f"unlock:{scope}"
+            state = await self.store.get(c.WAITING_ROOM_STATE, key)
+            if state is None:
+                # First run: the days already open were open before the waiting room ran.
+                await self.store.update_one(
+                    c.WAITING_ROOM_STATE,
+                    {"_id": key},
+                    {"$setOnInsert": {"through": horizon.isoformat(), "lease": None}},
+                    upsert=True,
+                )
+                continue
+            through = date.fromisoformat(state["through"])
+            if through > horizon + timedelta(days=1):
+                # The sandbox clock went back: start again from here.
+                await self.store.update_one(
+                    c.WAITING_ROOM_STATE,
+                    {"_id": key, "through": state["through"]},
+                    {"$set": {"through": horizon.isoformat()}},
+                )
+                continue
+            if through >= horizon:
+                continue
+            leased = await self.store.update_one(
+                c.WAITING_ROOM_STATE,
+                {
+                    "_id": key,
+                    "through": state["through"],
+                    "$or": [{"lease": None}, {"lease_until": {"$lt": time.time()}}],
+                },
+                {"$set": {"lease": self.token, "lease_until": time.time() + LEASE_SECONDS}},
+            )
+            if leased is None:
+                continue
+            try:
+                sent += await self.plan_days(info, through + timedelta(days=1), horizon, now)
+            finally:
+                await self.store.update_one(
+                    c.WAITING_ROOM_STATE,
+                    {"_id": key, "lease": self.token},
+                    {"$set": {"through": horizon.isoformat(), "lease": None}},
+                )
+        return sent
+
+    async def plan_days(self, info: codes.ScopeInfo, first: date, last: date, now: datetime) -> int:
+        """Plan the free slots of ``first``..``last`` over the waiting entries; send the plan."""
+        lo = max(datetime.combine(first, dtime(0), WARSAW), now + rules.MIN_NOTICE)
+        hi = datetime.combine(last + timedelta(days=1), dtime(0), WARSAW)
+        if lo >= hi:
+            return 0
+        docs = await self.store.find(
+            c.RESOURCES,
+            {
+                "type": "Slot",
+                "central.status": "free",
+                "central.scope": info.code,
+                "central.start": {"$gt": to_store(lo), "$lt": to_store(hi)},
+                "deleted": False,
+            },
+            sort=[("central.start", 1)],
+        )
+        slots = [
+            rules.slot_facts(d)
+            for d in docs
+            if not d["central"].get("hold")
+            and d["central"].get("appointment_id") is None
+            and rules.queues_for(d["central"].get("category"))
+        ]
+        if not slots:
+            return 0
+        queues = sorted({q for s in slots for q in rules.queues_for(s.category)})
+        lists = []
+        for q in queues:
+            found = await self.store.find(
+                c.WAITING_ROOM,
+                {"scope": info.code, "status": rules.WAITING, "queue": q},
+                sort=[("rank", 1)],
+            )
+            lists.append([rules.entry_facts(d) for d in found])
+        ranked = list(heapq.merge(*lists, key=lambda e: e.rank))
+        pairs = plan(slots, ranked)
+        by_tenant: dict[str, list[list[str]]] = {}
+        for s, e in pairs:
+            by_tenant.setdefault(s.tenant, []).append([s.rid, e.id])
+        corr = f"unlock-{info.code}-{last.isoformat()}"
+        for tenant, items in by_tenant.items():
+            for i in range(0, len(items), CHUNK):
+                part = items[i : i + CHUNK]
+                await self.send(
+                    "waiting-room.assign",
+                    {"pairs": part, "reason": "unlock"},
+                    tenant,
+                    _msg_id("wru", tenant, part),
+                    corr,
+                )
+        log.info(
+            "waiting_room.unlocked",
+            scope=info.code,
+            first=first.isoformat(),
+            last=last.isoformat(),
+            slots=len(slots),
+            entries=len(ranked),
+            planned=len(pairs),
+        )
+        return len(pairs)
+
+    async def expire_due(self) -> int:
+        """R-CAN-2: proposals not answered in time go to the next candidate."""
+        now = self.clock.now()
+        due = await self.store.find(
+            c.WAITING_ROOM_PROPOSALS,
+            {"status": "open", "expires_at": {"$lte": to_store(now)}},
+            sort=[("expires_at", 1)],
+            limit=200,
+        )
+        for p in due:
+            await self.send(
+                "waiting-room.expire",
+                {"proposal": p["_id"]},
+                p["tenant"],
+                f"wrx-{p['_id']}-{p['expires_at']}",
+                f"expire-{p['_id']}",
+            )
+        return len(due)
+
+    async def recover_claims(self) -> int:
+        """Entries a dead command left ``assigning`` (wall-clock minutes ago)."""
+        stale = await self.store.find(
+            c.WAITING_ROOM,
+            {"status": rules.ASSIGNING, "claim.real": {"$lt": time.time() - STALE_CLAIM_SECONDS}},
+            limit=100,
+        )
+        now = self.clock.now()
+        for e in stale:
+            claim = e.get("claim") or {}
+            parts = patients.split_id(claim.get("slot") or "")
+            booked: Document | None = None
+            if parts is not None:
+                rid = assign.assignment_rid(e["_id"], claim["slot"])
+                booked = await self.store.get(
+                    c.RESOURCES, resources.doc_id(parts[0], "Appointment", rid)
+                )
+            if booked is not None and booked["central"].get("status") in booking.HOLDING:
+                await assign._assigned(
+                    self.store,
+                    now,
+                    e["_id"],
+                    claim["by"],
+                    patients.global_id(parts[0], booked["rid"]) if parts else "",
+                    claim["slot"],
+                    "recover",
+                )
+            else:
+                await assign._unclaim(self.store, now, e["_id"], claim.get("by", ""))
+        return len(stale)
