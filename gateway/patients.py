@@ -844,6 +844,8 @@ async def own_appointment(store: Store, pesel: str, gid: str) -> Document:
     doc = await store.get(c.RESOURCES, resources.doc_id(parts[0], "Appointment", parts[1]))
     if doc is None or doc.get("deleted") or doc["central"].get("patient_pesel") != pesel:
         raise not_found("appointment")
+    if parts[0] == c.WAITING_ROOM_TENANT:
+        raise not_found("appointment")  # a waiting-room entry: /patient/v1/waiting-room
     return doc
 
 
@@ -857,6 +859,7 @@ async def list_appointments(
             "central.patient_pesel": pesel,
             "deleted": False,
             "central.status": {"$in": list(statuses)},
+            "tenant": {"$ne": c.WAITING_ROOM_TENANT},  # entries: /patient/v1/waiting-room
         },
         sort=[("central.start", 1), ("_id", 1)],
     )

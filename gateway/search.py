@@ -72,7 +72,9 @@ PARAMS: dict[str, list[Param]] = {
             "patient:identifier",
             "token",
             "central.patient_pesel",
-            f"the patient's PESEL: {codes.PESEL_SYSTEM}|<PESEL>",
+            f"the patient's PESEL: {codes.PESEL_SYSTEM}|<PESEL>; also finds the patient's "
+            "waiting-room entries (provider-less, status waitlist, with the estimated date); "
+            "every such search is audited",
         ),
         Param("service-type", "token", "central.scope", "scope code (or system|code)"),
     ],

@@ -8,9 +8,8 @@ after the ones below are ignored unless they are a reference):
                             (the 4+ character code in every SMS about the visit)
 ``ANULUJ``                  cancel the one upcoming visit booked with this phone
                             number; with several, the answer lists their codes
-``REZYGNUJE``               leave the waiting room (R-WAIT-6); until the waiting
-                            room takes it over (``SMS_ACTIONS``) the answer says
-                            it is not available by SMS yet
+``REZYGNUJE``               leave the waiting room (R-WAIT-6): every active entry
+                            with this phone number (``gateway.waiting_room``)
 ``POMOC`` or anything else  the help text
 ==========================  =====================================================
 
@@ -131,8 +130,37 @@ async def help_text(services: Services, req: SmsRequest) -> SmsOutcome:
 
 
 async def leave_waiting_room(services: Services, req: SmsRequest) -> SmsOutcome:
-    """Placeholder until the waiting room registers its own action under this key."""
-    return SmsOutcome("waiting-room-unavailable", _text(services, "sms-waiting-room-unavailable"))
+    """R-WAIT-6: ``REZYGNUJE`` leaves every active waiting-room entry with this phone number.
+
+    Each is the portal's own ``waiting-room.leave`` command with channel ``sms``
+    (an open proposal is withdrawn); the "left the waiting room" notification
+    confirms it, so nothing else is sent back. No entry: the answer says so.
+    """
+    active = await services.store.find(
+        c.WAITING_ROOM,
+        {"phone_key": req.phone, "status": {"$in": ["waiting", "assigning", "proposed"]}},
+    )
+    if not active:
+        return SmsOutcome("not-in-waiting-room", _text(services, "sms-waiting-room-none"))
+    left: list[str] = []
+    for entry in active:
+        msg = command(
+            "waiting-room.leave",
+            {"entry": entry["_id"], "pesel": entry["pesel"], "channel": "sms"},
+            tenant=c.WAITING_ROOM_TENANT,
+            correlation_id=req.correlation_id or new_id(),
+            now=services.clock.now(),
+        )
+        services.metrics.published("command")
+        try:
+            reply = await services.bus.request(msg, services.settings.command_timeout_seconds)
+        except RequestTimeout:
+            left.append(entry["_id"])  # queued: it will be applied
+            continue
+        if "error" not in reply:
+            left.append(entry["_id"])
+    log.info("sms.left_waiting_room", entries=len(left))
+    return SmsOutcome("left-waiting-room", "", send_reply=False, extra={"entries": left})
 
 
 async def cancel_by_sms(services: Services, req: SmsRequest) -> SmsOutcome:
@@ -218,7 +246,7 @@ async def cancel_visit(
     return SmsOutcome("cancel-failed", _text(services, "sms-cancel-failed", facts), rid)
 
 
-# What each parsed action does. The waiting room replaces "leave-waiting-room".
+# What each parsed action does.
 SMS_ACTIONS: dict[str, SmsAction] = {
     "cancel": cancel_by_sms,
     "leave-waiting-room": leave_waiting_room,

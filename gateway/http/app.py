@@ -10,6 +10,7 @@ from gateway import bootstrap
 from gateway.bootstrap import Services
 from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox
 from gateway.http import subscriptions as subscription_api
+from gateway.http import waiting_room as waiting_room_api
 from gateway.http.keys import SERVICES
 from gateway.http.middleware import correlation_middleware, error_middleware
 from gateway.metrics import metrics_middleware
@@ -48,6 +49,7 @@ def create_app(
     bundles.routes(app)
     subscription_api.routes(app)
     patient.routes(app)
+    waiting_room_api.routes(app)
     channels.routes(app)
     if settings.sandbox:
         sandbox.routes(app)

@@ -5,7 +5,8 @@ The SMS gateway forwards a patient's reply here, as JSON or as a form
 must carry ``Authorization: Bearer <token>``. The answer is
 ``{"result": <code>, "reply": <text sent back>, "appointment_id"?: ...}``;
 codes: ``cancelled``, ``cancel-queued``, ``already-cancelled``, ``choose``,
-``not-found``, ``help``, ``waiting-room-unavailable``, ``cancel-failed``.
+``not-found``, ``help``, ``cancel-failed``, ``left-waiting-room`` (with
+``entries``), ``not-in-waiting-room``.
 The grammar is in ``gateway.sms_replies``. Errors are problem+json. Neither
 the number nor the text is logged.
 """

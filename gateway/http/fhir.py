@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway import constants as c
-from gateway import resources, search
+from gateway import resources, search, waiting_fhir
 from gateway.errors import FhirError, Issue
 from gateway.events import command
 from gateway.http.auth import provider_id
@@ -334,7 +334,12 @@ async def search_type(request: web.Request) -> web.Response:
     tenant = provider_id(request)
     rtype = request.match_info["type"]
     query = search.parse(rtype, tenant, list(request.query.items()))
-    store = request.app[SERVICES].store
+    services = request.app[SERVICES]
+    store = services.store
+    patient = rtype == "Appointment" and waiting_fhir.names_patient(query.filter)
+    if patient:
+        # The patient's waiting-room entries too (R-WAIT-5), and an audit record.
+        query.filter = waiting_fhir.with_waitlist(query.filter, tenant)
     total = await store.count(c.RESOURCES, query.filter)
     docs = (
         await store.find(
@@ -343,6 +348,21 @@ async def search_type(request: web.Request) -> web.Response:
         if query.count
         else []
     )
+    rendered: dict[str, dict[str, Any]] = {}
+    if patient:
+        now = services.clock.now()
+        for d in docs:
+            if waiting_fhir.is_entry(d):
+                estimator = services.waiting.estimator if services.waiting else None
+                rendered[d["_id"]] = await waiting_fhir.render_entry(store, estimator, d, now)
+        await waiting_fhir.audit(
+            store,
+            now=now,
+            tenant=tenant,
+            pesel=query.filter.get("central.patient_pesel"),
+            entries=[d["rid"] for d in docs if waiting_fhir.is_entry(d)],
+            correlation_id=request[CORRELATION_ID],
+        )
     base = base_url(request)
     self_url = f"{base}/fhir/{rtype}"
     params = [(k, v) for k, v in request.query.items() if k not in ("_offset",)]
@@ -366,8 +386,10 @@ async def search_type(request: web.Request) -> web.Response:
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{self_url}/{d['rid']}",
-                "resource": d["resource"],
+                "fullUrl": f"urn:uuid:{d['rid']}"
+                if d["_id"] in rendered
+                else f"{self_url}/{d['rid']}",
+                "resource": rendered.get(d["_id"], d["resource"]),
                 "search": {"mode": "match"},
             }
             for d in docs

@@ -7,7 +7,9 @@ FHIR API does for providers. The rules are ``gateway.patients``.
 - ``GET /patient/v1/slots``: free slots the patient may book, earliest first,
   paged by ``limit`` (1-100, default 20) and ``cursor`` (the previous page's
   ``next_cursor``);
-- ``POST /patient/v1/appointments`` ``{slot_id, referral?, contact}``: 201;
+- ``POST /patient/v1/appointments`` ``{slot_id, referral?, contact}``: 201; beyond the
+  window of a scope with a waiting room the patient may be entered automatically
+  (R-WAIT-2, ``gateway.http.waiting_room``);
 - ``GET /patient/v1/appointments`` (optional ``status=booked,cancelled``) and
   ``GET /patient/v1/appointments/{id}``;
 - ``POST /patient/v1/appointments/{id}/cancel`` ``{reason}``;
@@ -94,10 +96,19 @@ async def _send(
 
 
 async def search(request: web.Request) -> web.Response:
+    """``auto_enter=true``: nothing found within the window enters the waiting room with
+    these criteria (R-WAIT-2, ``gateway.http.waiting_room.auto_enter_after_search``)."""
+    from gateway.http import waiting_room
+
     pesel = _pesel(request)
-    crit = patients.parse_criteria(request.query.items())
+    auto = request.query.get("auto_enter", "").lower()
+    if auto not in ("", "true", "false"):
+        raise patients.invalid("auto_enter: true or false")
+    crit = patients.parse_criteria((k, v) for k, v in request.query.items() if k != "auto_enter")
     services = request.app[SERVICES]
     page = await patients.search_slots(services.store, services.clock.now(), pesel, crit)
+    if auto == "true":
+        await waiting_room.auto_enter_after_search(request, pesel, crit, dict(request.query), page)
     return json_response(page)
 
 
@@ -106,14 +117,25 @@ async def book(request: web.Request) -> web.Response:
     data = await _body(request, {"slot_id", "referral", "contact"})
     tenant, slot = _slot_id(data.get("slot_id"))
     contact = patients.parse_contact(data.get("contact"))
+    referral = patients.parse_referral(data.get("referral"))
+    contact_data = contact.model_dump() if contact else None
     body = {
         "pesel": pesel,
         "slot": slot,
         "appointment": f"ikp-{new_id()}",
-        "referral": patients.parse_referral(data.get("referral")),
-        "contact": contact.model_dump() if contact else None,
+        "referral": referral,
+        "contact": contact_data,
     }
-    reply = await _send(request, "patient.book", body, tenant)
+    try:
+        reply = await _send(request, "patient.book", body, tenant)
+    except FhirError as err:
+        # R-WAIT-2: beyond the window, the waiting room may take the patient in.
+        from gateway.http import waiting_room
+
+        await waiting_room.auto_enter_after_booking(
+            request, err, pesel, tenant, slot, referral, contact_data
+        )
+        raise
     appt = reply["appointment"]
     return json_response(appt, 201, headers={"Location": f"{BASE}/appointments/{appt['id']}"})
 

@@ -199,7 +199,8 @@ async def clear_outbox(request: web.Request) -> web.Response:
 
 
 async def create_referral(request: web.Request) -> web.Response:
-    """``POST /sandbox/referrals`` ``{pesel, scope, category?, status?}`` -> ``{key, code}``.
+    """``POST /sandbox/referrals`` ``{pesel, scope, category?, privileged?, status?}`` ->
+    ``{key, code}``.
 
     An e-referral as P1 would hold it (R-PAT-2): key (*klucz*), 4-digit code
     (*kod*), the patient, the scope and the medical category (``urgent`` or
@@ -217,6 +218,9 @@ async def create_referral(request: web.Request) -> web.Response:
     category = data.get("category", "stable")
     if category not in ("urgent", "stable"):
         raise FhirError(400, [Issue("value", "category must be 'urgent' or 'stable'")])
+    privileged = data.get("privileged", False)
+    if not isinstance(privileged, bool):
+        raise FhirError(400, [Issue("value", "privileged must be true or false")])
     status = data.get("status", patients.REFERRAL_ISSUED)
     if status not in patients.REFERRAL_STATUSES or status == patients.REFERRAL_BOOKED:
         raise FhirError(
@@ -234,6 +238,9 @@ async def create_referral(request: web.Request) -> web.Response:
             "pesel": number,
             "scope": scope,
             "category": category,
+            # An out-of-turn entitlement the issuer verified (R-PAT-5): the waiting
+            # room honours it in the queue (R-WAIT-5).
+            "privileged": privileged,
             "status": status,
             "appointment_id": None,
             "issued": to_store(services.clock.now()),

@@ -136,8 +136,9 @@ async def test_unclear_unknown_and_waiting_room_replies(client: Any) -> None:
     assert other["result"] == "not-found"
     assert (await sms(client, "ANULUJ ZZZZ"))["result"] == "not-found"
 
+    # R-WAIT-6: REZYGNUJE leaves the waiting room; this number has no entry there.
     leave = await sms(client, "Rezygnuję")
-    assert leave["result"] == "waiting-room-unavailable"
+    assert leave["result"] == "not-in-waiting-room"
     assert "IKP" in leave["reply"]
 
     assert (await clinic.get("Appointment", "a1"))["status"] == "booked"
