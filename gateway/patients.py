@@ -946,6 +946,21 @@ async def release_referral(store: Store, key: str, gid: str, back_to: str | None
     )
 
 
+def check_slot_open(slot: Document | None) -> None:
+    """The slot exists, is free and may be booked here (R-PAT-5, R-PAT-6, R-PAT-8).
+
+    The worker decides; the API asks the same before sending a command, so that
+    the many losers of a popular slot are answered without a trip through the
+    provider's partition.
+    """
+    if slot is None or slot.get("deleted"):
+        raise not_found("slot")
+    s = slot["central"]
+    if s.get("appointment_id") is not None or s.get("status") != "free":
+        raise slot_taken()
+    check_self_bookable(s.get("category"))
+
+
 def _patient_error(err: FhirError) -> FhirError:
     """A refusal of ``run_write`` in the patient's words (409 is always a taken slot)."""
     if err.status in (409, 412):
@@ -1002,15 +1017,12 @@ async def book(
     gid = global_id(tenant, rid)
     replaces: str | None = b.get("replaces")
     slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", b["slot"]))
-    if slot is None or slot.get("deleted"):
-        raise not_found("slot")
-    s = slot["central"]
-    holder = s.get("appointment_id")
     # A redelivery of this command after the slot was taken for it: finish, do not judge again.
-    resumed = holder == rid
-    if not resumed and (holder is not None or s.get("status") != "free"):
-        raise slot_taken()
-    check_self_bookable(s.get("category"))
+    resumed = slot is not None and slot["central"].get("appointment_id") == rid
+    if not resumed:
+        check_slot_open(slot)
+    assert slot is not None
+    s = slot["central"]
     info = codes.scopes()[s["scope"]]
     old: Document | None = None
     if replaces:

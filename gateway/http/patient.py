@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import patients
+from gateway import constants as c
+from gateway import patients, resources
 from gateway.errors import FhirError
 from gateway.events import command, new_id
 from gateway.http.auth import principal
@@ -66,6 +67,12 @@ def _slot_id(value: Any) -> tuple[str, str]:
     if parts is None:
         raise patients.invalid("slot_id: the id of a slot from GET /patient/v1/slots")
     return parts
+
+
+async def _slot_open(request: web.Request, tenant: str, slot: str) -> None:
+    """Answer a slot that is plainly gone or taken at once (the worker checks again)."""
+    store = request.app[SERVICES].store
+    patients.check_slot_open(await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot)))
 
 
 async def _send(
@@ -119,6 +126,7 @@ async def book(request: web.Request) -> web.Response:
     contact = patients.parse_contact(data.get("contact"))
     referral = patients.parse_referral(data.get("referral"))
     contact_data = contact.model_dump() if contact else None
+    await _slot_open(request, tenant, slot)
     body = {
         "pesel": pesel,
         "slot": slot,
@@ -190,12 +198,14 @@ async def reschedule(request: web.Request) -> web.Response:
     data = await _body(request, {"slot_id", "contact", "referral"})
     tenant, slot = _slot_id(data.get("slot_id"))
     contact = patients.parse_contact(data.get("contact"))
+    referral = patients.parse_referral(data.get("referral"))
+    await _slot_open(request, tenant, slot)
     body = {
         "pesel": pesel,
         "slot": slot,
         "appointment": f"ikp-{new_id()}",
         "replaces": patients.global_id(old["tenant"], old["rid"]),
-        "referral": patients.parse_referral(data.get("referral")),
+        "referral": referral,
         "contact": contact.model_dump() if contact else None,
     }
     reply = await _send(request, "patient.reschedule", body, tenant)
