@@ -597,10 +597,17 @@ def cpu_line(run: Run) -> str:
     return line
 
 
+def per_cpu(run: Run, floor: float) -> str:
+    """Slots per second of server CPU until searchable: the rate a whole core would give."""
+    cpu = run.cpu.get("server")
+    return f"{run.slots / cpu:,.0f} ({run.slots / cpu / floor:.0%})" if cpu else "-"
+
+
 def table(runs: list[Run], floor: float, n: int) -> str:
     head = (
         f"{'':34} {'slots':>8} {'bundles':>7} {'posted s':>9} {'searchable s':>12} "
-        f"{'resources/s':>11} {'vs floor':>8}   {'events relayed s (res/s)':>24}"
+        f"{'resources/s':>11} {'vs floor':>8} {'per server CPU-s':>16}   "
+        f"{'events relayed s (res/s)':>24}"
     )
     lines = [head, "-" * len(head)]
     lines.append(
@@ -615,7 +622,8 @@ def table(runs: list[Run], floor: float, n: int) -> str:
         )
         lines.append(
             f"{'end to end, ' + r.backend:34} {r.slots:>8,} {r.bundles:>7} {r.posted_s:>9.2f} "
-            f"{r.searchable_s:>12.2f} {r.rate:>11,.0f} {r.rate / floor:>7.0%}   {relayed:>24}"
+            f"{r.searchable_s:>12.2f} {r.rate:>11,.0f} {r.rate / floor:>7.0%} "
+            f"{per_cpu(r, floor):>16}   {relayed:>24}"
         )
     return "\n".join(lines)
 
@@ -705,6 +713,10 @@ async def main(args: argparse.Namespace) -> int:
             profile = profile_report(out)
     print()
     print(table(runs, floor, args.slots))
+    print(
+        "per server CPU-s: Slots per CPU second of the server process until searchable, "
+        "i.e. the rate with one whole core (less sensitive to other load on the machine)"
+    )
     for r in runs:
         print(f"{r.backend}: {cpu_line(r)}")
     rabbit = [r for r in runs if r.backend == "rabbitmq"]
