@@ -33,7 +33,7 @@ SUBSCRIPTIONS = "subscriptions"  # providers' webhook Subscriptions (endpoint, s
 WEBHOOK_EVENTS = "webhook_events"  # one per (subscription, domain event): number, delivery state
 WEBHOOK_ATTEMPTS = "webhook_attempts"  # the delivery log: one per HTTP try
 SANDBOX_INBOX = "sandbox_inbox"  # sandbox only: deliveries to `sandbox:inbox` endpoints
-WEBHOOK_COUNTERS = "webhook_counters"  # per subscription: event counter and its reservation
+WEBHOOK_COUNTERS = "webhook_counters"  # per subscription: its event counter
 
 # Webhooks: consumer groups and the delivery message type (issue 6)
 WEBHOOK_GROUP = "webhooks"  # resource.Appointment.* / resource.Slot.* -> numbered events

@@ -9,8 +9,8 @@ Data model (Svix-like, STYLE.md), one collection each:
 
 * ``subscriptions`` (the endpoint): endpoint, headers, content, secrets with
   their expiry, status (requested, active, error, off).
-* ``webhook_counters``: per subscription, the event counter and its
-  reservation (``gateway.webhook_numbering``); also the generation token that
+* ``webhook_counters``: per subscription, the event counter
+  (``gateway.webhook_numbering``); also the generation token that
   every subscription write changes, which keeps each process's cache of
   subscriptions valid.
 * ``webhook_events`` (message x destination): one per subscription and domain
@@ -183,14 +183,7 @@ class Webhooks:
             "secrets": [{"value": secret, "expires": None}],
         }
         await self.store.insert(
-            c.WEBHOOK_COUNTERS,
-            {
-                "_id": doc["_id"],
-                "tenant": tenant,
-                "events_count": 0,
-                "pending_event": None,
-                "pending_since": "",
-            },
+            c.WEBHOOK_COUNTERS, {"_id": doc["_id"], "tenant": tenant, "events_count": 0}
         )
         await self.store.insert(c.SUBSCRIPTIONS, doc)
         await self._changed()
