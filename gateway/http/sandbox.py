@@ -8,11 +8,13 @@ from datetime import date, timedelta
 from typing import Any
 
 import isodate
+import orjson
 from aiohttp import web
 
 from adapters.clock import SandboxClock
+from gateway import conformance, patients, pesel
 from gateway import constants as c
-from gateway import patients, pesel
+from gateway import subscriptions as subs
 from gateway.auth import Principal, generate_client_keypair
 from gateway.bootstrap import save_clock
 from gateway.errors import FhirError, Issue
@@ -338,6 +340,59 @@ async def clear_inbox(request: web.Request) -> web.Response:
     return json_response({"removed": removed})
 
 
+async def run_conformance(request: web.Request) -> web.Response:
+    """``POST /sandbox/conformance/{provider_id}``: the provider's data and webhook endpoint
+    checked (``gateway.conformance``); a report with pass / fail / skipped and how to fix."""
+    services = request.app[SERVICES]
+    provider = request.match_info["provider_id"]
+    if await services.store.get(c.PROVIDERS, provider) is None:
+        raise FhirError(404, [Issue("not-found", f"no provider {provider}")], code="not-found")
+    now = services.clock.now()
+    live = {"tenant": provider, "deleted": False}
+    schedules = await services.store.find(c.RESOURCES, {**live, "type": "Schedule"})
+    slots = await services.store.find(c.RESOURCES, {**live, "type": "Slot"})
+    checks = conformance.check_data(schedules, slots, now)
+    webhooks = services.webhooks
+    found = await services.store.find(
+        c.SUBSCRIPTIONS, {"tenant": provider, "status": "active"}, sort=[("created", -1)]
+    )
+    http = [s for s in found if s["endpoint"] != subs.INBOX]
+    if webhooks is None or not found:
+        checks += conformance.skipped_webhook_checks(
+            "no active rest-hook Subscription: create one (channel.endpoint your HTTPS URL) "
+            "to have your endpoint checked"
+        )
+    elif not http:
+        checks += conformance.skipped_webhook_checks(
+            f"your subscription delivers to {subs.INBOX} (the gateway's own capture); point a "
+            "Subscription at your HTTPS endpoint to have it checked"
+        )
+    else:
+        sub = http[0]
+        headers: dict[str, str] = {}
+        for h in sub.get("headers") or []:
+            name, _, value = h.partition(":")
+            headers[name.strip()] = value.strip()
+        bundle = subs.notification_bundle(
+            sub,
+            base=webhooks.base,
+            kind="heartbeat",
+            events_since=await webhooks.events_count(sub["_id"]),
+            now=now,
+        )
+        checks += await conformance.probe_endpoint(
+            webhooks.sender,
+            url=sub["endpoint"],
+            secrets=tuple(webhooks._secrets_in_force(sub, now)),
+            body=orjson.dumps(bundle),
+            headers=headers,
+            timeout=services.settings.webhook_timeout_seconds,
+            tenant=provider,
+            subscription=sub["_id"],
+        )
+    return json_response(conformance.report(provider, now, checks))
+
+
 def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_post("/sandbox/providers", create_provider)
@@ -350,3 +405,4 @@ def routes(app: web.Application) -> None:
     app.router.add_delete("/sandbox/inbox/{provider_id}", clear_inbox)
     app.router.add_get("/sandbox/outbox", get_outbox)
     app.router.add_delete("/sandbox/outbox", clear_outbox)
+    app.router.add_post("/sandbox/conformance/{provider_id}", run_conformance)
