@@ -32,7 +32,7 @@ import os
 import socket
 import uuid
 import zlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -426,7 +426,7 @@ class RabbitBus:
             if error is not None:
                 await self._settle(message, self._dead(queue, env, error))
                 return
-            await self._process(queue, handler, message, env)
+            await self._process(queue, handler, message, env, done.set)
         finally:
             done.set()
             if self._tails.get(key) is done:
@@ -440,9 +440,15 @@ class RabbitBus:
         handler: MessageHandler,
         message: AbstractIncomingMessage,
         env: Envelope,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
+        """``release`` lets the tenant's next message start once the handler is done: the
+        changes are ordered, the reply and the ack need not be (a redelivery is deduped)."""
         try:
-            result = await handler(env)
+            try:
+                result = await handler(env)
+            finally:
+                release()
         except Retry as exc:
             await self._settle(message, self._retry(queue, env, str(exc) or "retry", exc.delay))
         except Reject as exc:
