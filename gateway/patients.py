@@ -1105,6 +1105,11 @@ async def book(
             else:
                 await eligibility.cancelled(pesel, s["scope"], gid)
         raise
+    if old is not None and old["tenant"] == tenant and replaces:
+        # moved with another e-referral: the old visit's referral is free again
+        old_ref = old["central"].get("referral")
+        if old_ref and (referral is None or old_ref["key"] != referral["key"]):
+            await release_referral(store, old_ref["key"], replaces)
     directory = Directory(store)
     # the appointment as written (its central model is the op's), without reading it back
     written = {"tenant": tenant, "rid": rid, "central": ops[0]["central"]}

@@ -258,3 +258,30 @@ async def test_continuation_visit_cancel_but_not_rebook(client: Any) -> None:
     # the slot is free, but a control slot never shows to patients
     _, page = await search(client, p, scope="cardiology")
     assert a.slots["ctl"] not in ids(page)
+
+
+async def test_reschedule_with_another_referral_frees_the_first(client: Any) -> None:
+    await set_clock(client)
+    a = await clinic(
+        client,
+        [
+            ("s1", at("2027-01-11", 8), "first-stable"),
+            ("s2", at("2027-01-12", 8), "first-stable"),
+            ("s3", at("2027-01-13", 8), "first-stable"),
+        ],
+    )
+    p = await patient(client)
+    first = await referral(client, p)
+    second = await referral(client, p)
+    _, old = await book(client, p, a.slots["s1"], first)
+    status, new = await call(
+        client,
+        "POST",
+        f"/patient/v1/appointments/{old['id']}/reschedule",
+        p,
+        {"slot_id": a.slots["s2"], "referral": second},
+    )
+    assert status == 201, new
+    assert new["referral"] == {"key": second["key"]}
+    status, again = await book(client, p, a.slots["s3"], first)
+    assert status == 201, again
