@@ -248,9 +248,11 @@ def forecast(snap: Snapshot, me: rules.EntryFacts) -> Forecast:
         for s in shape
         if (me.start is None or s.start >= me.start) and (me.end is None or s.start < me.end)
     ]
+    # The schedule's matching capacity per week, over the first weeks providers have sent.
+    sched_first = min((s.day for s in snap.slots), default=today)
     last_day = max((s.day for s in snap.slots), default=today)
-    span = min(max((last_day - today).days + 1, 7), CAPACITY_WEEKS * 7)
-    cap_week = sum(1 for s in shape if s.day < today + timedelta(days=span)) * 7 / span
+    span = min(max((last_day - sched_first).days + 1, 7), CAPACITY_WEEKS * 7)
+    cap_week = sum(1 for s in shape if s.day < sched_first + timedelta(days=span)) * 7 / span
 
     notice = to_store(snap.now + rules.MIN_NOTICE)
     arrivals: list[tuple[float, date]] = []

@@ -64,7 +64,11 @@ async def entry_view(request: web.Request, doc: dict[str, Any]) -> dict[str, Any
         "queue": doc["queue"],
         "privileged": bool(doc.get("privileged")),
         "referral": {"key": doc["referral"]["key"]} if doc.get("referral") else None,
-        "criteria": doc.get("criteria_input") or rules.criteria_view(doc.get("criteria") or {}),
+        "criteria": (
+            doc["criteria_input"]
+            if "criteria_input" in doc
+            else rules.criteria_view(doc.get("criteria") or {})
+        ),
         "contact": doc.get("contact"),
         "channel": doc.get("channel"),
         "entered_at": _instant(doc.get("entered_at")),
