@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import structlog
 
-from adapters.clock import SandboxClock
+from adapters.clock import SandboxClock, SystemClock
 from adapters.factory import (
     make_bus,
     make_clock,
@@ -73,7 +73,9 @@ def build_services(
         store=store or make_store(settings),
         bus=bus or make_bus(settings, clock),
         clock=clock,
-        tokens=TokenService(secret, settings.token_ttl_seconds, clock),
+        # Token lifetimes are security, not domain time: they follow the wall clock even
+        # when the sandbox clock has been moved (a tester's token survives "advance P7D").
+        tokens=TokenService(secret, settings.token_ttl_seconds, SystemClock()),
         metrics=Metrics(),
     )
     services.notifier = make_notifier(services)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -65,7 +66,8 @@ async def token(request: web.Request) -> web.Response:
         if provider is None:
             raise AuthError("invalid_client", "unknown client_id")
         store = services.store
-        now = services.clock.now()
+        # Wall time, not the sandbox clock: assertions are signed by real clocks.
+        now = datetime.now(UTC)
 
         async def first_use(jti: str) -> bool:
             try:

@@ -76,3 +76,30 @@ async def test_reset_one_provider_keeps_the_others(client: Any) -> None:
     resp = await client.post("/sandbox/reset", json={})
     assert resp.status == 200
     assert await store.count(c.RESOURCES, {}) == 0
+
+
+async def test_tokens_follow_the_wall_clock_not_the_sandbox_clock(client: Any) -> None:
+    """Advancing the sandbox clock by weeks must not expire a tester's tokens."""
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from gateway.auth import make_client_assertion
+
+    prov = await new_provider(client)
+    resp = await client.post("/sandbox/clock", json={"advance": "P30D"})
+    assert resp.status == 200
+    resp = await client.get("/fhir/Location?_count=1", headers=auth(prov["token"]))
+    assert resp.status == 200
+    audience = str(client.make_url("/auth/token"))
+    assertion = make_client_assertion(
+        prov["private_key_pem"], prov["client_id"], audience, dt.now(UTC)
+    )
+    resp = await client.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
+    assert resp.status == 200, await resp.text()
