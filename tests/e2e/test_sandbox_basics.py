@@ -17,6 +17,13 @@ SANDBOX_CALLS = [
     ("GET", "/sandbox/clock"),
     ("POST", "/sandbox/clock"),
     ("POST", "/sandbox/reset"),
+    ("POST", "/sandbox/referrals"),
+    ("POST", "/sandbox/screenings"),
+    ("GET", "/sandbox/inbox/prov-x"),
+    ("DELETE", "/sandbox/inbox/prov-x"),
+    ("GET", "/sandbox/outbox"),
+    ("DELETE", "/sandbox/outbox"),
+    ("POST", "/sandbox/conformance/prov-x"),
 ]
 
 
