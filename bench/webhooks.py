@@ -52,7 +52,7 @@ import orjson
 from aiohttp import web
 
 from adapters.clock import SandboxClock
-from gateway import bootstrap
+from gateway import bootstrap, gc_policy
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.bootstrap import Services
@@ -349,6 +349,15 @@ async def advance(services: Services, clock: SandboxClock, step: timedelta) -> N
     await bootstrap.save_clock(services)
 
 
+def start_gc_policy(settings: Settings) -> asyncio.Task[None] | None:
+    """The garbage-collector policy ``cer-gateway serve`` runs with the embedded store."""
+    if not gc_policy.wanted(settings):
+        return None
+    return asyncio.create_task(
+        gc_policy.freeze_survivors(settings.gc_freeze_seconds, settings.gc_thaw_seconds)
+    )
+
+
 # --------------------------------------------------------------------------- runs
 
 
@@ -360,6 +369,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_for(args)
     await purge(settings)
     services = bootstrap.build_services(settings)
+    gc_task: asyncio.Task[None] | None = None
     try:
         async with aiohttp.ClientSession() as session:
             control = f"http://127.0.0.1:{ports[0]}"
@@ -369,6 +379,7 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     break
                 await asyncio.sleep(0.1)
             await bootstrap.start(services, workers=True)
+            gc_task = start_gc_policy(settings)
             urls = [f"http://127.0.0.1:{p}/hook" for p in ports]
             subs_by_tenant = await setup_providers(
                 services, [urls[i % len(urls)] for i in range(args.providers)]
@@ -415,6 +426,8 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu": cpu,
             }
     finally:
+        if gc_task is not None:
+            gc_task.cancel()
         await bootstrap.stop(services)
         child.terminate()
         child.join(5)
