@@ -62,6 +62,9 @@ def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
             ],
         }
         rest_resources.append(entry)
+    subscription = subscription_entry(have)
+    if subscription is not None:
+        rest_resources.append(subscription)
     system_interactions = []
     if ("POST", "/fhir") in have:
         system_interactions = [{"code": "transaction"}, {"code": "batch"}]
@@ -111,6 +114,50 @@ def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
                 "interaction": system_interactions,
             }
         ],
+    }
+
+
+SUBSCRIPTION_INTERACTIONS = {
+    ("GET", "/fhir/Subscription"): "search-type",
+    ("POST", "/fhir/Subscription"): "create",
+    ("GET", "/fhir/Subscription/{id}"): "read",
+    ("PUT", "/fhir/Subscription/{id}"): "update",
+    ("DELETE", "/fhir/Subscription/{id}"): "delete",
+}
+SUBSCRIPTION_OPERATIONS = ("$status", "$events", "$replay", "$deliveries", "$rotate-secret")
+
+
+def subscription_entry(have: set[tuple[str, str]]) -> dict[str, Any] | None:
+    """Subscription (rest-hook, Backport IG style) as routed by ``gateway.http.subscriptions``."""
+    interactions = [
+        {"code": code} for key, code in SUBSCRIPTION_INTERACTIONS.items() if key in have
+    ]
+    if not interactions:
+        return None
+    operations = [
+        {
+            "name": op.lstrip("$"),
+            "definition": f"http://cer-gateway.org/fhir/OperationDefinition/Subscription-{op[1:]}",
+        }
+        for op in SUBSCRIPTION_OPERATIONS
+        if any(path == f"/fhir/Subscription/{{id}}/{op}" for _, path in have)
+    ]
+    return {
+        "type": "Subscription",
+        "supportedProfile": [
+            "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+            "backport-subscription"
+        ],
+        "interaction": interactions,
+        "searchParam": [
+            {"name": "_id", "type": "token", "documentation": "logical id"},
+            {
+                "name": "status",
+                "type": "token",
+                "documentation": "requested | active | error | off",
+            },
+        ],
+        "operation": operations,
     }
 
 
