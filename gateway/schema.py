@@ -75,15 +75,14 @@ INDEXES: dict[str, list[Index]] = {
     c.WEBHOOK_COUNTERS: [],
     # The waiting room (issue 5). Entries of a queue in rank order (R-WAIT-5: the
     # best-ranked entry that takes a slot); one active entry per e-referral (the
-    # unique, sparse active_key); a patient's entries; SMS REZYGNUJE by phone;
-    # claims a dead command left behind.
+    # unique, sparse active_key); a patient's entries; SMS REZYGNUJE by phone. Few
+    # indexes: every status change of an entry moves it in each of them.
     c.WAITING_ROOM: [
         Index((("scope", 1), ("status", 1), ("queue", 1), ("rank", 1))),
         Index((("active_key", 1),), unique=True, sparse=True),
         Index((("pesel", 1), ("entered_at", 1))),
         Index((("referral.key", 1), ("entered_at", 1))),
         Index((("phone_key", 1), ("status", 1))),
-        Index((("status", 1), ("claim.real", 1))),
     ],
     # R-CAN-2 proposals: due answers by time, a patient's proposals.
     c.WAITING_ROOM_PROPOSALS: [

@@ -28,6 +28,7 @@ When a slot can go to the waiting room (``offer_slot``):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
@@ -160,12 +161,13 @@ def _appointment(
     resource = appointment_map.to_fhir(rid, central)
     if extra_ext:
         resource["extension"] = [*resource.get("extension", []), *extra_ext]
+    # The central model is the one the resource was made from (no need to parse it back).
     return {
         "method": "POST",
         "type": "Appointment",
         "id": rid,
         "resource": resource,
-        "central": operations.central_of("Appointment", resource),
+        "central": central.model_dump(),
     }
 
 
@@ -241,6 +243,8 @@ async def _unclaim(store: Store, now: datetime, entry_id: str, msg_id: str) -> N
 async def _assigned(
     store: Store, now: datetime, entry_id: str, msg_id: str, appt_gid: str, slot_gid: str, corr: str
 ) -> None:
+    """The entry has its visit. Its FHIR face follows from the outbox event
+    (``waiting-room.changed``, ``waiting_service``), off the booking's path."""
     await store.update_one(
         c.WAITING_ROOM,
         {"_id": entry_id, "status": rules.ASSIGNING, "claim.by": msg_id},
@@ -255,8 +259,8 @@ async def _assigned(
             "$unset": {"active_key": "", "claim": "", "proposal": ""},
             "$inc": {"rev": 1},
         },
+        events=[entries.changed_event(entry_id, now, corr)],
     )
-    await entries.sync_mirror(store, now, entry_id, corr)
 
 
 async def _claim(
@@ -753,6 +757,8 @@ async def handle_assign(
     corr = msg.correlation_id or msg.id
     booked = 0
     for i, (slot_id, entry_id) in enumerate(msg.body["pairs"]):
+        # The embedded store never suspends: let the API and other consumers run.
+        await asyncio.sleep(0)
         now = clock.now()
         sub = f"{msg.id}/{i}"
         slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))

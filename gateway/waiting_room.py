@@ -206,6 +206,17 @@ def waiting_event(entry_id: str, now: datetime, correlation_id: str) -> dict[str
     )
 
 
+def changed_event(entry_id: str, now: datetime, correlation_id: str) -> dict[str, Any]:
+    """``waiting-room.changed``: bring the entry's FHIR face up to date (``sync_mirror``)."""
+    return event(
+        "waiting-room.changed",
+        {"entry": entry_id},
+        tenant=c.WAITING_ROOM_TENANT,
+        correlation_id=correlation_id,
+        now=now,
+    )
+
+
 def active_key(scope: str, referral: Mapping[str, str] | None, pesel: str) -> str:
     return f"{scope}|{referral['key'] if referral else pesel}"
 

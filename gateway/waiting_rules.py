@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
@@ -108,6 +109,7 @@ def queue_of(medical: str | None) -> str:
     return "urgent" if medical == "urgent" else "stable"
 
 
+@cache
 def queues_for(category: str | None) -> tuple[str, ...]:
     """The queues that may take a slot of ``category`` (see the module docstring)."""
     cats = codes.slot_categories()

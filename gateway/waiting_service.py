@@ -15,7 +15,8 @@ the event's so a redelivered event is applied once:
 - ``waiting-room.withdraw`` (an entry left with a proposal open): the proposal's
   provider withdraws it and asks the next candidate;
 - ``booking.booked`` of a first-time visit booked another way with the
-  e-referral of a waiting entry: the entry is closed (booked elsewhere).
+  e-referral of a waiting entry: the entry is closed (booked elsewhere);
+- ``waiting-room.changed`` (an entry got its visit): its FHIR face follows.
 
 **Clock task** (one per worker process, like the reminders; it sleeps until
 the next thing is due or the sandbox clock moves):
@@ -35,11 +36,11 @@ the next thing is due or the sandbox clock moves):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
-import heapq
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
@@ -70,8 +71,10 @@ PATTERNS = (
     "booking.booked",
     "waiting-room.waiting",
     "waiting-room.withdraw",
+    "waiting-room.changed",
 )
 CHUNK = 100  # pairs per waiting-room.assign command
+PAGE = 2000  # entries read at a time while planning
 LEASE_SECONDS = 120.0
 STALE_CLAIM_SECONDS = 120.0
 PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
@@ -80,46 +83,120 @@ PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
 # --------------------------------------------------------------------------- the plan (pure)
 
 
+class _Free:
+    """The untaken positions of one sorted slot list: ``find(p)`` is the first at or after
+    ``p`` (``n`` when none), in near-constant time (union-find with path halving)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n + 1))
+
+    def find(self, p: int) -> int:
+        parent = self.parent
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    def take(self, p: int) -> None:
+        self.parent[p] = p + 1
+
+
+def _slot_keys(s: rules.SlotFacts) -> list[tuple[str, ...]]:
+    """Every location criterion a slot meets (the lists it is in)."""
+    keys: list[tuple[str, ...]] = [
+        (),
+        ("facility", "", s.location_id or ""),
+        ("facility", s.tenant, s.location_id or ""),
+        ("city", s.city),
+    ]
+    keys += [("postal", s.postal_code[:n]) for n in range(1, len(s.postal_code) + 1)]
+    return keys
+
+
+class Planner:
+    """Each slot, earliest first, to the best-ranked entry left that takes it (R-WAIT-5).
+
+    Computed the other way round, which gives the same pairs: each entry, in rank
+    order, takes the earliest slot left that it may take (the earliest slot goes to
+    the best-ranked entry that takes it; remove both and repeat). So entries can
+    be streamed in rank order (``take``) and the stream stops once every slot is
+    taken (``full``). Slots sit in lists per queue and location criterion, sorted
+    by start, the taken ones skipped in near-constant time (``_Free``); an entry
+    looks in its list only within the days and hours it allows.
+    """
+
+    def __init__(self, slots: Sequence[rules.SlotFacts]) -> None:
+        self.slots = sorted(slots, key=lambda s: (s.start, s.tenant, s.rid))
+        lists: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        for i, s in enumerate(self.slots):
+            for queue in rules.queues_for(s.category):
+                for key in _slot_keys(s):
+                    lists.setdefault((queue, key), []).append(i)
+        self.lists = lists
+        self.starts = {k: [self.slots[i].start for i in v] for k, v in lists.items()}
+        self.free = {k: _Free(len(v)) for k, v in lists.items()}
+        self.where: dict[int, list[tuple[tuple[str, tuple[str, ...]], int]]] = {}
+        for k, v in lists.items():
+            for pos, i in enumerate(v):
+                self.where.setdefault(i, []).append((k, pos))
+        self.days = sorted({s.day for s in self.slots})
+        self.bounds: dict[tuple[date, int], str] = {}
+        self.taken = 0
+
+    @property
+    def full(self) -> bool:
+        return self.taken >= len(self.slots)
+
+    def _at(self, day: date, minute: int) -> str:
+        key = (day, minute)
+        if key not in self.bounds:
+            moment = datetime.combine(day, dtime(0), WARSAW) + timedelta(minutes=minute)
+            self.bounds[key] = to_store(moment)
+        return self.bounds[key]
+
+    def take(self, e: rules.EntryFacts) -> rules.SlotFacts | None:
+        """The earliest slot left that ``e`` takes, now taken by it (None: none left)."""
+        k = (e.queue, e.location)
+        idx = self.lists.get(k)
+        if idx is None or self.full:
+            return None
+        st, fr = self.starts[k], self.free[k]
+        lo_h, hi_h = e.hours or (0, 1440)
+        for day in self.days:
+            if e.weekdays and day.isoweekday() not in e.weekdays:
+                continue
+            lo, hi = self._at(day, lo_h), self._at(day, hi_h)
+            if e.start is not None and e.start > lo:
+                lo = e.start
+            if e.end is not None and e.end < hi:
+                hi = e.end
+            if lo >= hi:
+                continue
+            q = fr.find(bisect.bisect_left(st, lo))
+            while q < len(idx) and st[q] < hi:
+                s = self.slots[idx[q]]
+                if rules.takes(e, s):
+                    for lk, pos in self.where[idx[q]]:
+                        self.free[lk].take(pos)
+                    self.taken += 1
+                    return s
+                q = fr.find(q + 1)
+        return None
+
+
 def plan(
     slots: Sequence[rules.SlotFacts], ranked: Sequence[rules.EntryFacts]
 ) -> list[tuple[rules.SlotFacts, rules.EntryFacts]]:
-    """Each slot, earliest first, to the best-ranked entry left that takes it (R-WAIT-5).
-
-    ``ranked`` is in rank order. Entries are bucketed by their location
-    criterion, so a slot looks only at the entries that may want its place.
-    """
-    buckets: dict[tuple[str, ...], list[int]] = {}
-    for i, e in enumerate(ranked):
-        buckets.setdefault(e.location, []).append(i)
-    start = dict.fromkeys(buckets, 0)  # first index in each bucket not yet taken
-    taken = bytearray(len(ranked))
+    """``Planner`` over entries in rank order: the pairs, earliest slot first."""
+    planner = Planner(slots)
     out: list[tuple[rules.SlotFacts, rules.EntryFacts]] = []
-    for s in sorted(slots, key=lambda s: (s.start, s.tenant, s.rid)):
-        keys: list[tuple[str, ...]] = [
-            (),
-            ("facility", "", s.location_id or ""),
-            ("facility", s.tenant, s.location_id or ""),
-            ("city", s.city),
-        ]
-        keys += [("postal", s.postal_code[:n]) for n in range(1, len(s.postal_code) + 1)]
-        best: int | None = None
-        for key in keys:
-            bucket = buckets.get(key)
-            if not bucket:
-                continue
-            k = start[key]
-            while k < len(bucket) and taken[bucket[k]]:
-                k += 1
-            start[key] = k
-            while k < len(bucket) and (best is None or bucket[k] < best):
-                i = bucket[k]
-                if not taken[i] and rules.takes(ranked[i], s):
-                    best = i
-                    break
-                k += 1
-        if best is not None:
-            taken[best] = 1
-            out.append((s, ranked[best]))
+    for e in ranked:
+        if planner.full:
+            break
+        s = planner.take(e)
+        if s is not None:
+            out.append((s, e))
+    out.sort(key=lambda pair: (pair[0].start, pair[0].tenant, pair[0].rid))
     return out
 
 
@@ -189,6 +266,10 @@ class WaitingRoomService:
                 await self.on_waiting(msg)
             elif msg.type == "waiting-room.withdraw":
                 await self.on_withdraw(msg)
+            elif msg.type == "waiting-room.changed":
+                await entries.sync_mirror(
+                    self.store, self.clock.now(), msg.body.get("entry", ""), msg.correlation_id
+                )
         except Exception as exc:
             last = isinstance(exc, Reject) or msg.attempt >= self.retry_tiers
             self.metrics.consumed("waiting-room", "dead_lettered" if last else "retried")
@@ -463,23 +544,14 @@ class WaitingRoomService:
         if not slots:
             return 0
         queues = sorted({q for s in slots for q in rules.queues_for(s.category)})
-        lists = []
-        for q in queues:
-            found = await self.store.find(
-                c.WAITING_ROOM,
-                {"scope": info.code, "status": rules.WAITING, "queue": q},
-                sort=[("rank", 1)],
-            )
-            lists.append([rules.entry_facts(d) for d in found])
-        ranked = list(heapq.merge(*lists, key=lambda e: e.rank))
-        pairs = plan(slots, ranked)
-        by_tenant: dict[str, list[list[str]]] = {}
-        for s, e in pairs:
-            by_tenant.setdefault(s.tenant, []).append([s.rid, e.id])
+        planner = Planner(slots)
         corr = f"unlock-{info.code}-{last.isoformat()}"
-        for tenant, items in by_tenant.items():
-            for i in range(0, len(items), CHUNK):
-                part = items[i : i + CHUNK]
+        by_tenant: dict[str, list[list[str]]] = {}
+        planned = seen = 0
+
+        async def flush(tenant: str) -> None:
+            part = by_tenant.pop(tenant, [])
+            if part:
                 await self.send(
                     "waiting-room.assign",
                     {"pairs": part, "reason": "unlock"},
@@ -487,16 +559,71 @@ class WaitingRoomService:
                     _msg_id("wru", tenant, part),
                     corr,
                 )
+
+        # Entries stream in rank order (pages per queue, merged) until every slot is taken;
+        # each provider's pairs go out in chunks as they come, so booking starts at once.
+        async for e in self.ranked_entries(info.code, queues):
+            if planner.full:
+                break
+            seen += 1
+            s = planner.take(e)
+            if s is None:
+                continue
+            planned += 1
+            by_tenant.setdefault(s.tenant, []).append([s.rid, e.id])
+            if len(by_tenant[s.tenant]) >= CHUNK:
+                await flush(s.tenant)
+        for tenant in list(by_tenant):
+            await flush(tenant)
         log.info(
             "waiting_room.unlocked",
             scope=info.code,
             first=first.isoformat(),
             last=last.isoformat(),
             slots=len(slots),
-            entries=len(ranked),
-            planned=len(pairs),
+            entries=seen,
+            planned=planned,
         )
-        return len(pairs)
+        return planned
+
+    async def ranked_entries(
+        self, scope: str, queues: Sequence[str]
+    ) -> AsyncIterator[rules.EntryFacts]:
+        """The waiting entries of ``queues`` in rank order, read a page at a time."""
+        pages: dict[str, list[rules.EntryFacts]] = {}
+        last: dict[str, str | None] = dict.fromkeys(queues)
+        done: set[str] = set()
+
+        async def refill(q: str) -> None:
+            flt: dict[str, Any] = {"scope": scope, "status": rules.WAITING, "queue": q}
+            if last[q] is not None:
+                flt["rank"] = {"$gt": last[q]}
+            found = await self.store.find(c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=PAGE)
+            pages[q] = [rules.entry_facts(d) for d in found]
+            if found:
+                last[q] = found[-1]["rank"]
+            if len(found) < PAGE:
+                done.add(q)
+
+        for q in queues:
+            await refill(q)
+        cursor = dict.fromkeys(queues, 0)
+        while True:
+            best: str | None = None
+            for q in queues:
+                if cursor[q] >= len(pages[q]):
+                    if q in done:
+                        continue
+                    await refill(q)
+                    cursor[q] = 0
+                    if not pages[q]:
+                        continue
+                if best is None or pages[q][cursor[q]].rank < pages[best][cursor[best]].rank:
+                    best = q
+            if best is None:
+                return
+            yield pages[best][cursor[best]]
+            cursor[best] += 1
 
     async def expire_due(self) -> int:
         """R-CAN-2: proposals not answered in time go to the next candidate."""
@@ -519,11 +646,19 @@ class WaitingRoomService:
 
     async def recover_claims(self) -> int:
         """Entries a dead command left ``assigning`` (wall-clock minutes ago)."""
-        stale = await self.store.find(
-            c.WAITING_ROOM,
-            {"status": rules.ASSIGNING, "claim.real": {"$lt": time.time() - STALE_CLAIM_SECONDS}},
-            limit=100,
-        )
+        stale: list[Document] = []
+        for scope, info in codes.scopes().items():
+            if info.waiting_room:
+                stale += await self.store.find(
+                    c.WAITING_ROOM,
+                    {
+                        "scope": scope,
+                        "status": rules.ASSIGNING,
+                        "queue": {"$in": ["stable", "urgent"]},
+                        "claim.real": {"$lt": time.time() - STALE_CLAIM_SECONDS},
+                    },
+                    limit=100,
+                )
         now = self.clock.now()
         for e in stale:
             claim = e.get("claim") or {}

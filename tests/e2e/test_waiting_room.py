@@ -161,14 +161,18 @@ async def test_main_scenario_entry_assignment_estimate_and_leaving(client: Any) 
     # Not the provider's own resource: no read by id.
     resp = await client.get(f"/fhir/Appointment/{entry_b}", headers=krakow.fhir_headers())
     assert resp.status == 404
-    # A's entry is no longer waiting: not shown (status filter), A's own visit is.
-    resp = await client.get(
-        "/fhir/Appointment",
-        params={"patient:identifier": f"{PESEL_SYSTEM}|{a.pesel}"},
-        headers=krakow.fhir_headers(),
-    )
-    listed = (await resp.json())["entry"]
-    assert [e["resource"]["status"] for e in listed] == ["booked"]
+
+    # A's entry is no longer waiting (its FHIR face follows the assignment at once, from
+    # the entry's outbox): not shown, A's own visit is.
+    async def of_a() -> list[str]:
+        resp = await client.get(
+            "/fhir/Appointment",
+            params={"patient:identifier": f"{PESEL_SYSTEM}|{a.pesel}"},
+            headers=krakow.fhir_headers(),
+        )
+        return [e["resource"]["status"] for e in (await resp.json())["entry"]]
+
+    await eventually(of_a, lambda statuses: statuses == ["booked"])
 
     # Leaving: DELETE in IKP, and SMS REZYGNUJE (R-WAIT-6); each is told.
     status, left = await call(client, "DELETE", f"/patient/v1/waiting-room/{entry_b}", b)

@@ -1,0 +1,668 @@
+"""Waiting-room benchmark (issue 5, item 7): ``python -m bench.waiting_room``.
+
+On the gateway's real wiring (``bootstrap.build_services`` + ``bootstrap.start`` with
+the workers and, as ``cer-gateway serve`` has it, the garbage-collector policy of the
+embedded store; sandbox clock, embedded store; the embedded bus by default, RabbitMQ
+with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
+
+1. **Setup** (not timed): ``--providers`` facilities (default 50) in five cities push
+   ``--slots`` free first-time cardiology slots (default 10,000; 70 % first-stable,
+   30 % first-urgent, 07:00-19:00) for the Monday 41 days ahead, through ``fhir.write``
+   transactions: beyond the patients' window, so nobody may take them yet.
+   ``--entries`` waiting-room entries (default 100,000) are written straight into the
+   store as ``waiting_room.enter`` writes them (each with its e-referral), with mixed
+   criteria: a city (35 %), a facility (15 %), a postal prefix (15 %) or anywhere;
+   weekdays (30 %), hours (30 %), dates (10 %); 30 % urgent, 5 % privileged.
+2. **Unlock** (timed): the sandbox clock moves to 23:50:01 Warsaw, the waiting room's
+   nightly unlock (R-SCHED-6): one plan for every slot and entry, then
+   ``waiting-room.assign`` commands on each provider's partition booking through the
+   write path. Timed from the clock move until the last assignment is in the store:
+   **assignments/s** (target >= 2,000/s on the embedded default). Checked after: no
+   slot booked twice, no entry assigned twice, every pair meets the entry's criteria.
+3. **Cancellation to the provider's event** (timed): every provider subscribes a
+   local HTTP receiver (this process); ``--cancellations`` (default 300) patients
+   cancel their assigned visit (``patient.cancel``, as the patient API sends it),
+   ``--concurrency`` at a time (default 10). More than 72 h ahead, so R-CAN-2 gives
+   each slot to the next waiting entry: the latency is from the cancellation until
+   the provider's endpoint receives the new visit booked by the waiting room (and,
+   for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
+
+``--entries 20000 --slots 2000`` is a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from aiohttp import web
+
+from adapters.clock import SandboxClock
+from gateway import bootstrap, gc_policy, patients, pesel
+from gateway import constants as c
+from gateway import subscriptions as subs
+from gateway import waiting_rules as rules
+from gateway.bootstrap import Services
+from gateway.events import command, new_id
+from gateway.logging import configure_logging
+from gateway.settings import Settings
+from gateway.timeutil import to_store
+from mappings import codes
+
+WARSAW = ZoneInfo("Europe/Warsaw")
+NOON = datetime(2027, 1, 5, 12, 0, tzinfo=WARSAW)  # a Tuesday
+UNLOCK = datetime(2027, 1, 5, 23, 50, 1, tzinfo=WARSAW)
+DAY = date(2027, 2, 15)  # Monday: day 41 from 2027-01-05, unlocked at 23:50
+CITIES = [
+    ("Kraków", "31-147"),
+    ("Warszawa", "00-950"),
+    ("Gdańsk", "80-001"),
+    ("Łódź", "90-001"),
+    ("Poznań", "60-101"),
+]
+QUEUES = ["stable", "urgent"]
+BENCH_VHOST = "cer-bench-waiting"
+AMQP_DEFAULT = f"amqp://guest:guest@127.0.0.1/{BENCH_VHOST}"
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    # Production mode (no sandbox capture of every message); the sandbox clock is
+    # given to the wiring explicitly (bootstrap follows any SandboxClock).
+    return Settings(
+        cer_mode="production",
+        amqp_url=(args.amqp_url if args.bus == "rabbitmq" else None),
+        prefetch=args.prefetch,
+        outbox_poll_seconds=0.05,
+        log_level="WARNING",
+        webhook_allow_private_addresses=True,
+        token_ttl_seconds=7 * 86400,
+        command_timeout_seconds=120.0,
+    )
+
+
+def ensure_vhost(url: str) -> None:
+    if not url.endswith("/" + BENCH_VHOST):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rabbitmqctl", "add_vhost", BENCH_VHOST], capture_output=True, timeout=30)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
+            capture_output=True,
+            timeout=30,
+        )
+
+
+async def purge(settings: Settings) -> None:
+    if not settings.amqp_url:
+        return
+    import aio_pika
+
+    ensure_vhost(settings.amqp_url)
+    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
+    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
+    names += [
+        f"{c.EVENT_QUEUE_PREFIX}{g}"
+        for g in (c.WEBHOOK_GROUP, c.WEBHOOK_DELIVERY_GROUP, "notifications", "waiting-room")
+    ]
+    names.append(c.DEAD_QUEUE)
+    conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+    try:
+        channel = await conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await conn.close()
+
+
+async def set_clock(services: Services, clock: SandboxClock, when: datetime) -> None:
+    clock.set(when)
+    await bootstrap.save_clock(services)
+
+
+async def quiet(services: Services, seconds: float = 0.3) -> None:
+    """Until the outbox is empty and the embedded bus's queues are drained."""
+    depths_of = getattr(services.bus, "queue_depths", None)
+    calm = 0
+    while calm < 3:
+        await asyncio.sleep(seconds)
+        pending = await services.store.pending_events(1)
+        busy = sum((await depths_of()).values()) if depths_of is not None else 0
+        calm = calm + 1 if not pending and busy == 0 else 0
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def scope_coding() -> list[dict[str, Any]]:
+    return [{"coding": [{"system": codes.SCOPE_SYSTEM, "code": "cardiology"}]}]
+
+
+async def write(services: Services, tenant: str, ops: list[dict[str, Any]]) -> None:
+    from gateway.operations import central_of
+
+    body_ops = []
+    for op in ops:
+        res = op["resource"]
+        body_ops.append(
+            {
+                "method": "PUT",
+                "type": res["resourceType"],
+                "id": res["id"],
+                "resource": res,
+                "central": central_of(res["resourceType"], res),
+            }
+        )
+    msg = command(
+        "fhir.write",
+        {"mode": "transaction", "ops": body_ops, "representation": False},
+        tenant=tenant,
+        correlation_id=new_id(),
+        now=services.clock.now(),
+    )
+    reply = await services.bus.request(msg, 120)
+    if "error" in reply:
+        raise RuntimeError(f"setup write failed: {reply['error']}")
+
+
+async def setup_slots(
+    services: Services, providers: int, slots: int, rng: random.Random
+) -> list[dict[str, str]]:
+    """Facilities with a schedule and their slots on ``DAY``; returns the facilities."""
+    facilities = []
+    per = slots // providers
+    for i in range(providers):
+        tenant = f"wr-bench-{i:03d}"
+        city, postal = CITIES[i % len(CITIES)]
+        await services.store.insert(
+            c.PROVIDERS, {"_id": tenant, "name": f"Poradnia {i}", "client_id": f"bench-{tenant}"}
+        )
+        head = [
+            {
+                "resource": {
+                    "resourceType": "Location",
+                    "id": "loc",
+                    "status": "active",
+                    "name": f"Poradnia {i}",
+                    "address": {"line": ["ul. Długa 5"], "city": city, "postalCode": postal},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Schedule",
+                    "id": "sch",
+                    "active": True,
+                    "serviceType": scope_coding(),
+                    "actor": [{"reference": "Location/loc"}],
+                }
+            },
+        ]
+        await write(services, tenant, head)
+        ops = []
+        for k in range(per + (1 if i < slots % providers else 0)):
+            start = datetime(DAY.year, DAY.month, DAY.day, 7, 0, tzinfo=WARSAW) + timedelta(
+                minutes=5 * (k % 144)
+            )
+            category = "first-urgent" if rng.random() < 0.3 else "first-stable"
+            ops.append(
+                {
+                    "resource": {
+                        "resourceType": "Slot",
+                        "id": f"s{k}",
+                        "serviceType": scope_coding(),
+                        "appointmentType": {
+                            "coding": [{"system": codes.SLOT_CATEGORY_SYSTEM, "code": category}]
+                        },
+                        "schedule": {"reference": "Schedule/sch"},
+                        "status": "free",
+                        "start": start.isoformat(),
+                        "end": (start + timedelta(minutes=5)).isoformat(),
+                    }
+                }
+            )
+        for j in range(0, len(ops), 250):
+            await write(services, tenant, ops[j : j + 250])
+        facilities.append({"tenant": tenant, "city": city, "postal": postal})
+    return facilities
+
+
+def criteria_for(rng: random.Random, facilities: list[dict[str, str]]) -> dict[str, Any]:
+    crit: dict[str, Any] = {}
+    r = rng.random()
+    if r < 0.35:
+        crit["city"] = rng.choice(CITIES)[0]
+    elif r < 0.50:
+        f = rng.choice(facilities)
+        crit["facility"] = f"{f['tenant']}~loc"
+    elif r < 0.65:
+        crit["postal_code"] = rng.choice(CITIES)[1][:2]
+    if rng.random() < 0.3:
+        crit["weekdays"] = sorted(rng.sample(range(1, 6), rng.randint(1, 4)))
+    if rng.random() < 0.3:
+        lo = rng.randint(7, 15)
+        crit["hours"] = f"{lo:02d}:00-{lo + rng.randint(2, 4):02d}:00"
+    if rng.random() < 0.1:
+        crit["from"], crit["to"] = "2027-02-01", "2027-03-31"
+    return crit
+
+
+async def seed_entries(
+    services: Services, n: int, facilities: list[dict[str, str]], rng: random.Random
+) -> None:
+    """``n`` entries as ``waiting_room.enter`` writes them, each with its e-referral."""
+    settings = services.settings
+    urgent = timedelta(days=settings.waiting_room_urgent_credit_days)
+    privileged_credit = timedelta(days=settings.waiting_room_privileged_credit_days)
+    now = services.clock.now()
+    used: set[str] = set()
+    for i in range(n):
+        born = date(1940 + rng.randint(0, 60), rng.randint(1, 12), rng.randint(1, 28))
+        number = pesel.generate(born, rng.choice(["female", "male"]), rng=rng)
+        while number in used:
+            number = pesel.generate(born, rng.choice(["female", "male"]), rng=rng)
+        used.add(number)
+        medical = "urgent" if rng.random() < 0.3 else "stable"
+        privileged = rng.random() < 0.05
+        key = f"B{i:019d}"
+        await services.store.insert(
+            c.REFERRALS,
+            {
+                "_id": key,
+                "key": key,
+                "code": "1234",
+                "pesel": number,
+                "scope": "cardiology",
+                "category": medical,
+                "privileged": privileged,
+                "status": patients.REFERRAL_ISSUED,
+                "appointment_id": None,
+                "issued": to_store(now),
+            },
+        )
+        raw = criteria_for(rng, facilities)
+        crit = patients.parse_criteria(rules.criteria_query("cardiology", raw))
+        queued = now - timedelta(days=rng.random() * 90)
+        eid = f"00000000-0000-4000-8000-{i:012d}"
+        queue = rules.queue_of(medical)
+        await services.store.insert(
+            c.WAITING_ROOM,
+            {
+                "_id": eid,
+                "pesel": number,
+                "scope": "cardiology",
+                "queue": queue,
+                "privileged": privileged,
+                "referral": {"key": key, "code": "1234"},
+                "criteria": rules.criteria_to_store(crit),
+                "criteria_input": raw,
+                "contact": {"phone": f"+48600{i:06d}", "email": None},
+                "phone_key": f"48600{i:06d}",
+                "status": rules.WAITING,
+                "active_key": f"cardiology|{key}",
+                "queued_at": to_store(queued),
+                "rank": rules.rank_of(
+                    eid,
+                    queued,
+                    queue,
+                    privileged,
+                    urgent_credit=urgent,
+                    privileged_credit=privileged_credit,
+                ),
+                "entered_at": to_store(queued),
+                "updated_at": to_store(queued),
+                "channel": "portal",
+                "gave_up": [],
+                "rev": 1,
+            },
+        )
+
+
+# --------------------------------------------------------------------------- receiver
+
+
+class Receiver:
+    """The providers' webhook endpoint: when each Appointment notification arrived."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[tuple[str, str], float] = {}  # (slot, status/channel) -> time
+        self.port = 0
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.hook)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def hook(self, request: web.Request) -> web.Response:
+        now = time.perf_counter()
+        body = orjson.loads(await request.read())
+        for e in body.get("entry") or []:
+            res = e.get("resource") or {}
+            if res.get("resourceType") != "Appointment" or not res.get("slot"):
+                continue
+            channel = next(
+                (
+                    x["valueCoding"]["code"]
+                    for x in res.get("extension") or []
+                    if x.get("url") == codes.EXT_BOOKING_CHANNEL
+                ),
+                "provider",
+            )
+            tenant = request.headers.get("x-tenant", "")
+            key = (
+                f"{tenant}~{res['slot'][0]['reference'].split('/')[-1]}",
+                f"{res['status']}/{channel}",
+            )
+            self.arrivals.setdefault(key, now)
+        return web.Response(status=200)
+
+
+async def subscribe(services: Services, tenant: str, url: str) -> None:
+    assert services.webhooks is not None
+    data = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "bench",
+        "criteria": subs.TOPIC_ALL,
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": url,
+            "payload": "application/fhir+json",
+            "header": [f"x-tenant: {tenant}"],
+            "_payload": {
+                "extension": [{"url": subs.EXT_PAYLOAD_CONTENT, "valueCode": "full-resource"}]
+            },
+        },
+    }
+    spec = subs.parse(data, min_heartbeat=60, max_timeout=15.0, now=services.clock.now())
+    await services.webhooks.create(tenant, spec)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    settings = settings_for(args)
+    await purge(settings)
+    clock = SandboxClock()
+    services = bootstrap.build_services(settings, clock=clock)
+    if args.no_notifications:
+        services.notifier = None  # the waiting room and the booking path alone
+    out: dict[str, Any] = {}
+    gc_task = None
+    if gc_policy.wanted(settings):
+        # As ``cer-gateway serve`` runs the embedded default (gateway/gc_policy.py).
+        gc_task = asyncio.create_task(
+            gc_policy.freeze_survivors(settings.gc_freeze_seconds, settings.gc_thaw_seconds)
+        )
+    await bootstrap.start(services, workers=True)
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        await set_clock(services, clock, NOON)
+        await asyncio.sleep(0.3)  # the waiting room's task takes the clock in
+        t = time.perf_counter()
+        facilities = await setup_slots(services, args.providers, args.slots, rng)
+        await seed_entries(services, args.entries, facilities, rng)
+        await quiet(services)
+        out["setup_s"] = time.perf_counter() - t
+
+        # --- the unlock
+        store = services.store
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await set_clock(services, clock, UNLOCK)
+        last_n, last_change = 0, t0
+        timeline: list[tuple[float, int]] = []
+        while True:
+            await asyncio.sleep(0.1)
+            n = await store.count(
+                c.WAITING_ROOM,
+                {"scope": "cardiology", "status": rules.ASSIGNED, "queue": {"$in": QUEUES}},
+            )
+            now = time.perf_counter()
+            if n != last_n:
+                last_n, last_change = n, now
+                timeline.append((round(now - t0, 2), n))
+            elif n and now - last_change > 3.0:
+                break
+            elif now - t0 > args.timeout:
+                break
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        out["assigned"] = last_n
+        out["unlock_s"] = last_change - t0
+        out["unlock_cpu_s"] = time.process_time() - cpu0
+        out["rate"] = last_n / out["unlock_s"] if out["unlock_s"] > 0 else 0.0
+        out.update(await check(services))
+        out["retried"] = {
+            m.labels: m.value
+            for metric in services.metrics.messages_retried_total.collect()
+            for m in metric.samples
+            if m.name.endswith("_total") and m.value
+        }
+        out["timeline"] = timeline
+        await quiet(services)
+
+        # --- cancellations to the provider's event
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        for f in facilities:
+            await subscribe(services, f["tenant"], url)
+        visits = await store.find(
+            c.RESOURCES,
+            {"type": "Appointment", "central.channel": "waiting-room", "central.status": "booked"},
+            limit=args.cancellations,
+        )
+        rng.shuffle(visits)
+        started: dict[str, float] = {}
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def cancel_one(doc: dict[str, Any]) -> None:
+            async with sem:
+                slot_gid = f"{doc['tenant']}~{doc['central']['slot_ids'][0]}"
+                msg = command(
+                    "patient.cancel",
+                    {
+                        "pesel": doc["central"]["patient_pesel"],
+                        "appointment": doc["rid"],
+                        "reason": "patient-request",
+                    },
+                    tenant=doc["tenant"],
+                    correlation_id=new_id(),
+                    now=services.clock.now(),
+                )
+                started[slot_gid] = time.perf_counter()
+                reply = await services.bus.request(msg, 60)
+                if "error" in reply:
+                    started.pop(slot_gid, None)
+                await asyncio.sleep(args.pause)
+
+        t1 = time.perf_counter()
+        await asyncio.gather(*(cancel_one(d) for d in visits))
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline:
+            got = sum(1 for s in started if (s, "booked/waiting-room") in receiver.arrivals)
+            if got >= len(started):
+                break
+            await asyncio.sleep(0.1)
+        out["cancel_wall_s"] = time.perf_counter() - t1
+        reassigned = [
+            receiver.arrivals[(s, "booked/waiting-room")] - t0_
+            for s, t0_ in started.items()
+            if (s, "booked/waiting-room") in receiver.arrivals
+        ]
+        cancelled = [
+            receiver.arrivals[(s, "cancelled/portal")] - t0_
+            for s, t0_ in started.items()
+            if (s, "cancelled/portal") in receiver.arrivals
+        ]
+        out["cancellations"] = len(started)
+        out["reassigned"] = reassigned
+        out["cancelled_seen"] = cancelled
+    finally:
+        await receiver.stop()
+        await bootstrap.stop(services)
+        if gc_task is not None:
+            gc_task.cancel()
+    return out
+
+
+async def check(services: Services) -> dict[str, Any]:
+    """No slot booked twice, no entry assigned twice, every pair within the criteria."""
+    store = services.store
+    booked = await store.find(
+        c.RESOURCES,
+        {"type": "Appointment", "central.channel": "waiting-room", "central.status": "booked"},
+    )
+    per_slot = Counter((d["tenant"], d["central"]["slot_ids"][0]) for d in booked)
+    entries = await store.find(
+        c.WAITING_ROOM, {"scope": "cardiology", "status": rules.ASSIGNED, "queue": {"$in": QUEUES}}
+    )
+    per_entry = Counter(e["appointment"] for e in entries)
+    bad = 0
+    sample = entries[:: max(1, len(entries) // 500)]
+    for e in sample:
+        tenant, rid = e["slot"].split("~", 1)
+        slot = await store.get(c.RESOURCES, f"{tenant}/Slot/{rid}")
+        if slot is None or not rules.takes(rules.entry_facts(e), rules.slot_facts(slot)):
+            bad += 1
+    return {
+        "double_booked_slots": sum(1 for n in per_slot.values() if n > 1),
+        "entries_twice": sum(1 for n in per_entry.values() if n > 1),
+        "visits": len(booked),
+        "criteria_violations": bad,
+        "checked": len(sample),
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"machine: nproc={os.cpu_count()}, CPU {model!r}, Python {platform.python_version()}; "
+        f"load average {load}"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    print(machine())
+    print(
+        f"bus: {args.bus}, store: embedded; {args.providers} providers, {args.slots:,} slots "
+        f"on {DAY} (day 41), {args.entries:,} waiting entries with mixed criteria"
+    )
+    r = await run(args)
+    print(f"setup (not timed): {r['setup_s']:.1f} s")
+    if args.verbose:
+        print(
+            "retried:",
+            r["retried"],
+            "timeline:",
+            r["timeline"][:: max(1, len(r["timeline"]) // 20)],
+        )
+    print(
+        f"[1] unlock at {UNLOCK.strftime('%H:%M:%S')} Warsaw: {r['assigned']:,} assignments in "
+        f"{r['unlock_s']:.2f} s = {r['rate']:,.0f} assignments/s (target >= 2,000/s on the "
+        f"embedded default); gateway CPU {r['unlock_cpu_s']:.1f} s"
+    )
+    print(
+        f"    checked: {r['visits']:,} waiting-room visits, slots booked twice "
+        f"{r['double_booked_slots']}, entries assigned twice {r['entries_twice']}, criteria "
+        f"violations {r['criteria_violations']} of {r['checked']} sampled"
+    )
+    lat = r["reassigned"]
+    lat_c = r["cancelled_seen"]
+    print(
+        f"[2] {r['cancellations']} cancellations > 72 h ahead ({args.concurrency} at a time, "
+        f"{r['cancel_wall_s']:.1f} s): the provider received the waiting room's new visit for "
+        f"{len(lat)} of them; cancellation -> provider's event (ms): "
+        f"p50 {pct(lat, 50) * 1000:.0f}, p95 {pct(lat, 95) * 1000:.0f}, "
+        f"p99 {pct(lat, 99) * 1000:.0f}, max {max(lat, default=0) * 1000:.0f} "
+        f"(target p99 < 1,000 ms with RabbitMQ)"
+    )
+    if lat_c:
+        print(
+            f"    the cancellation itself at the provider (ms): p50 {pct(lat_c, 50) * 1000:.0f}, "
+            f"p99 {pct(lat_c, 99) * 1000:.0f}; mean re-assignment "
+            f"{statistics.mean(lat) * 1000:.0f} ms"
+        )
+    ok = r["double_booked_slots"] == 0 and r["entries_twice"] == 0 and r["criteria_violations"] == 0
+    return 0 if ok else 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--entries", type=int, default=100_000)
+    p.add_argument("--slots", type=int, default=10_000)
+    p.add_argument("--providers", type=int, default=50)
+    p.add_argument("--cancellations", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument(
+        "--pause", type=float, default=0.05, help="seconds between one patient's cancellations"
+    )
+    p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--bus", choices=("embedded", "rabbitmq"), default="embedded")
+    p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL_BENCH", AMQP_DEFAULT))
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--profile", default="", help="write a cProfile of the unlock to this file")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--no-notifications",
+        action="store_true",
+        help="run without the patient notification service (its share of the CPU)",
+    )
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args(sys.argv[1:]))))
