@@ -12,8 +12,10 @@ relay has published every domain event. Once per backend (``--backend``):
 
 The server is the real gateway: ``create_app(Settings(cer_mode="sandbox",
 ...))`` served by ``aiohttp.web.AppRunner`` on a free localhost port, in a
-child Python process (``python -m bench.ingest --serve ...``), so the posting
-client (this process) does not share its event loop or its core. Set-up per
+child Python process (``python -m bench.ingest --serve ...``), with the
+garbage-collector policy ``cer-gateway serve`` uses with the embedded store
+(``gateway.gc_policy``), so the posting client (this process) does not share
+its event loop or its core. Set-up per
 run: a sandbox provider, one Location, and as many cardiology Schedules as the
 Slots need (one cardiologist each: 8 weeks, Mon-Fri 08:00-16:00
 Europe/Warsaw, 20-minute slots, categories as in
@@ -263,6 +265,7 @@ def serve(backend: str, amqp_url: str, ready_file: str, profile_out: str | None)
     """The child process: the real app on a free port until SIGTERM."""
     from aiohttp import web
 
+    from gateway import gc_policy
     from gateway.http.app import create_app
     from gateway.logging import configure_logging
     from gateway.settings import Settings
@@ -278,8 +281,12 @@ def serve(backend: str, amqp_url: str, ready_file: str, profile_out: str | None)
     )
     configure_logging(settings.log_level)
 
+    app = create_app(settings)
+    if gc_policy.wanted(settings):  # as cer-gateway serve does with the embedded store
+        app.cleanup_ctx.append(gc_policy.cleanup_ctx(settings))
+
     async def run() -> None:
-        runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -679,7 +686,8 @@ async def main(args: argparse.Namespace) -> int:
         f"{SLOTS_PER_SCHEDULE} slots ({WEEKS} weeks Mon-Fri 08:00-16:00 Europe/Warsaw, "
         f"{MINUTES} min), 1 Location, 1 sandbox provider\n"
         f"server: create_app(Settings(cer_mode='sandbox', log_level='WARNING')) on "
-        f"aiohttp web.AppRunner in a child process; store: embedded; "
+        f"aiohttp web.AppRunner in a child process, with cer-gateway serve's GC policy; "
+        f"store: embedded; "
         f"RabbitMQ: {args.amqp_url.rsplit('@', 1)[-1]}",
         flush=True,
     )
