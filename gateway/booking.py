@@ -214,9 +214,13 @@ async def hold_on_release(
     """
     from gateway import waiting_assign  # the waiting room builds on this module
 
-    if not await waiting_assign.may_take(store, doc, lead, now):
+    taker = await waiting_assign.may_take(store, doc, lead, now)
+    if not taker:
         return None
-    return {"by": "waiting-room", "since": to_store(now), "lead_time_hours": lead}
+    hold: dict[str, Any] = {"by": "waiting-room", "since": to_store(now), "lead_time_hours": lead}
+    if isinstance(taker, str):
+        hold["candidate"] = taker  # the waiting room tries this entry first
+    return hold
 
 
 async def set_hold(

@@ -51,7 +51,8 @@ from mappings import codes
 log = structlog.get_logger("gateway.waiting_assign")
 
 CHANNEL = entries.CHANNEL
-BATCH = 200
+BATCH = 400
+FIRST_BATCH = 25
 # How many waiting entries a cancellation looks through for one that may take the
 # slot before it puts the slot on hold anyway (the waiting room then looks further).
 MAY_TAKE_SCAN = 2000
@@ -96,6 +97,7 @@ async def find_best(
         return None
     last: str | None = None
     seen = 0
+    batch = FIRST_BATCH  # the best-ranked taker is usually near the front: read little first
     while True:
         flt: dict[str, Any] = {
             "scope": scope,
@@ -104,20 +106,25 @@ async def find_best(
         }
         if last is not None:
             flt["rank"] = {"$gt": last}
-        docs = await store.find(c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=BATCH)
+        docs = await store.find(c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=batch)
         for d in docs:
             if d["_id"] not in exclude and rules.takes(rules.entry_facts(d), facts):
                 return d
         seen += len(docs)
-        if len(docs) < BATCH:
+        if len(docs) < batch:
             return None
         if cap and seen >= cap:
             return True
         last = docs[-1]["rank"]
+        batch = min(batch * 4, BATCH)
 
 
-async def may_take(store: Store, doc: Document, lead: float, now: datetime) -> bool:
-    """May the waiting room take this slot being released (R-CAN-2)? For ``booking``."""
+async def may_take(store: Store, doc: Document, lead: float, now: datetime) -> str | bool:
+    """May the waiting room take this slot being released (R-CAN-2)? For ``booking``.
+
+    The id of the best-ranked entry that takes it (the offer tries it first), True
+    when the look was cut short, False when nobody may take it.
+    """
     s = doc["central"]
     info = codes.scopes().get(s.get("scope") or "")
     if info is None or not info.waiting_room or rules.release_rule(lead) == "public":
@@ -130,7 +137,9 @@ async def may_take(store: Store, doc: Document, lead: float, now: datetime) -> b
     if warsaw_day(from_store(s["start"])) > last:
         return False
     found = await find_best(store, rules.slot_facts(doc), info.code, cap=MAY_TAKE_SCAN)
-    return found is not None
+    if isinstance(found, dict):
+        return str(found["_id"])
+    return found is True
 
 
 # --------------------------------------------------------------------------- one booking
@@ -645,8 +654,32 @@ async def offer_slot(
         await release_hold(store, now, slot, msg_id, corr)
         return "public"
     skip = {*exclude, *(hold.get("offered") or [])}
+    hint = hold.get("candidate") if reason == "released" else None
     for n in range(MAX_CANDIDATES):
-        found = await find_best(store, facts, info.code, exclude=skip)
+        found: Document | bool | None = None
+        if hint and n == 0:
+            # The entry the cancellation found first (booking.hold_on_release): still the
+            # best-ranked taker if it waits and no entry ahead of it became waiting since.
+            cand = await store.get(c.WAITING_ROOM, hint)
+            if (
+                cand is not None
+                and cand["status"] == rules.WAITING
+                and cand["_id"] not in skip
+                and rules.takes(rules.entry_facts(cand), facts)
+                and not await store.count(
+                    c.WAITING_ROOM,
+                    {
+                        "scope": info.code,
+                        "status": rules.WAITING,
+                        "queue": {"$in": list(rules.queues_for(facts.category))},
+                        "rank": {"$lt": cand["rank"]},
+                        "updated_at": {"$gte": hold.get("since", "")},
+                    },
+                )
+            ):
+                found = cand
+        if found is None:
+            found = await find_best(store, facts, info.code, exclude=skip)
         if not isinstance(found, dict):
             await release_hold(store, now, slot, msg_id, corr)
             return "released"
