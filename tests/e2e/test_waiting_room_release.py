@@ -237,3 +237,45 @@ async def test_leaving_with_an_open_proposal_withdraws_it(client: Any) -> None:
     await one_proposal(client, p2)
     assert (await proposals(client, p1, status="withdrawn"))[0]["id"] == prop["id"]
     assert (await entry(client, p2, e2))["status"] == "proposed"
+
+
+async def test_redelivered_release_and_concurrent_releases_assign_once(client: Any) -> None:
+    """A slot is assigned at most once, an entry booked at most once: the same
+    ``slot.released`` event delivered again changes nothing; two slots released at
+    once with one matching entry give it one visit, the other slot goes free to all."""
+    import asyncio
+
+    from gateway.http.keys import SERVICES
+
+    services = client.server.app[SERVICES]
+    seen: list[Any] = []
+
+    async def keep(msg: Any) -> None:
+        seen.append(msg)
+
+    await services.bus.consume_events("test-slice", ["slot.released"], keep)
+    await set_clock(client, NOW)
+    cl = await clinic(
+        client, [("s1", T, "first-stable"), ("s2", T + timedelta(hours=1), "first-stable")]
+    )
+    p1, v1 = await booked(client, cl, "s1")
+    p2, v2 = await booked(client, cl, "s2")
+    waiting = await patient(client)
+    e = await entered(client, waiting, await referral(client, waiting))
+    await set_clock(client, T - timedelta(days=5))
+    results = await asyncio.gather(cancel(client, p1, v1), cancel(client, p2, v2))
+    assert [r[0] for r in results] == [200, 200]
+    await entry_status(client, waiting, e, "assigned")
+    await settle(client)
+    visits = [v for v in await mine(client, waiting) if v["status"] == "booked"]
+    assert len(visits) == 1
+    other = next(s for s in ("s1", "s2") if cl.slots[s] != visits[0]["slot_id"])
+    assert (await slot_statuses(client, cl, other))[-1] == "free"
+    # The same events again (a redelivery): nothing changes.
+    released = [m for m in seen if m.type == "slot.released"]
+    assert len(released) == 2
+    for m in released:
+        await services.bus.publish(m)
+    await settle(client)
+    assert [v["status"] for v in await mine(client, waiting)] == ["booked"]
+    assert (await slot_statuses(client, cl, other))[-1] == "free"
