@@ -627,6 +627,12 @@ def table(runs: list[Run], floor: float, n: int) -> str:
             if r.relayed_s and r.relayed_rate
             else "not within --wait-relay"
         )
+        if r.failures:
+            lines.append(
+                f"{'end to end, ' + r.backend:34} {r.slots:>8,} {r.bundles:>7}  FAILED: "
+                f"{len(r.failures)} problem(s), first: {r.failures[0][:60]}"
+            )
+            continue
         lines.append(
             f"{'end to end, ' + r.backend:34} {r.slots:>8,} {r.bundles:>7} {r.posted_s:>9.2f} "
             f"{r.searchable_s:>12.2f} {r.rate:>11,.0f} {r.rate / floor:>7.0%} "
@@ -704,7 +710,8 @@ async def main(args: argparse.Namespace) -> int:
             for f in run.failures[:10]:
                 print(f"  FAILURE: {f}")
             print(
-                f"  [{backend}] {run.slots:,} searchable after {run.searchable_s:.2f} s: "
+                f"  [{backend}] {'FAILED, ' if run.failures else ''}"
+                f"{run.slots:,} searchable after {run.searchable_s:.2f} s: "
                 f"{run.rate:,.0f}/s; {cpu_line(run)}",
                 flush=True,
             )
@@ -728,7 +735,7 @@ async def main(args: argparse.Namespace) -> int:
     for r in runs:
         print(f"{r.backend}: {cpu_line(r)}")
     rabbit = [r for r in runs if r.backend == "rabbitmq"]
-    if rabbit:
+    if rabbit and not rabbit[0].failures:
         ratio = rabbit[0].rate / floor
         verdict = "met" if ratio >= TARGET else "NOT met"
         print(
