@@ -64,6 +64,7 @@ MAX_ASSERTION_LIFETIME = 300
 MIN_RSA_BITS = 2048
 # RFC 7518 §3.2: an HS256 key MUST have at least 256 bits.
 MIN_SECRET_BYTES = 32
+VERIFIED_CACHE_SIZE = 10_000  # tokens kept verified (TokenService.verify)
 
 Kind = Literal["provider", "patient"]
 # Replay check: a set of ``"<client_id>:<jti>"`` seen so far (checked and updated),
@@ -127,6 +128,10 @@ class TokenService:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
         self._clock = clock
+        # Tokens already verified, with their expiry: a patient's or a vendor's client sends
+        # the same token with every request, and HMAC + JSON decoding is most of the cost
+        # of a cheap read. Bounded; only valid tokens are kept, expiry is checked each time.
+        self._verified: dict[str, tuple[Principal, int]] = {}
 
     def issue(self, principal: Principal) -> str:
         """A signed token for ``principal``, valid for ``ttl_seconds`` of clock time."""
@@ -147,6 +152,9 @@ class TokenService:
         Expiry is checked against the clock (PyJWT would use the wall clock, so
         its time checks are turned off and done here).
         """
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] > _ts(self._clock.now()):
+            return hit[0]
         try:
             claims = jwt.decode(
                 token,
@@ -175,7 +183,11 @@ class TokenService:
             raise AuthError("invalid_token", "token is malformed")
         if exp <= _ts(self._clock.now()):
             raise AuthError("invalid_token", "token has expired")
-        return Principal(cast(Kind, kind), subject)
+        principal = Principal(cast(Kind, kind), subject)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, exp)
+        return principal
 
 
 # --------------------------------------------------------------------------- client keys
