@@ -247,7 +247,7 @@ class RabbitBus:
             if not fut.done():
                 fut.set_exception(RequestTimeout("bus closed"))
         with contextlib.suppress(Exception):
-            await self._conn.close()
+            await asyncio.wait_for(self._conn.close(), 10)
         self._conn = None
 
     async def ping(self) -> bool:

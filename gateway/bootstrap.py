@@ -164,12 +164,14 @@ async def start(services: Services, *, workers: bool) -> None:
     )
 
 
-async def stop(services: Services) -> None:
+async def stop(services: Services, grace: float = 10.0) -> None:
     for task in services.tasks:
         task.cancel()
-    for task in services.tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if services.tasks:
+        # Bounded: a task that swallowed its cancellation must not hang shutdown.
+        _, stuck = await asyncio.wait(services.tasks, timeout=grace)
+        for task in stuck:
+            log.error("gateway.task_did_not_stop", task=task.get_name())
     services.tasks.clear()
     await services.bus.close()
     await _stop_webhooks(services)
