@@ -54,6 +54,8 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
+from bench.common import cpu_model, write_ready
+
 WARSAW = ZoneInfo("Europe/Warsaw")
 NOW = datetime(2027, 1, 4, 8, 0, tzinfo=WARSAW)  # the sandbox clock: a Monday
 FIRST_DAY = date(2027, 1, 5)
@@ -128,10 +130,6 @@ def clinic_bundle(index: int, slots: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the server
-
-
-def write_ready(path: str, port: int) -> None:
-    Path(path).write_text(str(port))
 
 
 def serve(backend: str, amqp_url: str, ready_file: str) -> int:
@@ -508,14 +506,6 @@ async def one_backend(backend: str, args: argparse.Namespace, workdir: Path) -> 
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def machine() -> str:

@@ -65,6 +65,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
+from bench.common import cpu_model, write_ready
+
 WARSAW = ZoneInfo("Europe/Warsaw")
 FIRST_MONDAY = date(2027, 1, 11)
 WEEKS = 8
@@ -242,10 +244,6 @@ def measure_floor(resources: list[dict[str, Any]]) -> float:
 
 
 # --------------------------------------------------------------------------- the server
-
-
-def write_ready(path: str, port: int) -> None:
-    Path(path).write_text(str(port))
 
 
 def read_ready(path: Path) -> int | None:
@@ -561,14 +559,6 @@ async def one_backend(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def versions() -> str:

@@ -44,7 +44,6 @@ import time
 import uuid
 from datetime import timedelta
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,6 +51,7 @@ import orjson
 from aiohttp import web
 
 from adapters.clock import SandboxClock
+from bench.common import cpu_model
 from gateway import bootstrap, gc_policy
 from gateway import constants as c
 from gateway import subscriptions as subs
@@ -537,14 +537,6 @@ async def run_loss(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def machine() -> str:
