@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from gateway import conformance, patients, pesel
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.auth import Principal, generate_client_keypair
-from gateway.bootstrap import save_clock
+from gateway.bootstrap import Services, save_clock
 from gateway.errors import FhirError, Issue
 from gateway.events import new_id
 from gateway.http.keys import SERVICES
@@ -40,11 +41,16 @@ async def _json(request: web.Request) -> dict[str, Any]:
 
 
 async def create_provider(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
     data = await _json(request)
-    name = data.get("name")
+    return json_response(await make_provider(request.app[SERVICES], data.get("name")), 201)
+
+
+async def make_provider(services: Services, name: Any = None) -> dict[str, Any]:
+    """A test provider with its client credentials (``private_key_pem``) and a ready token."""
     if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise FhirError(400, [Issue("value", "name must be a string of at most 200 characters")])
+        raise FhirError(
+            400, [Issue("value", "name must be a string of at most 200 characters", ["name"])]
+        )
     provider_id = f"prov-{new_id()[:12]}"
     client_id = f"client-{new_id()[:16]}"
     private_pem, public_pem = generate_client_keypair()
@@ -60,21 +66,23 @@ async def create_provider(request: web.Request) -> web.Response:
         },
     )
     token = services.tokens.issue(Principal("provider", provider_id))
-    return json_response(
-        {
-            "provider_id": provider_id,
-            "client_id": client_id,
-            "private_key_pem": private_pem,
-            "token": token,
-            "token_endpoint": "/auth/token",
-        },
-        201,
-    )
+    return {
+        "provider_id": provider_id,
+        "client_id": client_id,
+        "private_key_pem": private_pem,
+        "token": token,
+        "token_endpoint": "/auth/token",
+    }
 
 
 async def create_patient(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
     data = await _json(request)
+    return json_response(await make_patient(request.app[SERVICES], data), 201)
+
+
+async def make_patient(services: Services, data: dict[str, Any]) -> dict[str, Any]:
+    """``{birth_date?, sex?}`` -> a synthetic patient: a valid PESEL of that birth date and
+    sex (random when not given) and a patient token."""
     rng = random.Random(secrets.randbits(64))
     try:
         born = (
@@ -83,12 +91,16 @@ async def create_patient(request: web.Request) -> web.Response:
             else date(rng.randint(1950, 2005), rng.randint(1, 12), rng.randint(1, 28))
         )
     except (TypeError, ValueError) as exc:
-        raise FhirError(400, [Issue("value", "birth_date must be YYYY-MM-DD")]) from exc
+        raise FhirError(
+            400, [Issue("value", "birth_date must be YYYY-MM-DD", ["birth_date"])]
+        ) from exc
     sex = data.get("sex") or rng.choice(["female", "male"])
     if sex not in ("female", "male"):
-        raise FhirError(400, [Issue("value", "sex must be 'female' or 'male'")])
+        raise FhirError(400, [Issue("value", "sex must be 'female' or 'male'", ["sex"])])
     if not date(1800, 1, 1) <= born <= date(2299, 12, 31):
-        raise FhirError(400, [Issue("value", "birth_date must be between 1800 and 2299")])
+        raise FhirError(
+            400, [Issue("value", "birth_date must be between 1800 and 2299", ["birth_date"])]
+        )
     for _ in range(20):
         number = pesel.generate(born, sex, rng=rng)
         if await services.store.get(c.PATIENTS, number) is None:
@@ -100,29 +112,35 @@ async def create_patient(request: web.Request) -> web.Response:
         upsert=True,
     )
     token = services.tokens.issue(Principal("patient", number))
-    return json_response(
-        {"pesel": number, "birth_date": born.isoformat(), "sex": sex, "token": token}, 201
-    )
+    return {"pesel": number, "birth_date": born.isoformat(), "sex": sex, "token": token}
 
 
-def _clock(request: web.Request) -> SandboxClock:
-    clock = request.app[SERVICES].clock
+def sandbox_clock(services: Services) -> SandboxClock:
+    clock = services.clock
     assert isinstance(clock, SandboxClock)
     return clock
 
 
+def clock_state(services: Services) -> dict[str, Any]:
+    clock = sandbox_clock(services)
+    return {"now": to_fhir(clock.now()), "offset_seconds": clock.offset.total_seconds()}
+
+
 async def get_clock(request: web.Request) -> web.Response:
-    clock = _clock(request)
-    return json_response(
-        {"now": to_fhir(clock.now()), "offset_seconds": clock.offset.total_seconds()}
-    )
+    return json_response(clock_state(request.app[SERVICES]))
 
 
 async def set_clock(request: web.Request) -> web.Response:
-    clock = _clock(request)
     data = await _json(request)
+    return json_response(await move_clock(request.app[SERVICES], data))
+
+
+async def move_clock(services: Services, data: dict[str, Any]) -> dict[str, Any]:
+    """``{set: instant}`` or ``{advance: ISO duration}``; shared with the other processes."""
+    clock = sandbox_clock(services)
     if ("set" in data) == ("advance" in data):
         raise FhirError(400, [Issue("invalid", "send exactly one of {set} or {advance}")])
+    field = "set" if "set" in data else "advance"
     try:
         if "set" in data:
             clock.set(parse_instant(str(data["set"])))
@@ -134,37 +152,48 @@ async def set_clock(request: web.Request) -> web.Response:
     except (ValueError, isodate.ISO8601Error) as exc:
         raise FhirError(
             400,
-            [Issue("value", f"{exc}; use an ISO datetime with offset or a duration like P1DT2H")],
+            [
+                Issue(
+                    "value",
+                    f"{exc}; use an ISO datetime with offset or a duration like P1DT2H",
+                    [field],
+                )
+            ],
         ) from exc
-    await save_clock(request.app[SERVICES])
-    return json_response(
-        {"now": to_fhir(clock.now()), "offset_seconds": clock.offset.total_seconds()}
-    )
+    await save_clock(services)
+    return clock_state(services)
 
 
 async def reset(request: web.Request) -> web.Response:
     """``POST /sandbox/reset`` ``{provider_id?}``: one provider's data, or everything."""
-    services = request.app[SERVICES]
     data = await _json(request)
     provider = data.get("provider_id")
     if provider is not None and not isinstance(provider, str):
-        raise FhirError(400, [Issue("value", "provider_id must be a string")])
+        raise FhirError(400, [Issue("value", "provider_id must be a string", ["provider_id"])])
+    return json_response(await reset_data(request.app[SERVICES], provider))
+
+
+async def reset_data(services: Services, provider: str | None) -> dict[str, Any]:
+    """One provider's data (and the provider), or everything and the clock back to real time."""
     removed = await sandbox_reset(services.store, INDEXES.keys(), provider)
     if provider is None:
-        clock = _clock(request)
-        clock.set_offset(timedelta(0))
+        sandbox_clock(services).set_offset(timedelta(0))
         await save_clock(services)
-    return json_response({"reset": provider or "everything", "removed": removed})
+    return {"reset": provider or "everything", "removed": removed}
 
 
 def _outbox_filter(request: web.Request) -> dict[str, Any]:
+    return outbox_filter(request.query)
+
+
+def outbox_filter(query: Mapping[str, str]) -> dict[str, Any]:
     """``?pesel=&channel=&kind=&appointment_id=&to=``: one patient's messages, or all."""
     flt: dict[str, Any] = {}
     for name in ("pesel", "channel", "kind", "appointment_id"):
-        value = request.query.get(name)
+        value = query.get(name)
         if value:
             flt[name] = value
-    to = request.query.get("to")
+    to = query.get("to")
     if to:
         flt["to"] = normalize_phone(to) if "@" not in to and normalize_phone(to) else to
     return flt
@@ -172,11 +201,19 @@ def _outbox_filter(request: web.Request) -> dict[str, Any]:
 
 async def get_outbox(request: web.Request) -> web.Response:
     """``GET /sandbox/outbox``: notifications (SMS / e-mail / push) sent, oldest first."""
-    services = request.app[SERVICES]
+    messages = await outbox_messages(request.app[SERVICES], _outbox_filter(request))
+    return json_response({"count": len(messages), "messages": messages})
+
+
+async def outbox_messages(
+    services: Services, flt: dict[str, Any], *, newest_first: bool = False
+) -> list[dict[str, Any]]:
+    """The captured notifications matching ``flt`` (at most 1000)."""
+    order = -1 if newest_first else 1
     docs = await services.store.find(
-        c.SANDBOX_OUTBOX, _outbox_filter(request), sort=[("at", 1), ("_id", 1)], limit=1000
+        c.SANDBOX_OUTBOX, flt, sort=[("at", order), ("_id", order)], limit=1000
     )
-    messages = [
+    return [
         {
             "id": d["_id"],
             "channel": d["channel"],
@@ -190,14 +227,16 @@ async def get_outbox(request: web.Request) -> web.Response:
         }
         for d in docs
     ]
-    return json_response({"count": len(messages), "messages": messages})
 
 
 async def clear_outbox(request: web.Request) -> web.Response:
     """``DELETE /sandbox/outbox`` (same filters): forget captured messages."""
-    services = request.app[SERVICES]
-    removed = await services.store.delete_many(c.SANDBOX_OUTBOX, _outbox_filter(request))
+    removed = await forget_outbox(request.app[SERVICES], _outbox_filter(request))
     return json_response({"removed": removed})
+
+
+async def forget_outbox(services: Services, flt: dict[str, Any]) -> int:
+    return await services.store.delete_many(c.SANDBOX_OUTBOX, flt)
 
 
 async def create_referral(request: web.Request) -> web.Response:
@@ -209,24 +248,38 @@ async def create_referral(request: web.Request) -> web.Response:
     ``stable``, default ``stable``). ``status`` (default ``issued``) can make a
     referral that is already ``realized``, ``cancelled`` or ``expired``.
     """
-    services = request.app[SERVICES]
     data = await _json(request)
+    return json_response(await make_referral(request.app[SERVICES], data), 201)
+
+
+async def make_referral(services: Services, data: dict[str, Any]) -> dict[str, Any]:
+    """See ``create_referral``; ``data`` as its JSON body."""
     number, scope = _patient_and_scope(data)
     info = codes.scopes()[scope]
     if not info.referral_required_first_time:
         raise FhirError(
-            400, [Issue("value", f"{scope} needs no e-referral (R-PAT-3); nothing to issue")]
+            400,
+            [Issue("value", f"{scope} needs no e-referral (R-PAT-3); nothing to issue", ["scope"])],
         )
     category = data.get("category", "stable")
     if category not in ("urgent", "stable"):
-        raise FhirError(400, [Issue("value", "category must be 'urgent' or 'stable'")])
+        raise FhirError(
+            400, [Issue("value", "category must be 'urgent' or 'stable'", ["category"])]
+        )
     privileged = data.get("privileged", False)
     if not isinstance(privileged, bool):
-        raise FhirError(400, [Issue("value", "privileged must be true or false")])
+        raise FhirError(400, [Issue("value", "privileged must be true or false", ["privileged"])])
     status = data.get("status", patients.REFERRAL_ISSUED)
     if status not in patients.REFERRAL_STATUSES or status == patients.REFERRAL_BOOKED:
         raise FhirError(
-            400, [Issue("value", "status must be one of issued, realized, cancelled, expired")]
+            400,
+            [
+                Issue(
+                    "value",
+                    "status must be one of issued, realized, cancelled, expired",
+                    ["status"],
+                )
+            ],
         )
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     key = "".join(secrets.choice(alphabet) for _ in range(20))
@@ -249,9 +302,7 @@ async def create_referral(request: web.Request) -> web.Response:
             "sandbox": True,
         },
     )
-    return json_response(
-        {"key": key, "code": code, "scope": scope, "category": category, "status": status}, 201
-    )
+    return {"key": key, "code": code, "scope": scope, "category": category, "status": status}
 
 
 async def create_screening(request: web.Request) -> web.Response:
@@ -260,20 +311,24 @@ async def create_screening(request: web.Request) -> web.Response:
     The screening history the embedded SIMP judges eligibility from (R-PAT-3):
     mammography every 2 years, cytology every 3 (5 after an HPV test).
     """
-    services = request.app[SERVICES]
     data = await _json(request)
+    return json_response(await make_screening(request.app[SERVICES], data), 201)
+
+
+async def make_screening(services: Services, data: dict[str, Any]) -> dict[str, Any]:
+    """See ``create_screening``; ``data`` as its JSON body."""
     number, scope = _patient_and_scope(data)
     if codes.scopes()[scope].screening is None:
-        raise FhirError(400, [Issue("value", f"{scope} is not a screening programme")])
+        raise FhirError(400, [Issue("value", f"{scope} is not a screening programme", ["scope"])])
     try:
         day = date.fromisoformat(str(data.get("date")))
     except ValueError as exc:
-        raise FhirError(400, [Issue("value", "date must be YYYY-MM-DD")]) from exc
+        raise FhirError(400, [Issue("value", "date must be YYYY-MM-DD", ["date"])]) from exc
     hpv = data.get("hpv", False)
     if not isinstance(hpv, bool):
-        raise FhirError(400, [Issue("value", "hpv must be true or false")])
+        raise FhirError(400, [Issue("value", "hpv must be true or false", ["hpv"])])
     if hpv and scope != "cytology":
-        raise FhirError(400, [Issue("value", "an HPV test is a cytology screening")])
+        raise FhirError(400, [Issue("value", "an HPV test is a cytology screening", ["hpv"])])
     doc = {
         "_id": f"done|{new_id()}",
         "pesel": number,
@@ -284,20 +339,23 @@ async def create_screening(request: web.Request) -> web.Response:
         "sandbox": True,
     }
     await services.store.insert(c.SCREENINGS, doc)
-    return json_response({"id": doc["_id"], "scope": scope, "date": doc["date"], "hpv": hpv}, 201)
+    return {"id": doc["_id"], "scope": scope, "date": doc["date"], "hpv": hpv}
 
 
 def _patient_and_scope(data: dict[str, Any]) -> tuple[str, str]:
     number = data.get("pesel")
-    if not isinstance(number, str):
-        raise FhirError(400, [Issue("required", "pesel is required")])
+    if not isinstance(number, str) or not number:
+        raise FhirError(400, [Issue("required", "pesel is required", ["pesel"])])
     try:
         pesel.validate(number)
     except ValueError as exc:
-        raise FhirError(400, [Issue("value", str(exc))]) from exc
+        raise FhirError(400, [Issue("value", str(exc), ["pesel"])]) from exc
     scope = data.get("scope")
     if scope not in codes.scopes():
-        raise FhirError(400, [Issue("value", f"scope must be one of {', '.join(codes.scopes())}")])
+        raise FhirError(
+            400,
+            [Issue("value", f"scope must be one of {', '.join(codes.scopes())}", ["scope"])],
+        )
     return number, str(scope)
 
 
@@ -333,11 +391,12 @@ async def get_inbox(request: web.Request) -> web.Response:
 
 async def clear_inbox(request: web.Request) -> web.Response:
     """``DELETE /sandbox/inbox/{provider_id}``: forget the provider's captured deliveries."""
-    services = request.app[SERVICES]
-    removed = await services.store.delete_many(
-        c.SANDBOX_INBOX, {"tenant": request.match_info["provider_id"]}
-    )
+    removed = await forget_inbox(request.app[SERVICES], request.match_info["provider_id"])
     return json_response({"removed": removed})
+
+
+async def forget_inbox(services: Services, provider: str) -> int:
+    return await services.store.delete_many(c.SANDBOX_INBOX, {"tenant": provider})
 
 
 async def run_conformance(request: web.Request) -> web.Response:
@@ -347,6 +406,11 @@ async def run_conformance(request: web.Request) -> web.Response:
     provider = request.match_info["provider_id"]
     if await services.store.get(c.PROVIDERS, provider) is None:
         raise FhirError(404, [Issue("not-found", f"no provider {provider}")], code="not-found")
+    return json_response(await conformance_report(services, provider))
+
+
+async def conformance_report(services: Services, provider: str) -> dict[str, Any]:
+    """The provider's data and webhook endpoint checked now (``gateway.conformance``)."""
     now = services.clock.now()
     live = {"tenant": provider, "deleted": False}
     schedules = await services.store.find(c.RESOURCES, {**live, "type": "Schedule"})
@@ -390,7 +454,7 @@ async def run_conformance(request: web.Request) -> web.Response:
             tenant=provider,
             subscription=sub["_id"],
         )
-    return json_response(conformance.report(provider, now, checks))
+    return conformance.report(provider, now, checks)
 
 
 def routes(app: web.Application) -> None:

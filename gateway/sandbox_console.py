@@ -1,0 +1,501 @@
+"""What the sandbox console shows (read side): webhook deliveries and why they failed.
+
+A *delivery* is one webhook notification to one subscription: an event
+(``webhook_events``, numbered per subscription, with its tries in
+``webhook_attempts``), or a handshake / heartbeat the ``sandbox:inbox``
+endpoint captured (``sandbox_inbox``). For ``sandbox:inbox`` the exact
+request is kept, so its signature is checked here with the Standard Webhooks
+reference library against the subscription's secrets; for a provider's own
+endpoint the console shows each try (status code, error, time) and the next
+one, and the payload rebuilt from the kept event.
+
+Messages are English text with ``{name}`` placeholders and their values
+apart, so the web pages translate them (``gateway.http.ui.i18n``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from gateway import constants as c
+from gateway import subscriptions as subs
+from gateway.ports import Document, Store
+from gateway.timeutil import from_store
+
+SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+LIST_LIMIT = 200  # deliveries on one page
+FAILING_LIMIT = 50  # failing deliveries on the console's front page
+
+
+@dataclass(frozen=True)
+class Message:
+    """A sentence for a person: English text with ``{name}`` placeholders, and the values."""
+
+    text: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def english(self) -> str:
+        return self.text.format(**self.values) if self.values else self.text
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """``ok`` when a ``v1`` signature matches one of the subscription's secrets."""
+
+    ok: bool
+    message: Message
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at: str
+    attempt: int
+    trigger: str
+    outcome: str
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    response: str
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A request the ``sandbox:inbox`` endpoint kept: exactly what was signed."""
+
+    id: str
+    at: str
+    webhook_id: str
+    headers: dict[str, str]
+    raw_body: str
+    pretty_body: str
+    signature: SignatureCheck
+
+
+@dataclass
+class Delivery:
+    key: str  # the event's _id, or the capture's _id for a handshake / heartbeat
+    tenant: str
+    subscription: str
+    endpoint: str | None  # None: the subscription is gone
+    kind: str  # event-notification | handshake | heartbeat
+    at: str
+    status: str  # delivered | pending | failed | cancelled
+    number: int | None = None
+    focus: str | None = None  # "Appointment/a1"
+    action: str | None = None
+    channel: str | None = None
+    tries: int = 0
+    next_attempt_at: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)
+    payload: str | None = None  # rebuilt for a provider's own endpoint (detail only)
+
+    @property
+    def failing(self) -> bool:
+        """Failed for good, or a try failed and the next one is waiting."""
+        return self.status == "failed" or (self.status == "pending" and self.tries > 0)
+
+    @property
+    def inbox(self) -> bool:
+        return self.endpoint == subs.INBOX
+
+    def reason(self) -> Message | None:
+        """Why it failed, in plain words (None when nothing failed)."""
+        if not self.failing and self.status != "cancelled":
+            return None
+        if self.status == "cancelled":
+            return Message("cancelled: the subscription was turned off or removed")
+        what = self.last_error or (
+            f"HTTP {self.last_status}" if self.last_status is not None else "no answer"
+        )
+        answer = self.attempts[-1].response.strip() if self.attempts else ""
+        if answer:
+            what = f"{what} ({answer[:120]})"
+        if self.status == "failed":
+            return Message(
+                "not delivered after {tries} tries; the last one: {error}",
+                {"tries": self.tries, "error": what},
+            )
+        return Message(
+            "try {tries} failed: {error}; next try at {next}",
+            {"tries": self.tries, "error": what, "next": self.next_attempt_at or "?"},
+        )
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _secrets_of(sub: Document | None) -> list[tuple[str, str]]:
+    """``(label, secret)``: the current secret first, then those a rotation keeps for a while."""
+    if sub is None:
+        return []
+    out = []
+    for i, s in enumerate(sub.get("secrets") or []):
+        label = "current" if i == 0 and s.get("expires") is None else "previous"
+        out.append((label, str(s["value"])))
+    return out
+
+
+def check_signature(
+    raw_body: str, headers: Mapping[str, str], secrets: Sequence[tuple[str, str]]
+) -> SignatureCheck:
+    """Verify a kept request as its receiver would (``standardwebhooks.Webhook.verify``).
+
+    The library also refuses a timestamp more than 5 minutes from now: right
+    for a receiver, but a kept request only gets older. When that is the one
+    objection, the signature is checked on its own with the library's ``sign``
+    over the same id, timestamp and body, and the answer says so.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    missing = [h for h in SIGNED_HEADERS if not lower.get(h)]
+    if missing:
+        return SignatureCheck(
+            False, Message("missing header(s): {names}", {"names": ", ".join(missing)})
+        )
+    if not secrets:
+        return SignatureCheck(
+            False,
+            Message("the subscription is gone: its secret is not known, nothing to check with"),
+        )
+    try:
+        stamp = datetime.fromtimestamp(int(lower["webhook-timestamp"]), UTC)
+    except (ValueError, OverflowError, OSError):
+        return SignatureCheck(
+            False,
+            Message(
+                "webhook-timestamp {value!r} is not a Unix time in seconds",
+                {"value": lower["webhook-timestamp"]},
+            ),
+        )
+    offered = lower["webhook-signature"].split()
+    for label, secret in secrets:
+        hook = Webhook(secret)
+        try:
+            hook.verify(raw_body, dict(headers), json_parse=False)
+        except ValueError:
+            break  # a malformed signature list (no "version,signature" pair)
+        except WebhookVerificationError as exc:
+            if "timestamp" not in str(exc):
+                continue  # no match for this secret; try the next one
+            expected = hook.sign(lower["webhook-id"], stamp, raw_body)
+            if any(hmac.compare_digest(expected, sig) for sig in offered):
+                age = datetime.now(UTC) - stamp
+                return SignatureCheck(
+                    True,
+                    Message(
+                        "valid signature with the {secret} secret; it was signed {minutes} "
+                        "minutes ago, so a receiver would now refuse this very request as a "
+                        "replay (Standard Webhooks allows 5 minutes)",
+                        {"secret": label, "minutes": int(age.total_seconds() // 60)},
+                    ),
+                )
+            continue
+        return SignatureCheck(
+            True, Message("valid signature with the {secret} secret", {"secret": label})
+        )
+    versions = sorted({s.split(",", 1)[0] for s in offered})
+    if any("," not in s for s in offered):
+        return SignatureCheck(
+            False,
+            Message('webhook-signature is not a list of "version,signature" pairs'),
+        )
+    if "v1" not in versions:
+        return SignatureCheck(
+            False,
+            Message(
+                "no v1 signature in webhook-signature (found: {versions})",
+                {"versions": ", ".join(versions) or "none"},
+            ),
+        )
+    return SignatureCheck(
+        False,
+        Message(
+            "none of the {count} signature(s) matches the subscription's {secrets} secret(s): "
+            "the body, webhook-id or webhook-timestamp is not what was signed, or another "
+            "secret signed it",
+            {"count": len(offered), "secrets": len(secrets)},
+        ),
+    )
+
+
+def _pretty(raw: str) -> str:
+    try:
+        return orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return raw
+
+
+def _capture(doc: Document, sub: Document | None) -> Capture:
+    headers = {str(k): str(v) for k, v in (doc.get("headers") or {}).items()}
+    raw = str(doc.get("raw_body") or "")
+    return Capture(
+        id=doc["_id"],
+        at=doc["at"],
+        webhook_id=doc.get("webhook_id") or "",
+        headers=headers,
+        raw_body=raw,
+        pretty_body=_pretty(raw),
+        signature=check_signature(raw, headers, _secrets_of(sub)),
+    )
+
+
+def _notification_kind(capture_doc: Document) -> str:
+    """``handshake`` / ``heartbeat`` / ``event-notification`` from the kept Bundle."""
+    try:
+        status = capture_doc["body"]["entry"][0]["resource"]
+        for p in status.get("parameter") or []:
+            if p.get("name") == "type":
+                return str(p.get("valueCode"))
+    except (KeyError, IndexError, TypeError):
+        pass
+    return "event-notification"
+
+
+def _attempt(a: Document) -> Attempt:
+    return Attempt(
+        at=a["at"],
+        attempt=int(a.get("attempt") or 1),
+        trigger=str(a.get("trigger") or ""),
+        outcome=str(a.get("outcome") or ""),
+        status_code=a.get("status_code"),
+        latency_ms=float(a.get("latency_ms") or 0.0),
+        error=a.get("error"),
+        response=str(a.get("response") or ""),
+    )
+
+
+def _from_event(ev: Document, sub: Document | None) -> Delivery:
+    return Delivery(
+        key=ev["_id"],
+        tenant=str(ev.get("tenant") or ""),
+        subscription=ev["subscription"],
+        endpoint=sub["endpoint"] if sub else None,
+        kind="event-notification",
+        at=ev["at"],
+        status=ev["status"],
+        number=int(ev["number"]),
+        focus=f"{ev['type']}/{ev['rid']}",
+        action=ev.get("action"),
+        channel=ev.get("channel"),
+        tries=int(ev.get("attempts") or 0),
+        next_attempt_at=ev.get("next_attempt_at") if ev["status"] == "pending" else None,
+        last_status=ev.get("last_status"),
+        last_error=ev.get("last_error"),
+    )
+
+
+async def _subscriptions(store: Store, ids: set[str]) -> dict[str, Document]:
+    if not ids:
+        return {}
+    docs = await store.find(c.SUBSCRIPTIONS, {"_id": {"$in": sorted(ids)}})
+    return {d["_id"]: d for d in docs}
+
+
+async def _attach(
+    store: Store, deliveries: list[Delivery], subs_by_id: dict[str, Document]
+) -> None:
+    """Each event's tries, and what the inbox kept of it (by its webhook-id)."""
+    events = [d for d in deliveries if d.number is not None]
+    if not events:
+        return
+    sids = sorted({d.subscription for d in events})
+    attempts = await store.find(
+        c.WEBHOOK_ATTEMPTS,
+        {"subscription": {"$in": sids}, "kind": "event"},
+        sort=[("at", 1), ("seq", 1)],
+        limit=20 * LIST_LIMIT,
+    )
+    tries: dict[tuple[str, int], list[Attempt]] = defaultdict(list)
+    for a in attempts:
+        if a.get("number") is not None:
+            tries[(a["subscription"], int(a["number"]))].append(_attempt(a))
+    inbox_ids = [d.subscription for d in events if d.inbox]
+    kept: dict[str, list[Document]] = defaultdict(list)
+    if inbox_ids:
+        for doc in await store.find(
+            c.SANDBOX_INBOX,
+            {"subscription": {"$in": sorted(set(inbox_ids))}},
+            sort=[("at", 1)],
+            limit=20 * LIST_LIMIT,
+        ):
+            kept[doc.get("webhook_id") or ""].append(doc)
+    for d in events:
+        assert d.number is not None
+        d.attempts = tries.get((d.subscription, d.number), [])
+        if d.inbox:
+            sub = subs_by_id.get(d.subscription)
+            d.captures = [_capture(k, sub) for k in kept.get(f"{d.subscription}-{d.number}", [])]
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def provider_deliveries(
+    store: Store, tenant: str, *, limit: int = LIST_LIMIT
+) -> list[Delivery]:
+    """The provider's deliveries, newest first: its subscriptions' events (with their tries
+    and, for ``sandbox:inbox``, the kept requests) and the inbox's handshakes and heartbeats."""
+    own = await store.find(c.SUBSCRIPTIONS, {"tenant": tenant})
+    subs_by_id = {s["_id"]: s for s in own}
+    events = await store.find(
+        c.WEBHOOK_EVENTS, {"tenant": tenant}, sort=[("at", -1), ("number", -1)], limit=limit
+    )
+    deliveries = [_from_event(ev, subs_by_id.get(ev["subscription"])) for ev in events]
+    # Handshakes and heartbeats are not events: the inbox is their only record.
+    others = await store.find(c.SANDBOX_INBOX, {"tenant": tenant}, sort=[("at", -1)], limit=limit)
+    for doc in others:
+        kind = _notification_kind(doc)
+        if kind == "event-notification":
+            continue
+        sub = subs_by_id.get(doc["subscription"])
+        deliveries.append(
+            Delivery(
+                key=doc["_id"],
+                tenant=tenant,
+                subscription=doc["subscription"],
+                endpoint=sub["endpoint"] if sub else None,
+                kind=kind,
+                at=doc["at"],
+                status="delivered",
+                tries=1,
+                captures=[_capture(doc, sub)],
+            )
+        )
+    await _attach(store, deliveries, subs_by_id)
+    deliveries.sort(key=lambda d: (d.at, d.number or 0), reverse=True)
+    return deliveries[:limit]
+
+
+async def delivery(store: Store, tenant: str, key: str, *, base: str) -> Delivery | None:
+    """One delivery of the provider's, with everything known about it; for a provider's
+    own endpoint also the payload rebuilt from the kept event (``base``: the public URL)."""
+    ev = await store.get(c.WEBHOOK_EVENTS, key)
+    if ev is not None and ev.get("tenant") == tenant:
+        sub = await store.get(c.SUBSCRIPTIONS, ev["subscription"])
+        found = _from_event(ev, sub)
+        await _attach(store, [found], {sub["_id"]: sub} if sub else {})
+        if sub is not None and not found.inbox:
+            found.payload = await _rebuilt_payload(store, sub, ev, base)
+        return found
+    doc = await store.get(c.SANDBOX_INBOX, key)
+    if doc is None or doc.get("tenant") != tenant:
+        return None
+    kind = _notification_kind(doc)
+    if kind == "event-notification":
+        # a kept request of an event: the event's delivery, with all its tries
+        number = str(doc.get("webhook_id") or "").rsplit("-", 1)[-1]
+        ev = (
+            await store.find_one(
+                c.WEBHOOK_EVENTS,
+                {"subscription": doc["subscription"], "number": int(number or 0)},
+            )
+            if number.isdigit()
+            else None
+        )
+        if ev is not None:
+            return await delivery(store, tenant, ev["_id"], base=base)
+    sub = await store.get(c.SUBSCRIPTIONS, doc["subscription"])
+    return Delivery(
+        key=doc["_id"],
+        tenant=tenant,
+        subscription=doc["subscription"],
+        endpoint=sub["endpoint"] if sub else None,
+        kind=kind,
+        at=doc["at"],
+        status="delivered",
+        tries=1,
+        captures=[_capture(doc, sub)],
+    )
+
+
+async def _rebuilt_payload(store: Store, sub: Document, ev: Document, base: str) -> str:
+    """The notification Bundle a try of ``ev`` sends (each try has its own Bundle id and
+    timestamp), built by the same function the delivery uses."""
+    resources: dict[str, Document | None] = {}
+    if sub["content"] == "full-resource" and ev.get("action") != "deleted":
+        hist = await store.get(
+            c.HISTORY, f"{ev['tenant']}/{ev['type']}/{ev['rid']}/{ev['version']}"
+        )
+        resources[ev["_id"]] = (hist or {}).get("resource")
+    bundle = subs.notification_bundle(
+        sub,
+        base=base,
+        kind="event-notification",
+        events_since=int(ev["number"]),
+        now=from_store(ev["at"]),
+        events=[ev],
+        resources=resources,
+    )
+    return orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode()
+
+
+async def failing_deliveries(store: Store, *, limit: int = FAILING_LIMIT) -> list[Delivery]:
+    """Every provider's events that failed for good or wait for a retry, newest first."""
+    failed = await store.find(
+        c.WEBHOOK_EVENTS, {"status": "failed"}, sort=[("at", -1)], limit=limit
+    )
+    retrying = await store.find(
+        c.WEBHOOK_EVENTS,
+        {"status": "pending", "attempts": {"$gt": 0}},
+        sort=[("at", -1)],
+        limit=limit,
+    )
+    events = sorted(failed + retrying, key=lambda e: (e["at"], e["number"]), reverse=True)[:limit]
+    subs_by_id = await _subscriptions(store, {e["subscription"] for e in events})
+    found = [_from_event(ev, subs_by_id.get(ev["subscription"])) for ev in events]
+    await _attach(store, found, subs_by_id)
+    return found
+
+
+async def failing_subscriptions(store: Store) -> list[Document]:
+    """Subscriptions in ``error`` (a failed handshake, or an event given up on), with why."""
+    return await store.find(c.SUBSCRIPTIONS, {"status": "error"}, sort=[("created", -1)])
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    id: str
+    name: str
+    client_id: str
+    created: str | None
+    sandbox: bool
+    subscriptions: int
+    failing: int
+
+
+async def providers(store: Store) -> list[ProviderRow]:
+    """Every provider (the sample one too), newest first, with its webhook health."""
+    docs = await store.find(c.PROVIDERS, {}, sort=[("created", -1)], limit=500)
+    rows = []
+    for d in docs:
+        sub_count = await store.count(c.SUBSCRIPTIONS, {"tenant": d["_id"]})
+        failing = 0
+        if sub_count:
+            failing = await store.count(
+                c.WEBHOOK_EVENTS, {"tenant": d["_id"], "status": "failed"}
+            ) + await store.count(
+                c.WEBHOOK_EVENTS,
+                {"tenant": d["_id"], "status": "pending", "attempts": {"$gt": 0}},
+            )
+        rows.append(
+            ProviderRow(
+                id=d["_id"],
+                name=str(d.get("name") or d["_id"]),
+                client_id=str(d.get("client_id") or ""),
+                created=d.get("created"),
+                sandbox=bool(d.get("sandbox")),
+                subscriptions=sub_count,
+                failing=failing,
+            )
+        )
+    return rows
