@@ -33,12 +33,13 @@ comparison operators only match values of the same type class, like MongoDB.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import heapq
 import itertools
 import uuid
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -1058,6 +1059,20 @@ class MemoryStore:
 
     async def count(self, coll: str, filter: Filter) -> int:
         return self._reading(coll).count(filter)
+
+    async def iterate(
+        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+    ) -> AsyncIterator[Document]:
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        # The documents are in memory already: the selection is a list of references,
+        # and each one is copied only when it is handed out. Other tasks run between
+        # batches so a long read does not hold up the event loop.
+        found = self._reading(coll).select(filter, sort, 0, 0)
+        for i, doc in enumerate(found, 1):
+            yield _copy(doc)
+            if i % batch_size == 0:
+                await asyncio.sleep(0)
 
     # --- writes
 

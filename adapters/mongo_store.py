@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient, ReturnDocument
@@ -235,6 +235,21 @@ class MongoStore:
             cursor = cursor.limit(limit)
         docs: list[Document] = await cursor.to_list(None)
         return docs
+
+    async def iterate(
+        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+    ) -> AsyncIterator[Document]:
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        cursor = self._coll(coll).find(_check_filter(filter), _HIDDEN, batch_size=batch_size)
+        spec = _sort_spec(sort)
+        if spec:
+            cursor = cursor.sort(spec)
+        try:
+            async for doc in cursor:
+                yield doc
+        finally:
+            await cursor.close()
 
     async def count(self, coll: str, filter: Filter) -> int:
         n: int = await self._coll(coll).count_documents(_check_filter(filter))

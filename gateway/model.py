@@ -110,7 +110,9 @@ class CentralAppointment(BaseModel):
     ``privileged`` records the out-of-turn entitlement verified by the
     facility (R-PAT-5). ``cancel_reason`` is a code of the fixed list (R-CAN-1),
     ``cancel_note`` its free text. ``channel`` says where it was booked
-    (``provider``, ``portal``, ``sms``, ``waiting-room``, ``manual``, ``import``).
+    (``provider``, ``portal``, ``sms``, ``waiting-room``, ``manual``, ``import``), set
+    by the gateway when the visit is booked and kept after (``operations.record_booking``);
+    ``booked_at`` and ``cancel_channel`` likewise, for the reports and the payer.
     ``requested_period`` is the waiting patient's acceptable windows
     (``Appointment.requestedPeriod``, 0..* in FHIR). The PESEL and contact data
     are personal data: never log them (they are left out of ``repr``).
@@ -128,6 +130,8 @@ class CentralAppointment(BaseModel):
     cancel_note: str | None = None
     cancelled_at: StoreInstant | None = None
     channel: str = "provider"
+    booked_at: StoreInstant | None = None  # when the visit was first booked (reports)
+    cancel_channel: str | None = None  # where the cancellation came from (R-CAN-4)
     contact: CentralContact | None = Field(default=None, repr=False)
     privileged: bool = False
     requested_period: list[CentralPeriod] = Field(default_factory=list)

@@ -35,6 +35,7 @@ from gateway import booking, resources, search
 from gateway import constants as c
 from gateway.errors import FhirError, Issue
 from gateway.ports import Document, Store
+from gateway.timeutil import to_store
 from mappings import appointment as appointment_map
 from mappings import codes
 from mappings import location as location_map
@@ -355,7 +356,61 @@ async def check_slot(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None
             )
 
 
+# Booking channels a provider's system may declare on a new Appointment (the
+# booking-channel extension): its own, the manual-entry page and the initial import.
+# The patient channels (portal, sms, waiting-room) are recorded only by the gateway
+# when the booking really comes that way: the payer counts them (R-SCOPE-3).
+PROVIDER_DECLARABLE_CHANNELS = frozenset({"provider", "manual", "import"})
+
+
+def check_channel(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
+    claimed = central.get("channel")
+    if (
+        op.current is None
+        and ctx.channel == "provider"
+        and claimed
+        and claimed not in PROVIDER_DECLARABLE_CHANNELS
+    ):
+        op.problem(
+            422,
+            Issue(
+                "business-rule",
+                f"booking-channel {claimed!r} is recorded by the gateway for bookings made "
+                "there; a provider system declares provider, manual or import",
+                [ctx.where(op, "Appointment.extension")],
+            ),
+        )
+
+
+def record_booking(ctx: WriteContext, central: dict[str, Any], previous: Document | None) -> None:
+    """Who booked and cancelled, and when: fixed when it happens, kept on later updates.
+
+    The booking channel and time are the first booking's (a provider's later PUT of
+    a visit booked in IKP does not make it a provider booking); the cancellation's
+    channel is the one the cancellation came through (SMS vs portal, R-CAN-4).
+    """
+    if previous is not None and previous.get("channel"):
+        central["channel"] = previous["channel"]
+    elif ctx.channel != "provider":
+        central["channel"] = ctx.channel
+    else:
+        central["channel"] = central.get("channel") or ctx.channel
+    was_holding = previous is not None and previous.get("status") in booking.HOLDING
+    if previous is not None and previous.get("booked_at"):
+        central["booked_at"] = previous["booked_at"]
+    elif central["status"] in booking.HOLDING and not was_holding:
+        central["booked_at"] = to_store(ctx.now)
+    was_cancelled = previous is not None and previous.get("status") == "cancelled"
+    if central["status"] == "cancelled":
+        if was_cancelled and previous is not None:
+            central["cancel_channel"] = previous.get("cancel_channel")
+        else:
+            central["cancel_channel"] = ctx.channel
+            central["cancelled_at"] = central.get("cancelled_at") or to_store(ctx.now)
+
+
 async def check_appointment(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
+    check_channel(ctx, op, central)
     if not central["slot_ids"]:
         return
     holds = central["status"] in booking.HOLDING
@@ -571,7 +626,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
     assert op.resource is not None and op.central is not None
     previous = op.current["central"] if op.current else None
     if op.type == "Appointment":
-        op.central["channel"] = op.central.get("channel") or ctx.channel
+        record_booking(ctx, op.central, previous)
         await apply_appointment_holds(ctx, op, previous, sub)
     written = await resources.apply_put(
         ctx.store,
@@ -656,8 +711,6 @@ async def apply_appointment_holds(
         )
     if old_slot and old_slot != new_slot:
         if op.central["status"] == "cancelled" and not op.central.get("cancelled_at"):
-            from gateway.timeutil import to_store
-
             op.central["cancelled_at"] = to_store(ctx.now)
         await booking.release_slot(
             ctx.store,

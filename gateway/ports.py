@@ -7,7 +7,7 @@ suite per port (``tests/contract/``) runs against both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -96,6 +96,16 @@ class Store(Protocol):
         """All matching documents; ``limit=0`` means no limit."""
 
     async def count(self, coll: str, filter: Filter) -> int: ...
+
+    def iterate(
+        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+    ) -> AsyncIterator[Document]:
+        """The matching documents one at a time, fetched ``batch_size`` at a time.
+
+        For reads too large to hold as a list (reports over all of a provider's
+        visits, the public slot feed): a cursor, never the whole result in memory
+        on a server store. Writes made while iterating may or may not be seen.
+        """
 
     async def update_one(
         self,

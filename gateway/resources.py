@@ -160,7 +160,11 @@ async def apply_put(
         events = [ev, *(extra_events or [])]
         if current is None:
             try:
-                await store.insert(c.RESOURCES, {"_id": key, **fields}, events=events)
+                # ``created``: when the resource first reached the gateway (the payer's
+                # "schedules transmitted by", R-SCOPE-3); updates keep it.
+                await store.insert(
+                    c.RESOURCES, {"_id": key, **fields, "created": at}, events=events
+                )
             except DuplicateKey as exc:
                 if await store.get(c.RESOURCES, key) is not None:
                     continue

@@ -113,6 +113,7 @@ class ChannelInfo(_Data):
     code: str
     display_pl: str
     display_en: str
+    group: Literal["central", "facility", "import"]  # for the reports (issue 9)
 
 
 class IdentifierSystemInfo(_Data):

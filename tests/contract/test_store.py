@@ -383,6 +383,26 @@ async def test_skip_limit_and_count(store: Store) -> None:
     assert await store.count("nothing_here", {}) == 0
 
 
+async def test_iterate_streams_what_find_returns(store: Store) -> None:
+    """``iterate`` (reports, the public slot feed) gives find's documents, in its order,
+    in batches smaller than the result, without the outbox and without aliasing."""
+    for i in range(23):
+        await store.insert(
+            "stream", {"_id": f"s{i:02d}", "i": i, "odd": i % 2 == 1}, events=[ev(i)]
+        )
+    got = [d async for d in store.iterate("stream", {"odd": True}, sort=[("i", -1)], batch_size=4)]
+    assert [d["i"] for d in got] == [i for i in range(22, -1, -1) if i % 2 == 1]
+    for d in got:
+        assert_clean(d)
+    got[0]["i"] = 999
+    assert (await store.get("stream", "s21"))["i"] == 21  # type: ignore[index]
+    everything = [d["_id"] async for d in store.iterate("stream", {}, batch_size=1)]
+    assert sorted(everything) == [f"s{i:02d}" for i in range(23)]
+    assert [d async for d in store.iterate("nothing_here", {})] == []
+    with pytest.raises(ValueError):
+        [d async for d in store.iterate("stream", {}, batch_size=0)]
+
+
 def _slot(i: int, rng: random.Random) -> Document:
     day = rng.randrange(1, 29)
     minute = rng.randrange(0, 24 * 60, 10)
