@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-test
+.PHONY: run test lint install install-test chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,13 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Debian's Chromium for the browser tests (tests/e2e/browser, Playwright drives it;
+# Playwright's own browser downloads are not used). Installed once, quietly.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 # The whole suite: lint, types, unit, contract (embedded + emulator + real
-# RabbitMQ; real MongoDB when MONGODB_URL is set) and end-to-end tests.
-test: install-test lint
+# RabbitMQ; real MongoDB when MONGODB_URL is set), end-to-end and browser tests.
+test: install-test chromium lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

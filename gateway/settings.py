@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     webhook_sweep_seconds: float = 1.0
     webhook_sweep_grace_seconds: float = 60.0
 
+    # Manual-entry web pages at /ui/ (issue 10). Their session lives in an encrypted
+    # (Fernet), http-only, SameSite=Lax cookie. Key: UI_SESSION_SECRET, else derived from
+    # TOKEN_SECRET, else random at start-up (fine for one process; set one of them when
+    # API processes are scaled out). Secure flag: on by default (browsers keep Secure
+    # cookies from http://127.0.0.1 and http://localhost); turn it off only to try the
+    # pages over plain http on another host name.
+    ui_session_secret: str = ""
+    ui_session_seconds: int = 8 * 3600
+    ui_cookie_secure: bool = True
+
     @property
     def sandbox(self) -> bool:
         return self.cer_mode == "sandbox"

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import bootstrap
 from gateway.bootstrap import Services
-from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox
+from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox, ui
 from gateway.http import subscriptions as subscription_api
 from gateway.http import waiting_room as waiting_room_api
 from gateway.http.keys import SERVICES
@@ -51,6 +51,7 @@ def create_app(
     patient.routes(app)
     waiting_room_api.routes(app)
     channels.routes(app)
+    ui.setup(app, settings)
     if settings.sandbox:
         sandbox.routes(app)
     return app

@@ -48,10 +48,47 @@ def provider_id(request: web.Request) -> str:
 
 
 def token_endpoint_url(request: web.Request) -> str:
+    """The audience of client assertions: this gateway's ``/auth/token`` URL (also
+    when the assertion is pasted into the web sign-in page)."""
     base = request.app[SERVICES].settings.public_base_url.rstrip("/")
     if base:
         return f"{base}/auth/token"
-    return str(request.url.with_query(None))
+    return str(request.url.origin().with_path("/auth/token"))
+
+
+async def authenticate_client(
+    request: web.Request, client_id: str, assertion: str
+) -> dict[str, Any]:
+    """The provider record whose key signed ``assertion`` (RFC 7523), or ``AuthError``.
+
+    The one check of client credentials: the token endpoint and the web sign-in
+    (``/ui/signin``) both call it, so a provider signs in to the pages with exactly
+    what it uses for the API.
+    """
+    services = request.app[SERVICES]
+    provider = await services.store.find_one(c.PROVIDERS, {"client_id": client_id})
+    if provider is None:
+        raise AuthError("invalid_client", "unknown client_id")
+    store = services.store
+    # Wall time, not the sandbox clock: assertions are signed by real clocks.
+    now = datetime.now(UTC)
+
+    async def first_use(jti: str) -> bool:
+        try:
+            await store.insert(c.USED_JTI, {"_id": f"{client_id}:{jti}", "at": to_store(now)})
+        except DuplicateKey:
+            return False
+        return True
+
+    await verify_client_assertion(
+        assertion,
+        client_id=client_id,
+        public_key_pem=provider["public_key_pem"],
+        audience=token_endpoint_url(request),
+        now=now,
+        first_use=first_use,
+    )
+    return provider
 
 
 async def token(request: web.Request) -> web.Response:
@@ -62,28 +99,7 @@ async def token(request: web.Request) -> web.Response:
     form = await request.post()
     try:
         client_id, assertion, scope = parse_token_request({k: str(v) for k, v in form.items()})
-        provider = await services.store.find_one(c.PROVIDERS, {"client_id": client_id})
-        if provider is None:
-            raise AuthError("invalid_client", "unknown client_id")
-        store = services.store
-        # Wall time, not the sandbox clock: assertions are signed by real clocks.
-        now = datetime.now(UTC)
-
-        async def first_use(jti: str) -> bool:
-            try:
-                await store.insert(c.USED_JTI, {"_id": f"{client_id}:{jti}", "at": to_store(now)})
-            except DuplicateKey:
-                return False
-            return True
-
-        await verify_client_assertion(
-            assertion,
-            client_id=client_id,
-            public_key_pem=provider["public_key_pem"],
-            audience=token_endpoint_url(request),
-            now=now,
-            first_use=first_use,
-        )
+        provider = await authenticate_client(request, client_id, assertion)
     except AuthError as err:
         status = 401 if err.code == "invalid_client" else 400
         return _oauth_error(status, err.code, err.message)

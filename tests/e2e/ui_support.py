@@ -1,0 +1,63 @@
+"""Helpers for tests of the web pages over HTTP (``/ui/``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import CookieJar
+from aiohttp.test_utils import TestClient
+
+from gateway.http.app import create_app
+from gateway.settings import Settings
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def ui_client(
+    settings: Settings, aiohttp_server: Callable[..., Any], aiohttp_client: Callable[..., Any]
+) -> TestClient[Any, Any]:
+    """A client for the app whose cookie jar treats the test server as a secure origin,
+    as browsers treat http://127.0.0.1: the session cookie is ``Secure``."""
+    server = await aiohttp_server(create_app(settings))
+    jar = CookieJar(unsafe=True, treat_as_secure_origin=[str(server.make_url("/"))])
+    client: TestClient[Any, Any] = await aiohttp_client(server, cookie_jar=jar)
+    return client
+
+
+def csrf_of(html: str) -> str:
+    m = CSRF_RE.search(html)
+    assert m, "the page has no CSRF token"
+    return m.group(1)
+
+
+async def csrf(client: TestClient[Any, Any], path: str = "/ui/signin") -> str:
+    resp = await client.get(path)
+    assert resp.status == 200, await resp.text()
+    return csrf_of(await resp.text())
+
+
+async def sign_in(
+    client: TestClient[Any, Any], name: str = "Przychodnia testowa"
+) -> dict[str, Any]:
+    """A fresh sandbox provider, signed in to the pages with its access token."""
+    resp = await client.post("/sandbox/providers", json={"name": name})
+    assert resp.status == 201, await resp.text()
+    provider: dict[str, Any] = await resp.json()
+    token = await csrf(client)
+    resp = await client.post(
+        "/ui/signin",
+        data={"csrf_token": token, "credential": provider["token"], "next": "/ui/"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303, await resp.text()
+    return provider
+
+
+async def post_form(
+    client: TestClient[Any, Any], path: str, data: dict[str, str], page: str | None = None
+) -> Any:
+    """POST a form with the CSRF token of ``page`` (default: ``path`` itself)."""
+    token = await csrf(client, page or path)
+    return await client.post(path, data={"csrf_token": token, **data}, allow_redirects=False)
