@@ -10,7 +10,7 @@ Backend Services".
 Two kinds of JWT:
 
 - *access tokens* we issue (:class:`TokenService`, HS256): ``sub`` is the
-  provider id or the patient's PESEL, ``kind`` says which. Their ``iat`` /
+  provider id, the patient's PESEL or the payer's client id, ``kind`` says which. Their ``iat`` /
   ``exp`` follow the application :class:`~gateway.ports.Clock`, so moving the
   sandbox clock ages them; expiry is checked against that clock, not the wall.
 - *client assertions* a provider signs with its private key (ES256 by
@@ -66,7 +66,7 @@ MIN_RSA_BITS = 2048
 MIN_SECRET_BYTES = 32
 VERIFIED_CACHE_SIZE = 10_000  # tokens kept verified (TokenService.verify)
 
-Kind = Literal["provider", "patient"]
+Kind = Literal["provider", "patient", "payer"]
 # Replay check: a set of ``"<client_id>:<jti>"`` seen so far (checked and updated),
 # or a callable told the jti that answers "seen before?" (sync or async).
 SeenJti = MutableSet[str] | Callable[[str], bool | Awaitable[bool]]
@@ -95,7 +95,8 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a provider (``subject`` = provider id) or a patient (PESEL)."""
+    """Who is calling: a provider (``subject`` = provider id), a patient (PESEL), or the
+    payer (NFZ; ``subject`` = its client's id), who reads every provider's reports."""
 
     kind: Kind
     subject: str
@@ -177,7 +178,11 @@ class TokenService:
         except jwt.InvalidTokenError:
             raise AuthError("invalid_token", "token is malformed") from None
         kind, subject, exp = claims["kind"], claims["sub"], claims["exp"]
-        if kind not in ("provider", "patient") or not isinstance(subject, str) or not subject:
+        if (
+            kind not in ("provider", "patient", "payer")
+            or not isinstance(subject, str)
+            or not subject
+        ):
             raise AuthError("invalid_token", "token is malformed")
         if not isinstance(exp, int) or isinstance(exp, bool):
             raise AuthError("invalid_token", "token is malformed")

@@ -11,7 +11,7 @@ import sys
 import structlog
 from aiohttp import web
 
-from gateway import bootstrap, gc_policy
+from gateway import bootstrap, gc_policy, report_cli
 from gateway.http.app import create_app
 from gateway.logging import configure_logging
 from gateway.settings import Settings
@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL")
     tok.add_argument("--client-id", required=True)
     tok.add_argument("--key", required=True, help="file with the provider's private key (PEM)")
+    report_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in ("report", "reconcile"):
+        return report_cli.run(args)
     if args.command == "token":
         return _token(args.url, args.client_id, args.key)
     settings = Settings()

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway import bootstrap
 from gateway.bootstrap import Services
 from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox, ui
+from gateway.http import reports as reports_api
 from gateway.http import subscriptions as subscription_api
 from gateway.http import waiting_room as waiting_room_api
 from gateway.http.keys import SERVICES
@@ -52,6 +53,7 @@ def create_app(
     waiting_room_api.routes(app)
     channels.routes(app)
     ui.setup(app, settings)
+    reports_api.routes(app)
     if settings.sandbox:
         sandbox.routes(app)
     return app

@@ -25,8 +25,8 @@ def _unauthorized(message: str, kind: str) -> FhirError:
     )
 
 
-def principal(request: web.Request, kind: str) -> Principal:
-    """The verified caller of ``kind`` (provider or patient), or 401/403."""
+def principal(request: web.Request, kind: str, also: tuple[str, ...] = ()) -> Principal:
+    """The verified caller of ``kind`` (provider or patient; or one of ``also``), or 401/403."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -35,11 +35,16 @@ def principal(request: web.Request, kind: str) -> Principal:
         who = request.app[SERVICES].tokens.verify(token.strip())
     except AuthError as err:
         raise _unauthorized(err.message, kind) from err
-    if who.kind != kind:
+    if who.kind != kind and who.kind not in also:
         raise FhirError(
             403, [Issue("forbidden", f"this endpoint needs a {kind} token")], code="forbidden"
         )
     return who
+
+
+def report_reader(request: web.Request) -> Principal:
+    """A provider (its own reports) or the payer (everyone's); 401/403 otherwise."""
+    return principal(request, "provider", also=("payer",))
 
 
 def provider_id(request: web.Request) -> str:
@@ -103,7 +108,15 @@ async def token(request: web.Request) -> web.Response:
     except AuthError as err:
         status = 401 if err.code == "invalid_client" else 400
         return _oauth_error(status, err.code, err.message)
-    access = services.tokens.issue(Principal("provider", provider["_id"]))
+    # A client registered with the payer's role (NFZ) gets a payer token: it reads the
+    # reports of every provider and writes nothing (issue 9).
+    role = provider.get("role")
+    who = (
+        Principal("payer", provider["_id"])
+        if role == "payer"
+        else Principal("provider", provider["_id"])
+    )
+    access = services.tokens.issue(who)
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "bearer",

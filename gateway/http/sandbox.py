@@ -75,6 +75,37 @@ async def make_provider(services: Services, name: Any = None) -> dict[str, Any]:
     }
 
 
+async def create_payer(request: web.Request) -> web.Response:
+    """A test payer (NFZ) client: it reads every provider's reports (issue 9), writes nothing."""
+    services = request.app[SERVICES]
+    await _json(request)
+    payer_id = f"payer-{new_id()[:12]}"
+    client_id = f"client-{new_id()[:16]}"
+    private_pem, public_pem = generate_client_keypair()
+    await services.store.insert(
+        c.PROVIDERS,
+        {
+            "_id": payer_id,
+            "client_id": client_id,
+            "role": "payer",
+            "name": "Sandbox payer (NFZ)",
+            "public_key_pem": public_pem,
+            "sandbox": True,
+            "created": to_store(services.clock.now()),
+        },
+    )
+    return json_response(
+        {
+            "payer_id": payer_id,
+            "client_id": client_id,
+            "private_key_pem": private_pem,
+            "token": services.tokens.issue(Principal("payer", payer_id)),
+            "token_endpoint": "/auth/token",
+        },
+        201,
+    )
+
+
 async def create_patient(request: web.Request) -> web.Response:
     data = await _json(request)
     return json_response(await make_patient(request.app[SERVICES], data), 201)
@@ -460,6 +491,7 @@ async def conformance_report(services: Services, provider: str) -> dict[str, Any
 def routes(app: web.Application) -> None:
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_post("/sandbox/providers", create_provider)
+    app.router.add_post("/sandbox/payers", create_payer)
     app.router.add_post("/sandbox/patients", create_patient)
     app.router.add_post("/sandbox/referrals", create_referral)
     app.router.add_post("/sandbox/screenings", create_screening)
