@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from gateway.timeutil import WARSAW, from_store, to_fhir, to_store, warsaw_day
+from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
 from mappings import codes
 
 VISIT_STATUSES = frozenset({"pending", "booked", "arrived", "checked-in", "fulfilled", "noshow"})
@@ -306,7 +306,8 @@ class DayResult:
 
 
 def _local(instant: str | None) -> str | None:
-    return to_fhir(from_store(instant).astimezone(WARSAW)) if instant else None
+    """Warsaw wall time with its offset: what the facility's staff see in their system."""
+    return from_store(instant).astimezone(WARSAW).isoformat(timespec="seconds") if instant else None
 
 
 def _differences(e: ExportVisit, h: HeldVisit) -> list[dict[str, Any]]:
