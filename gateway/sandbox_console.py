@@ -31,6 +31,10 @@ from gateway.ports import Document, Store
 from gateway.timeutil import from_store
 
 SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+VALID = {
+    "current": "valid signature with the current secret",
+    "previous": "valid signature with a previous secret (it still signs after a rotation)",
+}
 LIST_LIMIT = 200  # deliveries on one page
 FAILING_LIMIT = 50  # failing deliveries on the console's front page
 
@@ -104,6 +108,13 @@ class Delivery:
     def failing(self) -> bool:
         """Failed for good, or a try failed and the next one is waiting."""
         return self.status == "failed" or (self.status == "pending" and self.tries > 0)
+
+    @property
+    def state(self) -> str:
+        """delivered, waiting (first try not done yet), retrying, failed or cancelled."""
+        if self.status == "pending":
+            return "retrying" if self.tries > 0 else "waiting"
+        return self.status
 
     @property
     def inbox(self) -> bool:
@@ -193,16 +204,14 @@ def check_signature(
                 return SignatureCheck(
                     True,
                     Message(
-                        "valid signature with the {secret} secret; it was signed {minutes} "
-                        "minutes ago, so a receiver would now refuse this very request as a "
-                        "replay (Standard Webhooks allows 5 minutes)",
-                        {"secret": label, "minutes": int(age.total_seconds() // 60)},
+                        VALID[label] + "; it was signed {minutes} minutes ago, so a receiver "
+                        "would now refuse this very request as a replay (Standard Webhooks "
+                        "allows 5 minutes)",
+                        {"minutes": int(age.total_seconds() // 60)},
                     ),
                 )
             continue
-        return SignatureCheck(
-            True, Message("valid signature with the {secret} secret", {"secret": label})
-        )
+        return SignatureCheck(True, Message(VALID[label]))
     versions = sorted({s.split(",", 1)[0] for s in offered})
     if any("," not in s for s in offered):
         return SignatureCheck(

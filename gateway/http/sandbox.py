@@ -139,7 +139,10 @@ async def make_patient(services: Services, data: dict[str, Any]) -> dict[str, An
     await services.store.update_one(
         c.PATIENTS,
         {"_id": number},
-        {"$set": {"birth_date": born.isoformat(), "sex": sex, "sandbox": True}},
+        {
+            "$set": {"birth_date": born.isoformat(), "sex": sex, "sandbox": True},
+            "$setOnInsert": {"created": to_store(services.clock.now())},
+        },
         upsert=True,
     )
     token = services.tokens.issue(Principal("patient", number))

@@ -64,3 +64,29 @@ def test_missing_headers_malformed_values_and_an_unknown_secret() -> None:
     assert not check.ok and "version,signature" in check.message.english()
     gone = check_signature(BODY, signed(secret), [])
     assert not gone.ok and "gone" in gone.message.english()
+
+
+def test_every_reason_the_console_shows_has_its_polish_text() -> None:
+    """The reasons are built here, shown by the pages: each needs a catalog entry."""
+    import re
+    from pathlib import Path
+
+    from gateway import sandbox_console
+    from gateway.http.ui import i18n
+
+    source = Path(sandbox_console.__file__).read_text("utf-8")
+    texts = [
+        "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1))).replace('\\"', '"')
+        for m in re.finditer(r'Message\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)', source)
+    ]
+    texts += list(sandbox_console.VALID.values())
+    texts += [v + STALE for v in sandbox_console.VALID.values()]
+    assert len(texts) > 10
+    catalog = i18n.catalog("pl")
+    assert [t for t in texts if t not in catalog] == []
+
+
+STALE = (
+    "; it was signed {minutes} minutes ago, so a receiver would now refuse this very "
+    "request as a replay (Standard Webhooks allows 5 minutes)"
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.ui import core, pages, session, signin
+from gateway.http.ui import core, pages, sandbox_console, session, signin
 from gateway.settings import Settings
 
 __all__ = ["setup"]
@@ -31,3 +31,6 @@ def setup(app: web.Application, settings: Settings) -> None:
     r.add_get("/ui/signin", signin.signin_page)
     r.add_post("/ui/signin", signin.signin)
     r.add_post("/ui/signout", signin.signout)
+    if settings.sandbox:
+        # The sandbox console (sandbox mode only: 404 in production, like /sandbox/*).
+        sandbox_console.routes(app)
