@@ -32,11 +32,58 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--client-id", required=True)
     tok.add_argument("--key", required=True, help="file with the provider's private key (PEM)")
     report_cli.add_parsers(sub)
+    imp = sub.add_parser(
+        "import",
+        help="initial import (R-SCHED-5): send FHIR NDJSON / Bundle files to the gateway",
+        description="Import a provider's Locations, Schedules, Slots and Appointments from "
+        "FHIR NDJSON files (one resource per line) or Bundle files, files or directories. "
+        "Streams them in chunks to an import job; run the same command again to resume "
+        "after an interruption. Exit status 0: all applied; 2: some rejected (see the "
+        "error file); 1: failed.",
+    )
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="NDJSON / Bundle files, directories")
+    imp.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL")
+    imp.add_argument("--token", help="a provider access token (or --client-id and --key)")
+    imp.add_argument("--client-id")
+    imp.add_argument("--key", help="file with the provider's private key (PEM)")
+    imp.add_argument("--chunk-size", type=int, default=1000, help="resources per chunk")
+    imp.add_argument("--in-flight", type=int, default=2, help="chunks sent ahead (1 = none)")
+    imp.add_argument("--state", help="the local checkpoint file (default .cer-import-<hash>.json)")
+    imp.add_argument(
+        "--errors", default="import-errors.ndjson", help="where to write the error file"
+    )
+    imp.add_argument("--restart", action="store_true", help="ignore the checkpoint: a new job")
+    imp.add_argument("--label", default="", help="a label for the job")
+    imp.add_argument(
+        "--progress",
+        choices=("auto", "bar", "plain", "none"),
+        default="auto",
+        help="auto: a bar on a terminal, a line every 5 s otherwise",
+    )
     args = parser.parse_args(argv)
     if args.command in ("report", "reconcile"):
         return report_cli.run(args)
     if args.command == "token":
         return _token(args.url, args.client_id, args.key)
+    if args.command == "import":
+        from gateway import import_client
+
+        return import_client.main(
+            import_client.Options(
+                url=args.url,
+                paths=tuple(args.paths),
+                token=args.token,
+                client_id=args.client_id,
+                key_file=args.key,
+                chunk_size=max(1, args.chunk_size),
+                in_flight=max(1, args.in_flight),
+                state_file=args.state,
+                errors_file=args.errors,
+                restart=args.restart,
+                label=args.label,
+                progress=args.progress,
+            )
+        )
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "worker":

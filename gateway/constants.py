@@ -45,6 +45,8 @@ WAITING_ROOM = "waiting_room"  # entries: criteria, place in the queue (rank), s
 WAITING_ROOM_PROPOSALS = "waiting_room_proposals"  # R-CAN-2 48-72 h offers and their answers
 WAITING_ROOM_STATE = "waiting_room_state"  # per scope: the last day unlocked (R-SCHED-6)
 WAITING_ROOM_RELEASES = "waiting_room_releases"  # cancellations seen: the release rate (R-WAIT-5)
+IMPORT_JOBS = "import_jobs"  # initial imports (R-SCHED-5): progress, checkpoint, the freeze
+IMPORT_ERRORS = "import_errors"  # one per rejected resource of an import: file, line, outcome
 AUDIT = "audit"  # who read what: providers' reads of a patient's waiting-room entries
 WAITING_ROOM_GROUP = "waiting-room"  # slot events -> waiting-room commands
 # The provider-less "tenant" of waiting-room entries as FHIR Appointments (status

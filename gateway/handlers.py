@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from gateway import constants as c
-from gateway import operations, patients, waiting_assign, waiting_room
+from gateway import imports, operations, patients, waiting_assign, waiting_room
 from gateway.errors import FhirError
 from gateway.ports import Clock, Envelope, Reject, Store
 from gateway.timeutil import to_store
@@ -60,6 +60,8 @@ async def fhir_write(store: Store, clock: Clock, msg: Envelope) -> dict[str, Any
             await store.update_one(c.JOBS, {"_id": job_id}, {"$set": {"done": done}})
 
     try:
+        # R-SCHED-5: while the provider's initial import runs its schedule is frozen.
+        await imports.refuse_during_import(store, clock, msg.tenant)
         reply = await operations.run_write(
             store,
             now=clock.now(),
@@ -97,6 +99,8 @@ async def finish_job(store: Store, clock: Clock, job_id: str, reply: dict[str, A
 
 COMMAND_HANDLERS: dict[str, Handler] = {
     "fhir.write": fhir_write,
+    # The initial import (R-SCHED-5, gateway.imports): a chunk of a job, channel import.
+    "import.chunk": imports.handle_chunk,
     # The patient channel (gateway.patients), on the partition of the slot's provider.
     "patient.book": patients.book,
     "patient.reschedule": patients.book,

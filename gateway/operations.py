@@ -643,11 +643,14 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
         channel=ctx.channel,
     )
     ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
-    if previous is not None and op.type in ("Location", "Schedule"):
+    if previous is not None and op.type in ("Location", "Schedule") and written.changed:
         await propagate_location(ctx, op, previous)
-    return result(
+    out = result(
         written.status, op.type, op.id, written.version, written.last_updated, written.resource
     )
+    if not written.changed:
+        out["unchanged"] = True  # the import's summary counts these apart
+    return out
 
 
 async def propagate_location(ctx: WriteContext, op: Op, previous: dict[str, Any]) -> None:

@@ -36,6 +36,9 @@ class Written:
     version: int
     last_updated: str
     resource: dict[str, Any]
+    # False when the content equalled the stored version: nothing was written (no new
+    # version, no event), as FHIR servers' "no-op" updates do; re-imports rely on it.
+    changed: bool = True
 
     def to_reply(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,33 @@ def with_meta(resource: dict[str, Any], rid: str, version: int, at: datetime) ->
     meta["lastUpdated"] = to_fhir(at)
     out["meta"] = meta
     return out
+
+
+def _without_version_meta(resource: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = dict(resource)
+    meta = dict(body.pop("meta", None) or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    return body, meta
+
+
+def same_content(
+    current: Document, rid: str, resource: dict[str, Any], central: dict[str, Any]
+) -> bool:
+    """Does a write of ``resource`` / ``central`` leave ``current`` as it is?
+
+    The FHIR resource is compared without ``meta.versionId`` / ``meta.lastUpdated``
+    (the server's); the central model key by key for the keys the write sets: keys
+    only the stored one has (``cancelled_at``, a waiting-room ``hold``) were derived
+    by earlier writes and a repeat of the same content keeps them.
+    """
+    if current.get("deleted"):
+        return False
+    stored = current.get("resource") or {}
+    if _without_version_meta(stored) != _without_version_meta({**resource, "id": rid}):
+        return False
+    before = current.get("central") or {}
+    return all(k in before and before[k] == v for k, v in central.items())
 
 
 async def read(store: Store, tenant: str, rtype: str, rid: str) -> Document:
@@ -105,6 +135,17 @@ async def apply_put(
         cur_version = current["version"] if current is not None else 0
         if if_match is not None and (not live or cur_version != if_match):
             raise version_conflict(if_match, cur_version if live else None)
+        if (
+            live
+            and current is not None
+            and not extra_events
+            and same_content(current, rid, resource, central)
+        ):
+            # Nothing changes: no new version and no event (a re-run of an import, a
+            # vendor re-sending what it sent; R-SCHED-5 "import it again, no change").
+            return Written(
+                200, cur_version, current["last_updated"], current["resource"], changed=False
+            )
         version = cur_version + 1
         stored = with_meta(resource, rid, version, now)
         at = to_store(now)

@@ -91,5 +91,13 @@ INDEXES: dict[str, list[Index]] = {
     ],
     c.WAITING_ROOM_STATE: [],
     c.WAITING_ROOM_RELEASES: [Index((("scope", 1), ("at", 1)))],
+    # Initial imports (R-SCHED-5): one running import per provider (the unique, sparse
+    # active_key, which is also the freeze the write path looks up); a job's rejections
+    # in file order for its error file.
+    c.IMPORT_JOBS: [
+        Index((("active_key", 1),), unique=True, sparse=True),
+        Index((("tenant", 1), ("created", 1))),
+    ],
+    c.IMPORT_ERRORS: [Index((("job", 1), ("order", 1)))],
     c.AUDIT: [Index((("tenant", 1), ("at", 1))), Index((("pesel", 1), ("at", 1)))],
 }

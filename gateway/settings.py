@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # is ahead) or is this many seconds late (lost with a crashed worker).
     webhook_sweep_seconds: float = 1.0
     webhook_sweep_grace_seconds: float = 60.0
+    # Initial import (R-SCHED-5): a running import whose client sent no chunk for this
+    # many seconds is failed, so a crashed client cannot freeze a provider for ever
+    # (its run can still be resumed: the job re-opens when chunks come again).
+    import_stale_seconds: float = 900.0
 
     # Manual-entry web pages at /ui/ (issue 10). Their session lives in an encrypted
     # (Fernet), http-only, SameSite=Lax cookie. Key: UI_SESSION_SECRET, else derived from

@@ -383,8 +383,9 @@ class Webhooks:
         """A resource change -> one numbered event per matching subscription, then its first try."""
         body = msg.body
         channel = body.get("channel") or "provider"
-        # R-SCHED-4 / R-CAN-3: the provider's own changes are not echoed back to it.
-        if channel == "provider" or msg.tenant is None:
+        # R-SCHED-4 / R-CAN-3: the provider's own changes are not echoed back to it; its
+        # initial import (R-SCHED-5) is its own data too.
+        if channel in ("provider", "import") or msg.tenant is None:
             return
         rtype = body.get("type")
         if rtype not in ("Appointment", "Slot"):

@@ -8,7 +8,18 @@ from aiohttp import web
 
 from gateway import bootstrap
 from gateway.bootstrap import Services
-from gateway.http import auth, bundles, capability, channels, fhir, health, patient, sandbox, ui
+from gateway.http import (
+    auth,
+    bundles,
+    capability,
+    channels,
+    fhir,
+    health,
+    imports,
+    patient,
+    sandbox,
+    ui,
+)
 from gateway.http import reports as reports_api
 from gateway.http import subscriptions as subscription_api
 from gateway.http import waiting_room as waiting_room_api
@@ -48,6 +59,7 @@ def create_app(
     capability.routes(app)
     fhir.routes(app)
     bundles.routes(app)
+    imports.routes(app)
     subscription_api.routes(app)
     patient.routes(app)
     waiting_room_api.routes(app)

@@ -8,6 +8,9 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.bootstrap import Services
+    from gateway.http.imports import Turnstile
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
+# The initial import's chunks go to the bus in order (gateway.http.imports).
+IMPORT_TURNS: web.AppKey[Turnstile] = web.AppKey("import_turns")
