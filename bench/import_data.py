@@ -159,7 +159,7 @@ def location(n: int, rng: random.Random) -> dict[str, Any]:
         "id": f"loc-{n:03d}",
         "identifier": [{"system": f"{VENDOR}/location", "value": f"LOC-{n:03d}"}],
         "status": "active",
-        "name": f"Przychodnia Specjalistyczna nr {n + 1} – {city}",
+        "name": f"Przychodnia Specjalistyczna nr {n + 1} \u2013 {city}",
         "address": {
             "line": [f"ul. Zdrowa {rng.randint(1, 120)}"],
             "city": city,
