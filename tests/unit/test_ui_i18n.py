@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.http.ui import core, i18n
+from gateway.http.ui import core, i18n, plain, schedules
 
 UI = Path(i18n.__file__).parent
 DQ = r'"(?:[^"\\]|\\.)*"'
@@ -26,6 +26,13 @@ def messages() -> dict[str, str]:
             found.setdefault(text, path.name)
     for item in core.NAV:
         found.setdefault(item.label, "core.NAV")
+    for _pattern, message in plain.PLAIN:
+        found.setdefault(message, "plain.PLAIN")
+    for kinds in schedules.KINDS.values():
+        for kind in kinds:
+            found.setdefault(kind, "schedules.KINDS")
+    for day in schedules.WEEKDAYS:
+        found.setdefault(day, "schedules.WEEKDAYS")
     return found
 
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.ui import core, pages, sandbox_console, session, signin
+from gateway.http.ui import (
+    calendar,
+    core,
+    facilities,
+    pages,
+    sandbox_console,
+    schedules,
+    session,
+    signin,
+    visits,
+)
 from gateway.settings import Settings
 
 __all__ = ["setup"]
@@ -31,6 +41,10 @@ def setup(app: web.Application, settings: Settings) -> None:
     r.add_get("/ui/signin", signin.signin_page)
     r.add_post("/ui/signin", signin.signin)
     r.add_post("/ui/signout", signin.signout)
+    facilities.routes(app)
+    schedules.routes(app)
+    calendar.routes(app)
+    visits.routes(app)
     if settings.sandbox:
         # The sandbox console (sandbox mode only: 404 in production, like /sandbox/*).
         sandbox_console.routes(app)

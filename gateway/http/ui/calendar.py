@@ -1,0 +1,202 @@
+"""The day view and the week view: a provider's slots, free / booked / cancelled, and
+who booked each through which channel.
+
+Personal data: a row shows only the last four digits of the patient's PESEL (enough
+to tell two bookings apart at a glance); the visit's own page shows the rest to the
+signed-in provider, who needs it. Nothing personal is logged.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway.http.keys import SERVICES
+from gateway.http.ui import core, i18n, writes
+from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
+from mappings import codes
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def masked_pesel(pesel: str | None) -> str:
+    return f"•••••••{pesel[-4:]}" if pesel else ""
+
+
+def day_bounds(first: date, days: int) -> tuple[str, str]:
+    """Store instants of Warsaw midnight of ``first`` and ``days`` later (DST-proof)."""
+    start = datetime.combine(first, time(0), WARSAW)
+    end = datetime.combine(first + timedelta(days=days), time(0), WARSAW)
+    return to_store(start), to_store(end)
+
+
+def _labels(lang: str) -> dict[str, dict[str, str]]:
+    def disp(info: Any) -> str:
+        return str(info.display_pl if lang == "pl" else info.display_en)
+
+    return {
+        "category": {k: disp(v) for k, v in codes.slot_categories().items()},
+        "channel": {k: disp(v) for k, v in codes.channels().items()},
+        "reason": {k: disp(v) for k, v in codes.cancellation_reasons().items()},
+        "scope": {k: disp(v) for k, v in codes.scopes().items()},
+    }
+
+
+async def rows(
+    request: web.Request, tenant: str, first: date, days: int, schedule: str | None
+) -> list[dict[str, Any]]:
+    """Per day: its slots in time order, each with the visit holding it and the visits
+    cancelled on it. Two range reads on the (tenant, type, central.start) index."""
+    lang = i18n.language(request)
+    _ = i18n.translator(lang)
+    labels = _labels(lang)
+    lo, hi = day_bounds(first, days)
+    extra: dict[str, Any] = {"central.start": {"$gte": lo, "$lt": hi}}
+    if schedule:
+        extra["central.schedule_id"] = schedule
+    slots = await writes.live(request, tenant, "Slot", extra, sort=[("central.start", 1)])
+    visits = await writes.live(
+        request,
+        tenant,
+        "Appointment",
+        {"central.start": {"$gte": lo, "$lt": hi}},
+        sort=[("central.start", 1)],
+    )
+    by_slot: dict[str, list[dict[str, Any]]] = {}
+    for v in visits:
+        for sid in v["central"].get("slot_ids") or []:
+            by_slot.setdefault(sid, []).append(v)
+    out: dict[date, list[dict[str, Any]]] = {first + timedelta(days=i): [] for i in range(days)}
+    status_text = {
+        "free": _("free"),
+        "booked": _("booked"),
+        "held": _("held by the waiting room"),
+        "unavailable": _("not available"),
+    }
+    for s in slots:
+        central = s["central"]
+        start = from_store(central["start"]).astimezone(WARSAW)
+        holder = None
+        cancelled = []
+        for v in by_slot.get(s["rid"], []):
+            vc = v["central"]
+            if vc["status"] == "cancelled":
+                cancelled.append(
+                    {
+                        "rid": v["rid"],
+                        "patient": masked_pesel(vc.get("patient_pesel")),
+                        "reason": labels["reason"].get(vc.get("cancel_reason") or "", ""),
+                        "channel": labels["channel"].get(vc.get("cancel_channel") or "", ""),
+                    }
+                )
+            elif vc["status"] not in ("waitlist", "proposed", "entered-in-error"):
+                holder = v
+        if central["status"] == "free":
+            state = "free"
+        elif holder is not None:
+            state = "booked"
+        elif central["status"] == "busy-tentative":
+            state = "held"
+        else:
+            state = "unavailable"
+        row: dict[str, Any] = {
+            "rid": s["rid"],
+            "time": start.strftime("%H:%M"),
+            "end": from_store(central["end"]).astimezone(WARSAW).strftime("%H:%M"),
+            "category": labels["category"].get(central.get("category") or "", ""),
+            "scope": labels["scope"].get(central["scope"], central["scope"]),
+            "state": state,
+            "state_text": status_text[state],
+            "cancelled": cancelled,
+            "visit": None,
+        }
+        if holder is not None:
+            hc = holder["central"]
+            row["visit"] = {
+                "rid": holder["rid"],
+                "patient": masked_pesel(hc.get("patient_pesel")),
+                "channel": labels["channel"].get(hc.get("channel") or "", hc.get("channel")),
+            }
+        out.setdefault(start.date(), []).append(row)
+    return [{"date": d, "weekday": _(WEEKDAYS[d.weekday()]), "slots": out[d]} for d in sorted(out)]
+
+
+def _parse_day(value: str | None, default: date) -> date:
+    try:
+        return date.fromisoformat(value) if value else default
+    except ValueError:
+        return default
+
+
+async def _page(request: web.Request, *, week: bool) -> web.Response:
+    me = await core.signed_in(request)
+    today = warsaw_day(request.app[SERVICES].clock.now())
+    chosen = _parse_day(request.query.get("start") or request.query.get("date"), today)
+    first = chosen - timedelta(days=chosen.weekday()) if week else chosen
+    days = 7 if week else 1
+    schedule = request.query.get("schedule") or None
+    schedules = await writes.live(request, me["_id"], "Schedule")
+    if schedule and schedule not in {d["rid"] for d in schedules}:
+        schedule = None
+    data = await rows(request, me["_id"], first, days, schedule)
+    path = "/ui/week" if week else "/ui/day"
+    key = "start" if week else "date"
+
+    def link(day: date, target: str = path, k: str = key) -> str:
+        q = {k: day.isoformat()}
+        if schedule:
+            q["schedule"] = schedule
+        return f"{target}?{urlencode(q)}"
+
+    lang = i18n.language(request)
+    scope_labels = _labels(lang)["scope"]
+    counts = {
+        state: sum(1 for d in data for r in d["slots"] if r["state"] == state)
+        for state in ("free", "booked", "held", "unavailable")
+    }
+    counts["cancelled"] = sum(len(r["cancelled"]) for d in data for r in d["slots"])
+    return await core.render(
+        request,
+        "calendar.html",
+        {
+            "week": week,
+            "days": data,
+            "first": first,
+            "last": first + timedelta(days=days - 1),
+            "counts": counts,
+            "total": sum(counts.values()),
+            "schedule": schedule,
+            "schedule_options": [("", "—")]
+            + [
+                (
+                    d["rid"],
+                    d["central"].get("comment")
+                    or ", ".join(scope_labels.get(s, s) for s in d["central"]["scopes"]),
+                )
+                for d in schedules
+            ],
+            "prev_day": link(first - timedelta(days=1)),
+            "next_day": link(first + timedelta(days=1)),
+            "prev_week": link(first - timedelta(days=7)),
+            "next_week": link(first + timedelta(days=7)),
+            "today_link": link(today),
+            "day_link": lambda d: link(d, "/ui/day", "date"),
+            "week_link": link(first, "/ui/week", "start"),
+        },
+    )
+
+
+async def day_page(request: web.Request) -> web.Response:
+    return await _page(request, week=False)
+
+
+async def week_page(request: web.Request) -> web.Response:
+    return await _page(request, week=True)
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_get("/ui/day", day_page)
+    app.router.add_get("/ui/week", week_page)
