@@ -186,6 +186,7 @@ def _columns(header: list[str]) -> dict[str, int]:
 
 def parse_export(text: str) -> tuple[list[ExportVisit], list[dict[str, Any]]]:
     """The export's visits and the rows rejected (``{line, error}``; never a PESEL)."""
+    text = text.removeprefix("\ufeff")  # a BOM left by an editor that saved "UTF-8 with BOM"
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
