@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -120,8 +120,9 @@ class Delivery:
     def inbox(self) -> bool:
         return self.endpoint == subs.INBOX
 
-    def reason(self) -> Message | None:
-        """Why it failed, in plain words (None when nothing failed)."""
+    def reason(self, when: Callable[[str], str] = str) -> Message | None:
+        """Why it failed, in plain words (None when nothing failed); ``when`` shows an
+        instant (the pages show Warsaw time)."""
         if not self.failing and self.status != "cancelled":
             return None
         if self.status == "cancelled":
@@ -139,7 +140,7 @@ class Delivery:
             )
         return Message(
             "try {tries} failed: {error}; next try at {next}",
-            {"tries": self.tries, "error": what, "next": self.next_attempt_at or "?"},
+            {"tries": self.tries, "error": what, "next": when(self.next_attempt_at or "?")},
         )
 
 

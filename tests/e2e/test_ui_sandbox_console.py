@@ -274,7 +274,7 @@ async def test_patients_of_an_age_and_sex_referrals_and_screenings(
     )
     assert resp.status == 201, await resp.text()
     listing = text_of(await page(web, "/ui/sandbox/patients"))
-    assert "mammography 2025-06-01" in listing
+    assert "Mammografia (program profilaktyki raka piersi) 2025-06-01" in listing
     resp = await post_form(
         web,
         "/ui/sandbox/screenings",

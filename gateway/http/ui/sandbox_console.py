@@ -45,6 +45,7 @@ def routes(app: web.Application) -> None:
     env = aiohttp_jinja2.get_env(app)
     env.filters["console_time"] = console_time
     env.filters["delivery_url"] = delivery_url
+    env.globals["console_time"] = console_time
     r = app.router
     r.add_get(PREFIX, front)
     r.add_post(f"{PREFIX}/clock", move_clock)
@@ -111,6 +112,13 @@ async def _render(
     return await core.render(request, template, {**base, **context}, status=status)
 
 
+def _scope_name(lang: str, code: str) -> str:
+    info = codes.scopes().get(code)
+    if info is None:
+        return code
+    return info.display_pl if lang == "pl" else info.display_en
+
+
 def _scope_options(lang: str, which: str) -> list[tuple[str, str]]:
     out = []
     for code, info in codes.scopes().items():
@@ -127,23 +135,28 @@ def _scope_options(lang: str, which: str) -> list[tuple[str, str]]:
 
 async def front(request: web.Request, clock_form: forms.Form | None = None) -> web.Response:
     """The front page: clock, failing deliveries (with why), providers, the other pages."""
+    context = await _front_context(request, clock_form or forms.Form(), forms.Form())
+    status = 400 if clock_form is not None and clock_form.errors else 200
+    return await _render(request, "sandbox/front.html", context, status=status)
+
+
+async def _front_context(
+    request: web.Request, clock_form: forms.Form, provider_form: forms.Form
+) -> dict[str, Any]:
     services = _services(request)
     store = services.store
-    return await _render(
-        request,
-        "sandbox/front.html",
-        {
-            "section": "front",
-            "clock_form": clock_form or forms.Form(),
-            "offset": actions.sandbox_clock(services).offset,
-            "advance_buttons": ADVANCE_BUTTONS,
-            "failing": await reads.failing_deliveries(store),
-            "failing_subscriptions": await reads.failing_subscriptions(store),
-            "providers": await reads.providers(store),
-            "provider_form": forms.Form(),
-        },
-        status=400 if clock_form is not None and clock_form.errors else 200,
-    )
+    providers = await reads.providers(store)
+    return {
+        "section": "front",
+        "clock_form": clock_form,
+        "offset": actions.sandbox_clock(services).offset,
+        "advance_buttons": ADVANCE_BUTTONS,
+        "failing": await reads.failing_deliveries(store),
+        "failing_subscriptions": await reads.failing_subscriptions(store),
+        "providers": providers,
+        "provider_names": {p.id: p.name for p in providers},
+        "provider_form": provider_form,
+    }
 
 
 def _parse_when(text: str) -> dict[str, str]:
@@ -211,23 +224,8 @@ async def create_provider(request: web.Request) -> web.Response:
     name = form.get("name") or None
     if name is not None and len(name) > 200:
         form.error("name", _("A name has at most 200 characters."))
-        return await _render(
-            request,
-            "sandbox/front.html",
-            {
-                "section": "front",
-                "clock_form": forms.Form(),
-                "offset": actions.sandbox_clock(_services(request)).offset,
-                "advance_buttons": ADVANCE_BUTTONS,
-                "failing": await reads.failing_deliveries(_services(request).store),
-                "failing_subscriptions": await reads.failing_subscriptions(
-                    _services(request).store
-                ),
-                "providers": await reads.providers(_services(request).store),
-                "provider_form": form,
-            },
-            status=400,
-        )
+        context = await _front_context(request, forms.Form(), form)
+        return await _render(request, "sandbox/front.html", context, status=400)
     created = await actions.make_provider(_services(request), name)
     return await _render(
         request,
@@ -361,6 +359,7 @@ async def _patients_context(request: web.Request) -> dict[str, Any]:
         "referral_scopes": _scope_options(lang, "referral"),
         "screening_scopes": _scope_options(lang, "screening"),
         "referral_status_options": [(st, _(st)) for st in REFERRAL_STATUSES],
+        "scope_name": lambda code: _scope_name(lang, code),
         "patient_form": forms.Form(),
         "referral_form": forms.Form(),
         "screening_form": forms.Form(),
@@ -383,9 +382,13 @@ async def _patients_answer(
     context = await _patients_context(request)
     context[form_name] = form
     context["created"] = created
-    if created is not None and created.get("pesel"):
-        context["referral_form"] = forms.Form(values={"ref_pesel": created["pesel"]})
-        context["screening_form"] = forms.Form(values={"scr_pesel": created["pesel"]})
+    who = (created or {}).get("pesel") or (created or {}).get("for")
+    if who:
+        # the next form of the same patient starts with its PESEL
+        if "ref_pesel" not in context["referral_form"].values:
+            context["referral_form"] = forms.Form(values={"ref_pesel": who})
+        if "scr_pesel" not in context["screening_form"].values:
+            context["screening_form"] = forms.Form(values={"scr_pesel": who})
     status = 400 if form.errors else 201
     return await _render(request, "sandbox/patients.html", context, status=status)
 
