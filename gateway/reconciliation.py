@@ -19,7 +19,9 @@ visits that differ and in which field. The CSV is documented in
   with an offset; ``category`` (*kategoria*): a slot-category code;
   ``status``: ``booked`` (default), ``cancelled``, ``fulfilled``... (Polish
   ``umówiona``, ``odwołana``, ``zrealizowana``); ``pesel`` or
-  ``pesel_sha256`` (hex SHA-256 of the 11 digits): compared, never echoed.
+  ``pesel_sha256`` (hex SHA-256 of the 11 digits): compared, never echoed;
+  ``line``: the row's line in the original file (messages name it), for a
+  file the command line split into parts.
 
 Pure: parsing and comparing; ``gateway.report_service`` reads the store.
 PESELs are compared and dropped: no output or log line carries one.
@@ -61,6 +63,8 @@ COLUMNS = {
     "status": ("status",),
     "pesel": ("pesel",),
     "pesel_sha256": ("pesel_sha256",),
+    # the row's line in the original file, when the file was split (cer-gateway reconcile)
+    "line": ("line", "nr_wiersza"),
 }
 REQUIRED = ("visit_id", "scope", "start")
 MAX_REJECTED_SHOWN = 1000
@@ -167,7 +171,12 @@ def parse_start(value: str) -> datetime:
     return dt
 
 
-def _columns(header: list[str]) -> dict[str, int]:
+def delimiter_of(header_line: str) -> str:
+    """``;`` or ``,``: whichever the header line uses (``;`` when both)."""
+    return ";" if header_line.count(";") >= header_line.count(",") and ";" in header_line else ","
+
+
+def columns(header: list[str]) -> dict[str, int]:
     names = [h.strip().lower() for h in header]
     found: dict[str, int] = {}
     for key, aliases in COLUMNS.items():
@@ -191,7 +200,7 @@ def parse_export(text: str) -> tuple[list[ExportVisit], list[dict[str, Any]]]:
     first = next((ln for ln in lines if ln.strip()), None)
     if first is None:
         raise ExportError("the file is empty: a header row is required")
-    delimiter = ";" if first.count(";") >= first.count(",") and ";" in first else ","
+    delimiter = delimiter_of(first)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header: list[str] | None = None
     cols: dict[str, int] = {}
@@ -203,9 +212,12 @@ def parse_export(text: str) -> tuple[list[ExportVisit], list[dict[str, Any]]]:
             continue
         if header is None:
             header = row
-            cols = _columns(row)
+            cols = columns(row)
             continue
         line = reader.line_num
+        original = row[cols["line"]].strip() if "line" in cols and cols["line"] < len(row) else ""
+        if original.isdigit():
+            line = int(original)
 
         def cell(name: str, row: list[str] = row, cols: dict[str, int] = cols) -> str:
             i = cols.get(name)

@@ -5,22 +5,29 @@ They call the gateway's HTTP API (``/reports/...``) with the caller's token:
 them (a provider's or the payer's client). They print a readable table and
 can write the JSON and CSV the API gives (``--json FILE``, ``--csv FILE``).
 ``reconcile`` exits 0 when the export and the gateway match, 1 when they
-differ, 2 when it could not compare.
+differ, 2 when it could not compare. It sends the export a week of visits at
+a time (each row with its original line number), so an export of any size
+is compared with the server holding one week of both sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from gateway import reconciliation as rec
+from gateway import reports
+from gateway.timeutil import warsaw_day
 
 TIMEOUT = 600  # seconds: a report over a large provider is read in one request
 
@@ -142,15 +149,131 @@ def _fetch(
     return report
 
 
+@dataclass
+class Parts:
+    """The export split by week of the visit (Monday to Sunday, Warsaw days)."""
+
+    header: list[str]
+    first: date | None = None
+    last: date | None = None
+    weeks: dict[date, list[list[str]]] = field(default_factory=dict)
+    unreadable: list[list[str]] = field(
+        default_factory=list
+    )  # no usable start: the server says why
+
+
+def split_export(path: Path) -> Parts:
+    """Read the export (UTF-8, else Windows-1250) and sort its rows into weeks, each row
+    with its original line number (the server's messages name it)."""
+    try:
+        return _split(path, "utf-8-sig")
+    except UnicodeDecodeError:
+        return _split(path, "cp1250")
+
+
+def _split(path: Path, encoding: str) -> Parts:
+    with path.open(encoding=encoding, newline="") as f:
+        head = ""
+        for head in f:
+            if head.strip():
+                break
+        f.seek(0)
+        reader = csv.reader(f, delimiter=rec.delimiter_of(head))
+        header = next((r for r in reader if any(c.strip() for c in r)), None)
+        if header is None:
+            raise CliError(f"{path} is empty: a header row is required")
+        try:
+            cols = rec.columns(header)
+        except rec.ExportError as err:
+            raise CliError(str(err)) from None
+        parts = Parts(header=[*header, "line"] if "line" not in cols else header)
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if "line" not in cols:
+                row = [*row, str(reader.line_num)]
+            try:
+                day = warsaw_day(rec.parse_start(row[cols["start"]]))
+            except (ValueError, IndexError):
+                parts.unreadable.append(row)
+                continue
+            week = day - timedelta(days=day.weekday())
+            parts.weeks.setdefault(week, []).append(row)
+            parts.first = day if parts.first is None or day < parts.first else parts.first
+            parts.last = day if parts.last is None or day > parts.last else parts.last
+    return parts
+
+
+def _csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=";", lineterminator="\r\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def merge(results: list[dict[str, Any]], first: date | None, last: date | None) -> dict[str, Any]:
+    """One answer from the answers for each week."""
+    out = dict(results[0])
+    out["from"] = first.isoformat() if first else results[0].get("from")
+    out["to"] = last.isoformat() if last else results[-1].get("to")
+    out["matches"] = all(r["matches"] for r in results)
+    out["totals"] = {k: sum(r["totals"][k] for r in results) for k in results[0]["totals"]}
+    out["days"] = sorted(
+        (d for r in results for d in r["days"]), key=lambda d: (d["scope"], d["day"])
+    )
+    for name in ("rejected_rows", "unmatched_rows"):
+        out[name] = sorted((x for r in results for x in r.get(name, [])), key=lambda x: x["line"])
+    out["rejected_count"] = sum(r.get("rejected_count", 0) for r in results)
+    return out
+
+
 def _reconcile(args: argparse.Namespace, token: str) -> int:
     try:
-        body = Path(args.file).read_bytes()
+        parts = split_export(Path(args.file))
     except OSError as err:
         raise CliError(f"cannot read {args.file}: {err.strerror}") from None
-    query = {"from": args.first or "", "to": args.last or ""}
-    result = _fetch(args, token, "/reports/reconciliation", query, body)
+    first = date.fromisoformat(args.first) if args.first else parts.first
+    last = date.fromisoformat(args.last) if args.last else parts.last
+    results = []
+    if first is None or last is None:
+        # nothing with a readable date: the server names each bad row
+        body = _csv_bytes(parts.header, parts.unreadable)
+        results.append(_post_part(args, token, body, {}))
+    else:
+        # A week at a time: the server holds one week of both sides, not the whole export.
+        week = first - timedelta(days=first.weekday())
+        weeks = []
+        while week <= last:
+            weeks.append(week)
+            week += timedelta(days=7)
+        for i, week in enumerate(weeks):
+            rows = parts.weeks.get(week, [])
+            if i == 0:
+                rows = parts.unreadable + rows
+            lo, hi = max(week, first), min(week + timedelta(days=6), last)
+            if len(weeks) > 1:
+                print(f"week {i + 1}/{len(weeks)}: {lo} .. {hi}, {len(rows)} rows", file=sys.stderr)
+            query = {"from": lo.isoformat(), "to": hi.isoformat()}
+            results.append(_post_part(args, token, _csv_bytes(parts.header, rows), query))
+    result = merge(results, first, last)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    if args.csv_out:
+        sep = ";" if args.sep == "semicolon" else ","
+        Path(args.csv_out).write_text(
+            reports.to_csv(rec.csv_rows(result), rec.CSV_COLUMNS, sep), encoding="utf-8"
+        )
     sys.stdout.write(rec.summary(result))
     return 0 if result["matches"] else 1
+
+
+def _post_part(
+    args: argparse.Namespace, token: str, body: bytes, query: dict[str, str]
+) -> dict[str, Any]:
+    data = _get(args, token, "/reports/reconciliation", query, "application/json", body)
+    result: dict[str, Any] = json.loads(data)
+    return result
 
 
 def _report(args: argparse.Namespace, token: str) -> int:

@@ -39,7 +39,9 @@ async def test_reconcile_and_report_from_the_command_line(
         ["V4", s, "cardiology", "2027-01-14 08:00", "control", "cancelled", ""],
         ["V5", s, "cardiology", "2027-01-14 08:20", "control", "booked", ""],
         [ikp, "", "cardiology", "2027-01-14 09:00", "first-stable", "booked", ""],
-        ["V9", s, "cardiology", "2027-01-14 10:00", "control", "booked", ""],
+        # two weeks later: the command sends the export a week at a time (three parts)
+        ["V9", s, "cardiology", "2027-01-27 10:00", "control", "booked", ""],
+        ["V10", s, "cardiology", "tomorrow", "control", "booked", ""],
     ]
     planted = tmp_path / "ap-kolce.csv"
     planted.write_bytes(export(rows))
@@ -47,10 +49,14 @@ async def test_reconcile_and_report_from_the_command_line(
     code = await run(
         ["reconcile", *creds, str(planted), "--csv", str(out_csv), "--json", str(out_json)]
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 1, printed
+    assert "week 3/3: 2027-01-25 .. 2027-01-27, 1 rows" in captured.err
     assert "DIFFERENCES" in printed
-    assert "missing in gateway: V9 at 2027-01-14T10:00:00+01:00" in printed
+    assert "2027-01-13 .. 2027-01-27" in printed
+    assert "missing in gateway: V9 at 2027-01-27T10:00:00+01:00 (line 7)" in printed
+    assert "rejected row:       line 8: start 'tomorrow' is not a date-time" in printed
     assert "missing in export:  V3 at 2027-01-13T08:40:00+01:00" in printed
     assert (
         "differs:            V2: start 2027-01-13T08:40:00+01:00 vs 2027-01-13T08:20:00+01:00"
@@ -58,7 +64,16 @@ async def test_reconcile_and_report_from_the_command_line(
     )
     assert "differs:            V4: status cancelled vs booked" in printed
     assert pesels["V1"] not in printed
-    assert json.loads(out_json.read_text())["totals"]["differing"] == 2
+    result = json.loads(out_json.read_text())
+    assert result["totals"] == {
+        "provider_count": 5,
+        "gateway_count": 6,
+        "matching": 3,
+        "missing_in_gateway": 1,
+        "missing_in_export": 1,
+        "differing": 2,
+    }
+    assert [r["line"] for r in result["rejected_rows"]] == [8]
     kinds = [r["kind"] for r in csv.DictReader(out_csv.open(encoding="utf-8"))]
     assert kinds.count("missing-in-gateway") == 1 and kinds.count("differs") == 2
 

@@ -220,3 +220,48 @@ async def test_compliance_against_the_scope_calendar(client: Any) -> None:
     lines = {row["provider"]: row for row in csv.DictReader(io.StringIO(text))}
     assert lines[late.id]["schedules_status"] == "late"
     assert lines[on_time.id]["share_booked_in_cer"] == "0.5"
+
+
+async def test_the_booking_channel_is_recorded_by_the_gateway_and_kept(client: Any) -> None:
+    """The payer counts patient-channel bookings (R-SCOPE-3): a provider's system cannot
+    declare one, and its later update of a visit booked in IKP keeps the channel."""
+    await set_clock(client, NOW)
+    clinic = await Clinic.open(client)
+    await clinic.slot("s1", warsaw(2027, 1, 13, 8))
+    await clinic.slot("s2", warsaw(2027, 1, 13, 9))
+    claimed = clinic.appointment("s1", a_pesel())
+    claimed["extension"].append(
+        {
+            "url": "http://cer-gateway.org/fhir/StructureDefinition/booking-channel",
+            "valueCoding": {
+                "system": "http://cer-gateway.org/fhir/CodeSystem/appointment-channel",
+                "code": "portal",
+            },
+        }
+    )
+    resp = await client.put("/fhir/Appointment/a1", json=claimed, headers=clinic.h)
+    outcome = await resp.json()
+    assert resp.status == 422, outcome
+    assert outcome["issue"][0]["expression"] == ["Appointment.extension"]
+
+    p = await patient(client)
+    st, booked = await book(client, p, f"{clinic.id}~s2", await referral(client, p))
+    assert st == 201, booked
+    rid = booked["id"].split("~", 1)[1]
+    # the next day the facility marks the patient arrived, sending its own representation
+    await set_clock(client, warsaw(2027, 1, 5, 9))
+    res = await clinic.get("Appointment", rid)
+    res.pop("meta")
+    res["extension"] = [e for e in res["extension"] if not e["url"].endswith("/booking-channel")]
+    res["status"] = "arrived"
+    await clinic.put("Appointment", rid, res)
+    status, r, text = await get(
+        client,
+        "/reports/activity",
+        clinic.provider["token"],
+        **{"from": DAY, "to": "2027-01-05"},
+    )
+    assert status == 200, text
+    rows = {row["day"]: row for row in (await r.json())["rows"]}
+    assert rows[DAY]["bookings"]["by_channel"] == {"portal": 1}
+    assert "2027-01-05" not in rows  # an update is not a second booking

@@ -370,3 +370,42 @@ def test_public_ids_are_fhir_ids() -> None:
     long_id = bulk_publish.public_id("prov-1", "x" * 64)
     assert len(long_id) <= 64 and long_id == bulk_publish.public_id("prov-1", "x" * 64)
     assert bulk_publish.public_id("prov-1", "a_b").startswith("h-")
+
+
+def test_the_command_line_splits_an_export_by_week_keeping_line_numbers(tmp_path: Any) -> None:
+    """R-SCHED-5 at scale: ``cer-gateway reconcile`` sends a week at a time."""
+    from gateway.report_cli import merge, split_export
+
+    f = tmp_path / "export.csv"
+    f.write_bytes(
+        (
+            "visit_id;scope;start;uwagi\n"
+            "A;cardiology;2027-01-11 08:00;łóżko\n"  # Monday
+            "B;cardiology;2027-01-17 23:30;\n"  # Sunday: the same week
+            "\n"
+            "C;cardiology;2027-02-01 08:00;\n"
+            "D;cardiology;jutro;\n"
+        ).encode("cp1250")
+    )
+    parts = split_export(f)
+    assert parts.header == ["visit_id", "scope", "start", "uwagi", "line"]
+    assert (parts.first, parts.last) == (date(2027, 1, 11), date(2027, 2, 1))
+    assert {w: [r[0] for r in rows] for w, rows in parts.weeks.items()} == {
+        date(2027, 1, 11): ["A", "B"],
+        date(2027, 2, 1): ["C"],
+    }
+    assert parts.weeks[date(2027, 1, 11)][0][3] == "łóżko"
+    assert [r[-1] for r in parts.unreadable] == ["6"]
+    # what the server would answer for the parts, merged
+    export, rejected = rec.parse_export(
+        "visit_id;scope;start;line\nA;cardiology;2027-01-11 08:00;2\nD;cardiology;jutro;6\n"
+    )
+    assert [r["line"] for r in rejected] == [6]
+    one = rec.reconcile("p", export, [])
+    one["rejected_rows"] = rejected
+    two = rec.reconcile("p", [], [held("a9", "V9", z("2027-02-01T07:00"))])
+    merged = merge([one, two], date(2027, 1, 11), date(2027, 2, 1))
+    assert merged["totals"]["missing_in_gateway"] == 1
+    assert merged["totals"]["missing_in_export"] == 1
+    assert [d["day"] for d in merged["days"]] == ["2027-01-11", "2027-02-01"]
+    assert merged["matches"] is False and merged["rejected_rows"][0]["line"] == 6
