@@ -7,8 +7,13 @@ N Slots (``--slots``, default 100,000) are posted over HTTP as FHIR
 relay has published every domain event. Once per backend (``--backend``):
 
 * ``embedded``: the in-process bus and the embedded store (the default run);
-* ``rabbitmq``: RabbitMQ (``--amqp-url``, by default the ``cer-bench``
-  vhost so nothing else on the broker is touched) and the embedded store.
+* ``rabbitmq``: RabbitMQ and the embedded store. By default the run makes a
+  vhost of its own (``cer-bench-ingest-<pid>``, with ``rabbitmqctl``) and
+  deletes it at the end: two runs sharing a vhost would share the command
+  queues, and a command taken by the other run's server (another embedded
+  store) answers 422 "Schedule/... does not exist for this provider". With
+  ``--amqp-url`` the given vhost is used (its gateway queues are deleted
+  first): run one benchmark at a time on it.
 
 The server is the real gateway: ``create_app(Settings(cer_mode="sandbox",
 ...))`` served by ``aiohttp.web.AppRunner`` on a free localhost port, in a
@@ -49,6 +54,7 @@ import platform
 import pstats
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,7 +96,7 @@ CATEGORY_DISPLAY = {
 CARDIOLOGY = {"system": SCOPE, "code": "cardiology", "display": "Kardiologia"}
 LOCATION_ID = "bench-loc"
 REPO = str(Path(__file__).resolve().parent.parent)
-DEFAULT_AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1/cer-bench")
+DEFAULT_AMQP = os.environ.get("BENCH_AMQP_URL")  # None: a private vhost per run
 FHIR_JSON = "application/fhir+json"
 TARGET = 0.5  # of the floor, end to end on RabbitMQ (issue 3)
 
@@ -376,6 +382,32 @@ def broker_pid() -> int | None:
                     if b"rabbit" in cmdline:
                         return int(d.name)
     return None
+
+
+def ctl(*args: str) -> bool:
+    try:
+        subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def private_vhost(amqp_url: str | None) -> Iterator[str]:
+    """``amqp_url`` if given, else a vhost of this run's own, deleted at the end."""
+    if amqp_url:
+        yield amqp_url
+        return
+    vhost = f"cer-bench-ingest-{os.getpid()}"
+    if not (ctl("add_vhost", vhost) and ctl("set_permissions", "-p", vhost, "guest", *[".*"] * 3)):
+        raise SystemExit(
+            "could not make a RabbitMQ vhost with rabbitmqctl; pass --amqp-url (a vhost no "
+            "other run uses)"
+        )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1/{vhost}"
+    finally:
+        ctl("delete_vhost", vhost)
 
 
 async def fresh_vhost(amqp_url: str) -> None:
@@ -674,6 +706,16 @@ def profile_report(path: Path, top: int = 25) -> str:
 
 async def main(args: argparse.Namespace) -> int:
     backends = ["embedded", "rabbitmq"] if args.backend == "both" else [args.backend]
+    uses_rabbit = "rabbitmq" in backends or (args.profile and args.profile_backend == "rabbitmq")
+    if not uses_rabbit:
+        args.amqp_url = args.amqp_url or "amqp://unused"
+        return await measure(args, backends)
+    with private_vhost(args.amqp_url) as url:
+        args.amqp_url = url
+        return await measure(args, backends)
+
+
+async def measure(args: argparse.Namespace, backends: list[str]) -> int:
     print(machine())
     print(
         f"workload: {args.slots:,} Slots in transaction Bundles of {args.bundle} "
@@ -747,7 +789,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bundle", type=int, default=500, help="entries per transaction (500)")
     p.add_argument("--concurrency", type=int, default=4, help="concurrent posters (4)")
     p.add_argument("--backend", choices=["embedded", "rabbitmq", "both"], default="both")
-    p.add_argument("--amqp-url", default=DEFAULT_AMQP, help=f"RabbitMQ ({DEFAULT_AMQP})")
+    p.add_argument(
+        "--amqp-url",
+        default=DEFAULT_AMQP,
+        help="RabbitMQ (default: $BENCH_AMQP_URL, else a vhost of this run's own)",
+    )
     p.add_argument(
         "--wait-relay",
         type=float,
