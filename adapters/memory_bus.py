@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from adapters import event_batch
 from gateway.constants import (
     COMMAND_QUEUE_PREFIX,
     DEAD_QUEUE,
@@ -213,6 +214,9 @@ class MemoryBus:
             if any(topic_matches(p, msg.type) for p in patterns):
                 self._queues[name].put(next(self._seq), copy)
 
+    async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
+        await self.publish(event_batch.pack(msgs))
+
     async def request(self, msg: Envelope, timeout: float) -> Document:
         fut: asyncio.Future[Document] = asyncio.get_running_loop().create_future()
         self._pending[msg.id] = fut
@@ -276,17 +280,35 @@ class MemoryBus:
                 await prev.wait()
             if not self._running:
                 return  # left unacked: requeued by close()
-            await self._process(q, handler, env)
-            q.unacked.pop(seq, None)  # ack
+            if await self._process(q, handler, env):
+                q.unacked.pop(seq, None)  # ack
         finally:
             done.set()
             if self._tails.get(key) is done:
                 del self._tails[key]
             slots.release()
 
-    async def _process(self, q: _Queue, handler: MessageHandler, env: Envelope) -> None:
+    async def _process(self, q: _Queue, handler: MessageHandler, env: Envelope) -> bool:
+        """Handle ``env``; False when the bus closed half way through a batch (not acked:
+        the whole batch comes again, and consumers dedupe what they had seen)."""
+        if event_batch.is_batch(env):
+            # One by one, as if published so: a failure retries its own event only.
+            for given, kept in zip(
+                event_batch.unpack(_copy(env)), event_batch.unpack(env), strict=True
+            ):
+                if not self._running:
+                    return False
+                await self._process_one(q, handler, given, kept)
+            return True
+        await self._process_one(q, handler, _copy(env), env)
+        return True
+
+    async def _process_one(
+        self, q: _Queue, handler: MessageHandler, given: Envelope, env: Envelope
+    ) -> None:
+        """``given``: the handler's copy; ``env``: the stored message (for retry copies)."""
         try:
-            result = await handler(_copy(env))
+            result = await handler(given)
         except Retry as exc:
             self._retry(q.name, env, str(exc) or "retry", exc.delay)
         except Reject as exc:

@@ -48,6 +48,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from adapters import event_batch
 from gateway.constants import (
     COMMAND_QUEUE_PREFIX,
     COMMANDS_EXCHANGE,
@@ -276,6 +277,9 @@ class RabbitBus:
         # No subscriber for an event type is normal: not mandatory.
         await self._publish(EVENTS_EXCHANGE, msg.type, self._encode(msg), mandatory=False)
 
+    async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
+        await self.publish(event_batch.pack(msgs))
+
     async def request(self, msg: Envelope, timeout: float) -> Document:
         reply_to = await self._ensure_reply_queue()
         loop = asyncio.get_running_loop()
@@ -444,25 +448,73 @@ class RabbitBus:
     ) -> None:
         """``release`` lets the tenant's next message start once the handler is done: the
         changes are ordered, the reply and the ack need not be (a redelivery is deduped)."""
+        if event_batch.is_batch(env):
+            await self._process_batch(queue, handler, message, env, release)
+            return
         try:
+            forward, result = await self._handle_one(queue, handler, env)
+        finally:
+            release()
+        if forward is not None:
+            await self._settle(message, forward)
+            return
+        if env.reply_to:
             try:
-                result = await handler(env)
-            finally:
-                release()
+                await self._reply(env, result)
+            except Exception:
+                log.exception("bus.reply_failed id=%s", env.id)
+        await self._ack(message)
+
+    async def _handle_one(
+        self, queue: str, handler: MessageHandler, env: Envelope
+    ) -> tuple[Awaitable[None] | None, Document | None]:
+        """Run the handler: ``(retry or dead-letter copy to publish, None)`` or
+        ``(None, the handler's result)``."""
+        try:
+            return None, await handler(env)
         except Retry as exc:
-            await self._settle(message, self._retry(queue, env, str(exc) or "retry", exc.delay))
+            return self._retry(queue, env, str(exc) or "retry", exc.delay), None
         except Reject as exc:
-            await self._settle(message, self._dead(queue, env, f"rejected: {exc}"))
+            return self._dead(queue, env, f"rejected: {exc}"), None
         except Exception as exc:
             log.exception("bus.handler_failed queue=%s id=%s type=%s", queue, env.id, env.type)
-            await self._settle(message, self._retry(queue, env, f"{type(exc).__name__}: {exc}"))
-        else:
-            if env.reply_to:
-                try:
-                    await self._reply(env, result)
-                except Exception:
-                    log.exception("bus.reply_failed id=%s", env.id)
-            await self._ack(message)
+            return self._retry(queue, env, f"{type(exc).__name__}: {exc}"), None
+
+    async def _process_batch(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        message: AbstractIncomingMessage,
+        env: Envelope,
+        release: Callable[[], None],
+    ) -> None:
+        """The events of a batch one by one (``MessageBus.publish_batch``), then one ack.
+
+        A failed event's retry or dead-letter copy is that event alone, published
+        before the next event starts. Stopped half way (closing, or a copy that
+        could not be published), the batch is not acked: it comes again whole.
+        """
+        try:
+            try:
+                events = event_batch.unpack(env)
+            except (KeyError, TypeError, ValueError) as exc:
+                await self._settle(message, self._dead(queue, env, f"undecodable batch: {exc}"))
+                return
+            for one in events:
+                if self._closing:
+                    return  # unacked: back to the queue when the connection closes
+                forward, _ = await self._handle_one(queue, handler, one)
+                if forward is not None:
+                    try:
+                        await forward
+                    except Exception:
+                        log.exception("bus.forward_failed id=%s", one.id)
+                        with contextlib.suppress(Exception):
+                            await message.nack(requeue=True)
+                        return
+        finally:
+            release()
+        await self._ack(message)
 
     async def _settle(self, message: AbstractIncomingMessage, forward: Awaitable[None]) -> None:
         """Publish the retry or dead copy, then ack; if the copy failed, requeue instead."""

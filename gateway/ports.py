@@ -208,6 +208,18 @@ class MessageBus(Protocol):
     async def publish(self, msg: Envelope) -> None:
         """Publish a domain event (routing key = ``msg.type``); returns when confirmed."""
 
+    async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
+        """Publish events of one type and one tenant, in order, as one broker message.
+
+        Returns when the broker confirmed it (all or none). Consumers never see
+        the batch: their handler gets each event as its own ``Envelope``, in
+        order, exactly as if they had been published one by one; a handler's
+        ``Retry`` or ``Reject`` retries or dead-letters that one event alone.
+        A redelivered batch hands every event to the handler again (at least
+        once, as for single events: consumers dedupe by ``Envelope.id``).
+        ``ValueError`` when the events' types or tenants differ.
+        """
+
     async def consume_commands(self, handler: MessageHandler) -> None:
         """Start consuming every command partition; returns once registered."""
 

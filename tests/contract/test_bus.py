@@ -339,6 +339,114 @@ async def test_per_tenant_order_for_events(bus: Any) -> None:
     assert got == list(range(50))
 
 
+# --------------------------------------------------------------------------- batches
+
+
+async def test_a_batch_reaches_each_group_as_single_events_in_order(bus: Any) -> None:
+    got: dict[str, list[Envelope]] = defaultdict(list)
+
+    def group(name: str) -> Any:
+        async def handler(msg: Envelope) -> None:
+            await asyncio.sleep(random.random() * 0.002)
+            got[name].append(msg)
+
+        return handler
+
+    await bus.consume_events("audit", ["#"], group("audit"))
+    await bus.consume_events("slots", ["slot.*"], group("slots"))
+    batch = [
+        env(
+            "slot.created",
+            tenant="prov-1",
+            body={"i": i, "ż": [1, None]},
+            correlation_id=f"c-{i}",
+            created_at=f"2027-01-11T08:00:0{i % 10}.000Z",
+            headers={"h": i} if i % 2 else {},
+        )
+        for i in range(30)
+    ]
+    single = env("slot.updated", tenant="prov-1", body={"i": 30})
+    await bus.publish_batch(batch)
+    await bus.publish(single)
+    await until(lambda: len(got["audit"]) == 31 and len(got["slots"]) == 31)
+    await asyncio.sleep(0.2)  # nothing more arrives
+    for name in ("audit", "slots"):
+        assert got[name] == [*batch, single], name  # every field, one by one, in order
+
+
+async def test_a_retry_in_a_batch_retries_that_event_alone(bus: Any) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def handler(msg: Envelope) -> None:
+        seen.append((msg.body["i"], msg.attempt))
+        if msg.body["i"] == 2 and msg.attempt == 0:
+            raise Retry("endpoint down")
+        if msg.body["i"] == 3 and msg.attempt == 0:
+            raise RuntimeError("transient")
+
+    await bus.consume_events("webhooks", ["slot.*"], handler)
+    await bus.publish_batch([env("slot.created", body={"i": i}) for i in range(5)])
+    await until(lambda: len(seen) == 7)
+    await asyncio.sleep(0.3)
+    assert seen[:5] == [(i, 0) for i in range(5)]
+    assert sorted(seen[5:]) == [(2, 1), (3, 1)]
+    assert await bus.dead_letters() == []
+
+
+async def test_a_rejected_event_of_a_batch_is_dead_lettered_alone(bus: Any) -> None:
+    calls: list[int] = []
+
+    async def handler(msg: Envelope) -> None:
+        calls.append(msg.body["i"])
+        if msg.body["i"] == 1:
+            raise Reject("no")
+
+    await bus.consume_events("audit", ["bad.#"], handler)
+    batch = [env("bad.event", body={"i": i}) for i in range(3)]
+    await bus.publish_batch(batch)
+    [dead] = await take_dead(bus, 1)
+    assert calls == [0, 1, 2]
+    assert dead.id == batch[1].id and dead.body == {"i": 1} and dead.type == "bad.event"
+    assert dead.headers[DEAD_REASON] == "rejected: no"
+
+
+async def test_a_batch_is_one_type_and_one_tenant(bus: Any) -> None:
+    with pytest.raises(ValueError):
+        await bus.publish_batch([env("slot.created"), env("slot.updated")])
+    with pytest.raises(ValueError):
+        await bus.publish_batch([env("slot.created", tenant="a"), env("slot.created", tenant="b")])
+    with pytest.raises(ValueError):
+        await bus.publish_batch([])
+
+
+async def test_a_batch_cut_short_by_a_crash_comes_again_whole(bus_harness: BusHarness) -> None:
+    """At least once: events handled before the crash are handed over again (consumers
+    dedupe by id), none is lost."""
+    bus = bus_harness.bus
+    first: list[int] = []
+    gate = asyncio.Event()
+
+    async def stuck(msg: Envelope) -> None:
+        first.append(msg.body["i"])
+        if msg.body["i"] == 3:
+            await gate.wait()  # never set: the process dies here
+
+    await bus.consume_events("ordering", ["slot.#"], stuck)
+    batch = [env("slot.created", body={"i": i}) for i in range(6)]
+    await bus.publish_batch(batch)
+    await until(lambda: first == [0, 1, 2, 3])
+    await bus_harness.crash()
+    bus = await bus_harness.reopen()
+    again: list[str] = []
+
+    async def fine(msg: Envelope) -> None:
+        again.append(msg.id)
+
+    await bus.consume_events("ordering", ["slot.#"], fine)
+    await until(lambda: len(again) == 6)
+    assert again == [m.id for m in batch]
+
+
 async def test_messages_survive_a_consumer_restart(bus_harness: BusHarness) -> None:
     bus = bus_harness.bus
     for i in range(10):
