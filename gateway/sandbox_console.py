@@ -133,6 +133,8 @@ class Delivery:
         answer = self.attempts[-1].response.strip() if self.attempts else ""
         if answer:
             what = f"{what} ({answer[:120]})"
+        if self.status == "failed" and self.kind != "event-notification":
+            return Message("the endpoint did not accept it: {error}", {"error": what})
         if self.status == "failed":
             return Message(
                 "not delivered after {tries} tries; the last one: {error}",
@@ -381,9 +383,37 @@ async def provider_deliveries(
                 captures=[_capture(doc, sub)],
             )
         )
+    # Handshakes and heartbeats to the provider's own endpoints: their tries are the record.
+    own_http = sorted(sid for sid, sub in subs_by_id.items() if sub["endpoint"] != subs.INBOX)
+    if own_http:
+        tries = await store.find(
+            c.WEBHOOK_ATTEMPTS,
+            {"subscription": {"$in": own_http}, "kind": {"$in": ["handshake", "heartbeat"]}},
+            sort=[("at", -1)],
+            limit=limit,
+        )
+        deliveries += [_from_attempt(a, subs_by_id.get(a["subscription"])) for a in tries]
     await _attach(store, deliveries, subs_by_id)
     deliveries.sort(key=lambda d: (d.at, d.number or 0), reverse=True)
     return deliveries[:limit]
+
+
+def _from_attempt(a: Document, sub: Document | None) -> Delivery:
+    """A handshake or heartbeat to a provider's own endpoint: one try, its own record."""
+    ok = a.get("outcome") == "delivered"
+    return Delivery(
+        key=a["_id"],
+        tenant=str(a.get("tenant") or ""),
+        subscription=a["subscription"],
+        endpoint=sub["endpoint"] if sub else None,
+        kind=str(a.get("kind")),
+        at=a["at"],
+        status="delivered" if ok else "failed",
+        tries=1,
+        last_status=a.get("status_code"),
+        last_error=a.get("error"),
+        attempts=[_attempt(a)],
+    )
 
 
 async def delivery(store: Store, tenant: str, key: str, *, base: str) -> Delivery | None:
@@ -398,7 +428,12 @@ async def delivery(store: Store, tenant: str, key: str, *, base: str) -> Deliver
             found.payload = await _rebuilt_payload(store, sub, ev, base)
         return found
     doc = await store.get(c.SANDBOX_INBOX, key)
-    if doc is None or doc.get("tenant") != tenant:
+    if doc is None:
+        tried = await store.get(c.WEBHOOK_ATTEMPTS, key)
+        if tried is None or tried.get("tenant") != tenant or tried.get("kind") == "event":
+            return None
+        return _from_attempt(tried, await store.get(c.SUBSCRIPTIONS, tried["subscription"]))
+    if doc.get("tenant") != tenant:
         return None
     kind = _notification_kind(doc)
     if kind == "event-notification":

@@ -12,7 +12,7 @@ import pytest
 from gateway import sandbox_console as console
 from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
-from tests.e2e.conftest import settings_for
+from tests.e2e.conftest import purge_rabbit, settings_for
 from tests.e2e.console_support import scene
 from tests.e2e.webhook_support import Receiver
 
@@ -42,12 +42,20 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.parametrize(
+    "backend", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+)
 async def test_deliveries_tries_and_the_reason_of_a_failure(
-    aiohttp_client: Callable[..., Any], receiver: Receiver
+    aiohttp_client: Callable[..., Any], receiver: Receiver, backend: str
 ) -> None:
     """R-SCHED-4: the patient's booking reaches both subscriptions; the inbox one is kept
     signed, the 500 one fails with its reason, and the console finds it across providers."""
-    client = await aiohttp_client(create_app(settings_for("embedded", amqp_url=None, **FAST)))
+    settings = settings_for(backend, **FAST)
+    if backend == "rabbitmq":
+        await purge_rabbit(settings)
+    else:
+        settings = settings_for(backend, amqp_url=None, **FAST)
+    client = await aiohttp_client(create_app(settings))
     store = client.server.app[SERVICES].store
     s = await scene(client, receiver.url)
     tenant = s.clinic.provider_id
@@ -60,13 +68,23 @@ async def test_deliveries_tries_and_the_reason_of_a_failure(
 
     found = await until(both_tried)
     inbox = [d for d in found if d.inbox and d.kind == "event-notification"]
-    failing = [d for d in found if d.subscription == s.failing_subscription]
+    failing = [
+        d
+        for d in found
+        if d.subscription == s.failing_subscription and d.kind == "event-notification"
+    ]
     # Appointment created and Slot updated, to each subscription
     assert sorted(d.focus.split("/")[0] for d in inbox if d.focus) == ["Appointment", "Slot"]
     assert all(d.status == "delivered" and len(d.captures) == 1 for d in inbox)
     assert all(d.captures[0].signature.ok for d in inbox)
     assert '"resourceType": "Bundle"' in inbox[0].captures[0].pretty_body
-    assert [d.kind for d in found if d.kind == "handshake"] == ["handshake"]
+    shakes = {d.endpoint: d for d in found if d.kind == "handshake"}
+    assert shakes["sandbox:inbox"].status == "delivered"
+    failed_shake = shakes[receiver.url]
+    assert failed_shake.status == "failed" and failed_shake.attempts[0].status_code == 500
+    why = failed_shake.reason()
+    assert why is not None
+    assert why.english() == "the endpoint did not accept it: HTTP 500 (down for maintenance)"
     assert len(failing) == 2 and all(d.failing and d.status == "pending" for d in failing)
     reason = failing[0].reason()
     assert reason is not None
@@ -88,6 +106,9 @@ async def test_deliveries_tries_and_the_reason_of_a_failure(
     # a kept request opens its event's delivery
     opened = await console.delivery(store, tenant, capture.id, base="")
     assert opened is not None and opened.key == inbox[0].key and opened.attempts
-    handshake = next(d for d in found if d.kind == "handshake")
+    handshake = shakes["sandbox:inbox"]
     again = await console.delivery(store, tenant, handshake.key, base="")
     assert again is not None and again.captures[0].signature.ok
+    tried = await console.delivery(store, tenant, failed_shake.key, base="")
+    assert tried is not None and tried.status == "failed" and tried.attempts
+    assert await console.delivery(store, "prov-someone-else", failed_shake.key, base="") is None

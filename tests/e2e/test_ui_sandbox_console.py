@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from gateway import constants as c
 from gateway import pesel
 from gateway.http.keys import SERVICES
-from tests.e2e.conftest import settings_for
+from tests.e2e.conftest import AMQP_URL, purge_rabbit, settings_for
 from tests.e2e.console_support import scene
 from tests.e2e.ui_support import csrf, csrf_of, post_form, ui_client
 from tests.e2e.webhook_support import Receiver
@@ -300,11 +300,23 @@ async def until_text(
     raise AssertionError(f"{wanted!r} not on {path}: {body[:2000]}")
 
 
+@pytest.mark.parametrize(
+    "backend", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+)
 async def test_a_failed_delivery_and_its_reason_one_click_from_the_front_page(
-    web: TestClient[Any, Any], receiver: Receiver
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    receiver: Receiver,
+    backend: str,
 ) -> None:
     """R-SCHED-4: the patient's booking goes to both subscriptions; the endpoint answering
     500 is on the front page with why, and one click opens the delivery with its tries."""
+    if backend == "rabbitmq":
+        settings = settings_for("rabbitmq", **{**FAST, "amqp_url": AMQP_URL})  # FAST has None
+        await purge_rabbit(settings)
+        web = await ui_client(settings, aiohttp_server, aiohttp_client)
+    else:
+        web = await web_client(aiohttp_server, aiohttp_client)
     s = await scene(web, receiver.url)
     front = await until_text(web, "/ui/sandbox?lang=en", "HTTP 500 (down for maintenance)")
     assert "Subscriptions in error" in front and "handshake failed: HTTP 500" in front
@@ -325,7 +337,9 @@ async def test_a_failed_delivery_and_its_reason_one_click_from_the_front_page(
     only = text_of(
         await page(web, f"/ui/sandbox/providers/{s.clinic.provider_id}/inbox?show=failing&lang=en")
     )
-    assert only.count("Why:") == 2 and "Signature:" not in only
+    # the two events and the failed handshake
+    assert only.count("Why:") == 3 and "Signature:" not in only
+    assert "Why: the endpoint did not accept it: HTTP 500 (down for maintenance)" in only
 
     # a tampered kept request is not verified, and says why
     store = web.server.app[SERVICES].store
