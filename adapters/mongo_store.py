@@ -222,10 +222,14 @@ class MongoStore:
         sort: Sort | None = None,
         skip: int = 0,
         limit: int = 0,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
         if skip < 0 or limit < 0:
             raise ValueError("skip and limit must not be negative")
-        cursor = self._coll(coll).find(_check_filter(filter), _HIDDEN)
+        projection: dict[str, int] = (
+            _HIDDEN if fields is None else {f: 1 for f in fields if f not in _HIDDEN} or {"_id": 1}
+        )
+        cursor = self._coll(coll).find(_check_filter(filter), projection)
         spec = _sort_spec(sort)
         if spec:
             cursor = cursor.sort(spec)

@@ -92,8 +92,11 @@ class Store(Protocol):
         sort: Sort | None = None,
         skip: int = 0,
         limit: int = 0,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
-        """All matching documents; ``limit=0`` means no limit."""
+        """All matching documents; ``limit=0`` means no limit. ``fields`` (top-level
+        names) returns only those and ``_id``: a page listing a thousand slots needs
+        their central model, not every stored copy of the FHIR resource."""
 
     async def count(self, coll: str, filter: Filter) -> int: ...
 

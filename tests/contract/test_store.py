@@ -383,6 +383,26 @@ async def test_skip_limit_and_count(store: Store) -> None:
     assert await store.count("nothing_here", {}) == 0
 
 
+async def test_find_returns_only_the_fields_asked_for(store: Store) -> None:
+    """``fields``: top-level names plus ``_id`` (a page of a thousand slots reads their
+    central model only); no aliasing, no outbox."""
+    for i in range(5):
+        await store.insert(
+            "fields",
+            {"_id": f"f{i}", "i": i, "central": {"start": i, "tags": ["a"]}, "big": "x" * 50},
+            events=[ev(i)],
+        )
+    got = await store.find("fields", {"i": {"$gte": 3}}, sort=[("i", 1)], fields=["central", "i"])
+    assert got == [
+        {"_id": "f3", "i": 3, "central": {"start": 3, "tags": ["a"]}},
+        {"_id": "f4", "i": 4, "central": {"start": 4, "tags": ["a"]}},
+    ]
+    got[0]["central"]["tags"].append("b")
+    assert (await store.get("fields", "f3"))["central"]["tags"] == ["a"]  # type: ignore[index]
+    assert await store.find("fields", {"i": 0}, fields=[]) == [{"_id": "f0"}]
+    assert await store.find("fields", {"i": 1}, fields=["nothing"]) == [{"_id": "f1"}]
+
+
 async def test_iterate_streams_what_find_returns(store: Store) -> None:
     """``iterate`` (reports, the public slot feed) gives find's documents, in its order,
     in batches smaller than the result, without the outbox and without aliasing."""

@@ -61,3 +61,16 @@ async def post_form(
     """POST a form with the CSRF token of ``page`` (default: ``path`` itself)."""
     token = await csrf(client, page or path)
     return await client.post(path, data={"csrf_token": token, **data}, allow_redirects=False)
+
+
+def field_error(html: str, name: str) -> str | None:
+    """The error shown next to field ``name`` (its text, without the hidden prefix)."""
+    m = re.search(rf'<p class="field-error" id="f-{re.escape(name)}-error">(.*?)</p>', html, re.S)
+    if not m:
+        return None
+    return re.sub(r"<[^>]+>", "", m.group(1)).replace("Błąd:", "").replace("Error:", "").strip()
+
+
+def invalid_fields(html: str) -> set[str]:
+    """Fields marked ``aria-invalid``."""
+    return set(re.findall(r'id="f-([\w-]+)"[^>]*aria-invalid="true"', html))

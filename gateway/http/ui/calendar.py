@@ -57,13 +57,17 @@ async def rows(
     extra: dict[str, Any] = {"central.start": {"$gte": lo, "$lt": hi}}
     if schedule:
         extra["central.schedule_id"] = schedule
-    slots = await writes.live(request, tenant, "Slot", extra, sort=[("central.start", 1)])
+    fields = ["rid", "central"]
+    slots = await writes.live(
+        request, tenant, "Slot", extra, sort=[("central.start", 1)], fields=fields
+    )
     visits = await writes.live(
         request,
         tenant,
         "Appointment",
         {"central.start": {"$gte": lo, "$lt": hi}},
         sort=[("central.start", 1)],
+        fields=fields,
     )
     by_slot: dict[str, list[dict[str, Any]]] = {}
     for v in visits:
@@ -102,12 +106,16 @@ async def rows(
             state = "held"
         else:
             state = "unavailable"
+        end = start + (from_store(central["end"]) - from_store(central["start"]))
+        hhmm = f"{start.hour:02d}:{start.minute:02d}"
+        category = central.get("category")
         row: dict[str, Any] = {
             "rid": s["rid"],
-            "time": start.strftime("%H:%M"),
-            "end": from_store(central["end"]).astimezone(WARSAW).strftime("%H:%M"),
-            "category": labels["category"].get(central.get("category") or "", ""),
-            "scope": labels["scope"].get(central["scope"], central["scope"]),
+            "hours": f"{hhmm}\N{EN DASH}{end.hour:02d}:{end.minute:02d}",
+            "when": f"{start.date().isoformat()} {hhmm}",
+            "label": labels["category"][category]
+            if category in labels["category"]
+            else labels["scope"].get(central["scope"], central["scope"]),
             "state": state,
             "state_text": status_text[state],
             "cancelled": cancelled,

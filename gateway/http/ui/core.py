@@ -9,6 +9,7 @@ allows no inline script at all (put scripts in ``static/``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         "/ui/static/"
     ):
         return await handler(request)
+    started, cpu = time.perf_counter(), time.thread_time()
     lang, remember = i18n.choose(request)
     request[i18n.LANG_KEY] = lang
     _ = i18n.translator(lang)
@@ -211,6 +213,13 @@ async def ui_middleware(request: web.Request, handler: Handler) -> web.StreamRes
             request, 500, _("Something went wrong on our side. Please try again in a moment.")
         )
     _decorate(request, response, lang, remember)
+    # The page's server time (handler and template) and the CPU time of this thread meanwhile
+    # (unlike the first, hardly changed by a busy machine), for the browser's developer tools
+    # and bench/ui_week.py.
+    response.headers["Server-Timing"] = (
+        f"app;dur={(time.perf_counter() - started) * 1000:.1f}, "
+        f"cpu;dur={(time.thread_time() - cpu) * 1000:.1f}"
+    )
     return response
 
 

@@ -91,9 +91,15 @@ async def live(
     extra: dict[str, Any] | None = None,
     sort: list[tuple[str, int]] | None = None,
     limit: int = 0,
+    fields: list[str] | None = None,
 ) -> list[Document]:
-    """The tenant's live resources of ``rtype`` matching ``extra`` (store filter)."""
+    """The tenant's live resources of ``rtype`` matching ``extra`` (store filter);
+    ``fields`` limits what is read (e.g. ``["rid", "central"]`` for a long list)."""
     flt: dict[str, Any] = {"tenant": tenant, "type": rtype, "deleted": False, **(extra or {})}
     return await request.app[SERVICES].store.find(
-        c.RESOURCES, flt, sort=sort or [("last_updated", 1), ("rid", 1)], limit=limit
+        c.RESOURCES,
+        flt,
+        sort=sort or [("last_updated", 1), ("rid", 1)],
+        limit=limit,
+        fields=fields,
     )
