@@ -35,7 +35,7 @@ VALID = {
     "current": "valid signature with the current secret",
     "previous": "valid signature with a previous secret (it still signs after a rotation)",
 }
-LIST_LIMIT = 200  # deliveries on one page
+LIST_LIMIT = 50  # deliveries on one page
 FAILING_LIMIT = 50  # failing deliveries on the console's front page
 
 
@@ -320,25 +320,24 @@ async def _attach(
     events = [d for d in deliveries if d.number is not None]
     if not events:
         return
-    sids = sorted({d.subscription for d in events})
+    # Only these events' tries and kept requests (the store may hold many more).
     attempts = await store.find(
         c.WEBHOOK_ATTEMPTS,
-        {"subscription": {"$in": sids}, "kind": "event"},
+        {
+            "subscription": {"$in": sorted({d.subscription for d in events})},
+            "number": {"$in": sorted({d.number for d in events if d.number is not None})},
+            "kind": "event",
+        },
         sort=[("at", 1), ("seq", 1)],
-        limit=20 * LIST_LIMIT,
     )
     tries: dict[tuple[str, int], list[Attempt]] = defaultdict(list)
     for a in attempts:
-        if a.get("number") is not None:
-            tries[(a["subscription"], int(a["number"]))].append(_attempt(a))
-    inbox_ids = [d.subscription for d in events if d.inbox]
+        tries[(a["subscription"], int(a["number"]))].append(_attempt(a))
+    webhook_ids = sorted(f"{d.subscription}-{d.number}" for d in events if d.inbox)
     kept: dict[str, list[Document]] = defaultdict(list)
-    if inbox_ids:
+    if webhook_ids:
         for doc in await store.find(
-            c.SANDBOX_INBOX,
-            {"subscription": {"$in": sorted(set(inbox_ids))}},
-            sort=[("at", 1)],
-            limit=20 * LIST_LIMIT,
+            c.SANDBOX_INBOX, {"webhook_id": {"$in": webhook_ids}}, sort=[("at", 1)]
         ):
             kept[doc.get("webhook_id") or ""].append(doc)
     for d in events:
@@ -353,22 +352,29 @@ async def _attach(
 
 
 async def provider_deliveries(
-    store: Store, tenant: str, *, limit: int = LIST_LIMIT
+    store: Store, tenant: str, *, limit: int = LIST_LIMIT, skip: int = 0
 ) -> list[Delivery]:
     """The provider's deliveries, newest first: its subscriptions' events (with their tries
     and, for ``sandbox:inbox``, the kept requests) and the inbox's handshakes and heartbeats."""
+    # Each source's newest ``skip + limit`` cover the merged page.
+    enough = skip + limit
     own = await store.find(c.SUBSCRIPTIONS, {"tenant": tenant})
     subs_by_id = {s["_id"]: s for s in own}
     events = await store.find(
-        c.WEBHOOK_EVENTS, {"tenant": tenant}, sort=[("at", -1), ("number", -1)], limit=limit
+        c.WEBHOOK_EVENTS, {"tenant": tenant}, sort=[("at", -1), ("number", -1)], limit=enough
     )
     deliveries = [_from_event(ev, subs_by_id.get(ev["subscription"])) for ev in events]
-    # Handshakes and heartbeats are not events: the inbox is their only record.
-    others = await store.find(c.SANDBOX_INBOX, {"tenant": tenant}, sort=[("at", -1)], limit=limit)
+    # Handshakes and heartbeats are not events: the inbox is their only record. Their
+    # webhook-ids are "hs-..." and "hb-..."; an event's is "<subscription>-<number>" with a
+    # hex subscription id, so the range "h" <= id < "i" holds exactly the former.
+    others = await store.find(
+        c.SANDBOX_INBOX,
+        {"tenant": tenant, "webhook_id": {"$gte": "h", "$lt": "i"}},
+        sort=[("at", -1)],
+        limit=enough,
+    )
     for doc in others:
         kind = _notification_kind(doc)
-        if kind == "event-notification":
-            continue
         sub = subs_by_id.get(doc["subscription"])
         deliveries.append(
             Delivery(
@@ -390,12 +396,13 @@ async def provider_deliveries(
             c.WEBHOOK_ATTEMPTS,
             {"subscription": {"$in": own_http}, "kind": {"$in": ["handshake", "heartbeat"]}},
             sort=[("at", -1)],
-            limit=limit,
+            limit=enough,
         )
         deliveries += [_from_attempt(a, subs_by_id.get(a["subscription"])) for a in tries]
-    await _attach(store, deliveries, subs_by_id)
     deliveries.sort(key=lambda d: (d.at, d.number or 0), reverse=True)
-    return deliveries[:limit]
+    page = deliveries[skip:enough]
+    await _attach(store, page, subs_by_id)
+    return page
 
 
 def _from_attempt(a: Document, sub: Document | None) -> Delivery:
@@ -484,14 +491,18 @@ async def _rebuilt_payload(store: Store, sub: Document, ev: Document, base: str)
     return orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode()
 
 
-async def failing_deliveries(store: Store, *, limit: int = FAILING_LIMIT) -> list[Delivery]:
-    """Every provider's events that failed for good or wait for a retry, newest first."""
+async def failing_deliveries(
+    store: Store, *, limit: int = FAILING_LIMIT, tenant: str | None = None
+) -> list[Delivery]:
+    """Events that failed for good or wait for a retry, newest first: every provider's, or
+    ``tenant``'s."""
+    mine: dict[str, Any] = {} if tenant is None else {"tenant": tenant}
     failed = await store.find(
-        c.WEBHOOK_EVENTS, {"status": "failed"}, sort=[("at", -1)], limit=limit
+        c.WEBHOOK_EVENTS, {**mine, "status": "failed"}, sort=[("at", -1)], limit=limit
     )
     retrying = await store.find(
         c.WEBHOOK_EVENTS,
-        {"status": "pending", "attempts": {"$gt": 0}},
+        {**mine, "status": "pending", "attempts": {"$gt": 0}},
         sort=[("at", -1)],
         limit=limit,
     )
@@ -500,6 +511,27 @@ async def failing_deliveries(store: Store, *, limit: int = FAILING_LIMIT) -> lis
     found = [_from_event(ev, subs_by_id.get(ev["subscription"])) for ev in events]
     await _attach(store, found, subs_by_id)
     return found
+
+
+async def refused_handshakes(
+    store: Store, tenant: str, *, limit: int = FAILING_LIMIT
+) -> list[Delivery]:
+    """Handshakes and heartbeats the provider's own endpoints did not accept, newest first."""
+    own = await store.find(c.SUBSCRIPTIONS, {"tenant": tenant})
+    subs_by_id = {s["_id"]: s for s in own if s["endpoint"] != subs.INBOX}
+    if not subs_by_id:
+        return []
+    tries = await store.find(
+        c.WEBHOOK_ATTEMPTS,
+        {
+            "subscription": {"$in": sorted(subs_by_id)},
+            "kind": {"$in": ["handshake", "heartbeat"]},
+            "outcome": {"$ne": "delivered"},
+        },
+        sort=[("at", -1)],
+        limit=limit,
+    )
+    return [_from_attempt(a, subs_by_id.get(a["subscription"])) for a in tries]
 
 
 async def failing_subscriptions(store: Store) -> list[Document]:

@@ -91,6 +91,17 @@ async def test_deliveries_tries_and_the_reason_of_a_failure(
     assert "HTTP 500 (down for maintenance)" in reason.english()
     assert failing[0].attempts[0].status_code == 500 and failing[0].next_attempt_at
 
+    # pages: the same order, a page at a time
+    keys = [d.key for d in found]
+    assert len(keys) == 6  # 2 events to each subscription, 2 handshakes
+    assert [d.key for d in await console.provider_deliveries(store, tenant, limit=3, skip=2)] == (
+        keys[2:5]
+    )
+    mine = await console.failing_deliveries(store, tenant=tenant)
+    assert {d.key for d in mine} == {d.key for d in failing}
+    assert await console.failing_deliveries(store, tenant="prov-someone-else") == []
+    assert [d.key for d in await console.refused_handshakes(store, tenant)] == [failed_shake.key]
+
     front = await console.failing_deliveries(store)
     assert {d.key for d in front} == {d.key for d in failing}
     assert [sub["_id"] for sub in await console.failing_subscriptions(store)] == [

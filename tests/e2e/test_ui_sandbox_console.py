@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import constants as c
 from gateway import pesel
+from gateway import sandbox_console as reads
 from gateway.http.keys import SERVICES
 from tests.e2e.conftest import AMQP_URL, purge_rabbit, settings_for
 from tests.e2e.console_support import scene
@@ -308,6 +309,7 @@ async def test_a_failed_delivery_and_its_reason_one_click_from_the_front_page(
     aiohttp_client: Callable[..., Any],
     receiver: Receiver,
     backend: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """R-SCHED-4: the patient's booking goes to both subscriptions; the endpoint answering
     500 is on the front page with why, and one click opens the delivery with its tries."""
@@ -340,6 +342,16 @@ async def test_a_failed_delivery_and_its_reason_one_click_from_the_front_page(
     # the two events and the failed handshake
     assert only.count("Why:") == 3 and "Signature:" not in only
     assert "Why: the endpoint did not accept it: HTTP 500 (down for maintenance)" in only
+
+    # a page at a time (here 2 a page): newer and older
+    monkeypatch.setattr(reads, "LIST_LIMIT", 2)
+    inbox_path = f"/ui/sandbox/providers/{s.clinic.provider_id}/inbox"
+    first = await page(web, inbox_path + "?lang=en")
+    assert '?page=2" rel="next">Older deliveries' in first and 'rel="prev"' not in first
+    second = await page(web, inbox_path + "?page=2&lang=en")
+    assert 'rel="prev"' in second and 'rel="next"' in second
+    assert first.count("<article") == second.count("<article") == 2
+    monkeypatch.undo()
 
     # a tampered kept request is not verified, and says why
     store = web.server.app[SERVICES].store

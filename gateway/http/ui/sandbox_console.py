@@ -272,10 +272,22 @@ async def sign_in_as(request: web.Request) -> web.Response:
 
 async def inbox(request: web.Request) -> web.Response:
     provider = await _provider(request)
-    found = await reads.provider_deliveries(_services(request).store, provider["_id"])
+    store = _services(request).store
     only_failing = request.query.get("show") == "failing"
+    page_no = int(request.query["page"]) if request.query.get("page", "").isdigit() else 1
+    page_no = max(page_no, 1)
+    size = reads.LIST_LIMIT
     if only_failing:
-        found = [d for d in found if d.failing or d.status == "cancelled"]
+        found = await reads.failing_deliveries(store, tenant=provider["_id"], limit=size)
+        found += await reads.refused_handshakes(store, provider["_id"], limit=size)
+        found.sort(key=lambda d: (d.at, d.number or 0), reverse=True)
+        more = False
+    else:
+        found = await reads.provider_deliveries(
+            store, provider["_id"], limit=size + 1, skip=(page_no - 1) * size
+        )
+        more = len(found) > size
+        found = found[:size]
     return await _render(
         request,
         "sandbox/inbox.html",
@@ -284,6 +296,8 @@ async def inbox(request: web.Request) -> web.Response:
             "p": provider,
             "deliveries": found,
             "only_failing": only_failing,
+            "page_no": page_no,
+            "more": more,
         },
     )
 
