@@ -1067,16 +1067,23 @@ class MemoryStore:
         return self._reading(coll).count(filter)
 
     async def iterate(
-        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+        self,
+        coll: str,
+        filter: Filter,
+        *,
+        sort: Sort | None = None,
+        batch_size: int = 500,
+        fields: Sequence[str] | None = None,
     ) -> AsyncIterator[Document]:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        keep = None if fields is None else ("_id", *fields)
         # The documents are in memory already: the selection is a list of references,
-        # and each one is copied only when it is handed out. Other tasks run between
-        # batches so a long read does not hold up the event loop.
+        # and each one is copied only when it is handed out (only the fields asked for).
+        # Other tasks run between batches so a long read does not hold up the event loop.
         found = self._reading(coll).select(filter, sort, 0, 0)
         for i, doc in enumerate(found, 1):
-            yield _copy(doc)
+            yield _copy(doc if keep is None else {k: doc[k] for k in keep if k in doc})
             if i % batch_size == 0:
                 await asyncio.sleep(0)
 

@@ -241,11 +241,18 @@ class MongoStore:
         return docs
 
     async def iterate(
-        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+        self,
+        coll: str,
+        filter: Filter,
+        *,
+        sort: Sort | None = None,
+        batch_size: int = 500,
+        fields: Sequence[str] | None = None,
     ) -> AsyncIterator[Document]:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        cursor = self._coll(coll).find(_check_filter(filter), _HIDDEN, batch_size=batch_size)
+        projection = _HIDDEN if fields is None else dict.fromkeys(fields, 1)
+        cursor = self._coll(coll).find(_check_filter(filter), projection, batch_size=batch_size)
         spec = _sort_spec(sort)
         if spec:
             cursor = cursor.sort(spec)

@@ -152,7 +152,10 @@ async def ndjson(
     build = BUILDERS[rtype]
     chunk: list[bytes] = []
     # Unsorted: a sort over every future slot would be done in the server's memory.
-    async for doc in store.iterate(c.RESOURCES, _filter(rtype, now, since), batch_size=BATCH):
+    fields = ("tenant", "rid", "central") + (("resource",) if rtype == "Location" else ())
+    async for doc in store.iterate(
+        c.RESOURCES, _filter(rtype, now, since), batch_size=BATCH, fields=fields
+    ):
         chunk.append(orjson.dumps(build(doc)) + b"\n")
         if len(chunk) >= BATCH:
             yield b"".join(chunk)

@@ -101,13 +101,20 @@ class Store(Protocol):
     async def count(self, coll: str, filter: Filter) -> int: ...
 
     def iterate(
-        self, coll: str, filter: Filter, *, sort: Sort | None = None, batch_size: int = 500
+        self,
+        coll: str,
+        filter: Filter,
+        *,
+        sort: Sort | None = None,
+        batch_size: int = 500,
+        fields: Sequence[str] | None = None,
     ) -> AsyncIterator[Document]:
         """The matching documents one at a time, fetched ``batch_size`` at a time.
 
         For reads too large to hold as a list (reports over all of a provider's
         visits, the public slot feed): a cursor, never the whole result in memory
-        on a server store. Writes made while iterating may or may not be seen.
+        on a server store. ``fields``: only these top-level fields (and ``_id``)
+        are returned. Writes made while iterating may or may not be seen.
         """
 
     async def update_one(

@@ -18,6 +18,8 @@ from gateway.ports import Store
 from gateway.timeutil import warsaw_day
 
 SEP = "~"  # a waiting-room entry's visit is "<provider>~<appointment id>" (gateway.patients)
+# What the tallies read of a resource document: not the FHIR resource nor the search fields.
+FIELDS = ("tenant", "rid", "central", "created")
 
 
 def _tenants(providers: Sequence[str] | None) -> dict[str, Any]:
@@ -36,6 +38,7 @@ async def activity(
     async for doc in store.iterate(
         c.RESOURCES,
         {**who, "type": "Slot", "deleted": False, "central.start": {"$gte": lo, "$lt": hi}},
+        fields=FIELDS,
     ):
         tally.add_slot(doc["tenant"], doc["central"])
     window = {"$gte": lo, "$lt": hi}
@@ -51,6 +54,7 @@ async def activity(
                 {"central.booked_at": None, "created": window},
             ],
         },
+        fields=FIELDS,
     ):
         tally.add_appointment(doc["tenant"], doc["central"], doc.get("created"))
     allowed = None if providers is None else set(providers)
@@ -81,12 +85,16 @@ async def compliance(
     async for p in store.iterate(c.PROVIDERS, flt):
         tally.add_provider(p["_id"], p.get("name"))
     who = _tenants(providers)
-    async for doc in store.iterate(c.RESOURCES, {**who, "type": "Schedule", "deleted": False}):
+    async for doc in store.iterate(
+        c.RESOURCES, {**who, "type": "Schedule", "deleted": False}, fields=FIELDS
+    ):
         tally.add_schedule(doc["tenant"], doc["central"])
     # every slot ever transmitted counts for "schedules transmitted by", deleted ones too
-    async for doc in store.iterate(c.RESOURCES, {**who, "type": "Slot"}):
+    async for doc in store.iterate(c.RESOURCES, {**who, "type": "Slot"}, fields=FIELDS):
         tally.add_slot(doc["tenant"], doc["central"], doc.get("created"))
-    async for doc in store.iterate(c.RESOURCES, {**who, "type": "Appointment", "deleted": False}):
+    async for doc in store.iterate(
+        c.RESOURCES, {**who, "type": "Appointment", "deleted": False}, fields=FIELDS
+    ):
         tally.add_appointment(doc["tenant"], doc["central"], doc.get("created"))
     return tally.to_json()
 
@@ -116,6 +124,7 @@ async def reconcile(
                 "deleted": False,
                 "central.start": {"$gte": lo, "$lt": hi},
             },
+            fields=FIELDS,
         ):
             if doc["central"].get("status") in ("waitlist", "proposed"):
                 continue

@@ -421,6 +421,9 @@ async def test_iterate_streams_what_find_returns(store: Store) -> None:
     assert [d async for d in store.iterate("nothing_here", {})] == []
     with pytest.raises(ValueError):
         [d async for d in store.iterate("stream", {}, batch_size=0)]
+    # only the fields asked for (and _id), never the outbox
+    some = [d async for d in store.iterate("stream", {"i": 3}, fields=["odd", "absent"])]
+    assert some == [{"_id": "s03", "odd": True}]
 
 
 def _slot(i: int, rng: random.Random) -> Document:

@@ -69,7 +69,7 @@ async def reconcile(client: Any, clinic: Clinic, body: bytes, **query: str) -> t
     return resp.status, resp, text
 
 
-async def test_planted_differences_are_reported_exactly(client: Any) -> None:
+async def test_planted_differences_are_reported_exactly(client: Any, capsys: Any) -> None:
     clinic, ikp, pesels = await scenario(client)
     s = VENDOR_VISIT
     planted = export(
@@ -145,6 +145,12 @@ async def test_planted_differences_are_reported_exactly(client: Any) -> None:
         (r["day"], r["provider_count"], r["gateway_count"]) for r in rows if r["kind"] == "counts"
     ]
     assert counts == [("2027-01-13", "2", "3"), ("2027-01-14", "3", "3")]
+
+    # and the logs of all this carry no PESEL (they do log the requests)
+    logs = capsys.readouterr()
+    assert "/reports/reconciliation" in logs.out + logs.err
+    for p in pesels.values():
+        assert p not in logs.out + logs.err
 
 
 async def test_a_matching_export_matches_and_bad_rows_are_named(client: Any) -> None:
