@@ -14,6 +14,11 @@ guarantees only (a unique index and single-document conditional updates):
   and the next number tried. So the counter only ever moves to a number whose
   document exists, and a number is only ever taken right after the counter:
   numbers stay contiguous, whatever crashes.
+
+The counter also keeps ``last_event_at`` (app clock): an event's first try
+follows its numbering at once, so this is when notification traffic last
+flowed, and the sweeper sends a heartbeat only after a quiet period (the
+Subscriptions Backport IG's heartbeat semantics).
 """
 
 from __future__ import annotations
@@ -74,17 +79,17 @@ async def record(
             existing = await store.get(c.WEBHOOK_EVENTS, key)
             if existing is not None:
                 return existing, False  # a copy of this event got there first
-            await _move(store, sid, number)  # the number is another event's
+            await _move(store, sid, number, now)  # the number is another event's
             continue
-        await _move(store, sid, number)
+        await _move(store, sid, number, now)
         return {**doc, "number": number}, True
     raise Retry(f"could not number event {key}")
 
 
-async def _move(store: Store, sid: str, number: int) -> None:
+async def _move(store: Store, sid: str, number: int, now: datetime) -> None:
     """The counter to ``number`` (whose document exists), unless it is there already."""
     await store.update_one(
         c.WEBHOOK_COUNTERS,
         {"_id": sid, "events_count": number - 1},
-        {"$set": {"events_count": number}},
+        {"$set": {"events_count": number, "last_event_at": ts(now)}},
     )

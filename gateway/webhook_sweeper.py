@@ -5,7 +5,9 @@ Every ``webhook_sweep_seconds`` (and at once when the sandbox clock moves) it
 * sends a due try itself when the broker's copy of it is not due back yet in
   real time (the sandbox clock ran ahead, or a Retry-After longer than the
   tier) or is late by ``webhook_sweep_grace_seconds`` (lost with a worker);
-* sends heartbeats to active subscriptions at their ``heartbeatPeriod``;
+* sends a heartbeat to an active subscription after ``heartbeatPeriod`` without
+  notifications (the Backport IG's keep-alive: a quiet channel, not a busy one,
+  needs it): an event numbered within the period pushes the heartbeat back;
 * forgets events and log lines older than the retention.
 
 Everything is measured on the app clock (``Clock.now()``), so the sandbox clock
@@ -24,6 +26,7 @@ import structlog
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.ports import Document
+from gateway.timeutil import from_store
 from gateway.webhook_numbering import ts, wall
 
 if TYPE_CHECKING:
@@ -119,13 +122,18 @@ class Sweeper:
             limit=200,
         )
         for sub in due:
-            nxt = ts(now + timedelta(seconds=int(sub.get("heartbeat") or 60)))
+            period = timedelta(seconds=int(sub.get("heartbeat") or 60))
+            counter = await self.hooks.store.get(c.WEBHOOK_COUNTERS, sub["_id"])
+            last = (counter or {}).get("last_event_at") or ""
+            quiet = not last or last <= ts(now - period)
+            # Traffic within the period: no heartbeat, the next one a period after it.
+            nxt = ts(now + period) if quiet else ts(from_store(last) + period)
             mine = await self.hooks.store.update_one(
                 c.SUBSCRIPTIONS,
                 {"_id": sub["_id"], "next_heartbeat_at": sub["next_heartbeat_at"]},
                 {"$set": {"next_heartbeat_at": nxt}},
             )
-            if mine is not None:
+            if mine is not None and quiet:
                 task = asyncio.get_running_loop().create_task(self._heartbeat(mine, now))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

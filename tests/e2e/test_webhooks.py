@@ -505,6 +505,38 @@ async def test_heartbeats_follow_the_sandbox_clock(
     assert status == 422, outcome
 
 
+async def test_no_heartbeat_while_events_flow(
+    aiohttp_client: Callable[..., Any], receiver: Receiver
+) -> None:
+    """A heartbeat keeps a quiet channel alive (Backport IG): traffic within the period
+    pushes it back to a period after the last event."""
+    client = await make_client(aiohttp_client)
+    prov = await new_provider(client)
+    token = prov["token"]
+    slots = await seed_slots(client, token, 2)
+    await subscribe(client, token, receiver.url, heartbeat=3600)
+    await advance(client, "PT50M")
+    await book(client, prov, slots[0])  # 2 events at 0:50
+    await receiver.wait(lambda: len(receiver.numbers()) == 2)
+    await advance(client, "PT20M")  # 1:10: a period since the start, 20 min since traffic
+    await asyncio.sleep(0.4)
+    assert receiver.of_type("heartbeat") == []
+    await advance(client, "PT35M")  # 1:45: still less than a period since 0:50
+    await asyncio.sleep(0.4)
+    assert receiver.of_type("heartbeat") == []
+    await advance(client, "PT6M")  # 1:51: a quiet period
+    await receiver.wait(lambda: len(receiver.of_type("heartbeat")) == 1)
+    hb = receiver.of_type("heartbeat")[0]["body"]
+    assert params_of(hb)["events-since-subscription-start"]["valueString"] == "2"
+    await book(client, prov, slots[1])  # 1:51, traffic again
+    await receiver.wait(lambda: len(receiver.numbers()) == 4)
+    await advance(client, "PT59M")
+    await asyncio.sleep(0.4)
+    assert len(receiver.of_type("heartbeat")) == 1
+    await advance(client, "PT2M")
+    await receiver.wait(lambda: len(receiver.of_type("heartbeat")) == 2)
+
+
 async def test_events_are_kept_for_the_retention_then_forgotten(
     aiohttp_client: Callable[..., Any], receiver: Receiver
 ) -> None:
