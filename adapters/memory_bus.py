@@ -228,6 +228,14 @@ class MemoryBus:
         finally:
             self._pending.pop(msg.id, None)
 
+    async def defer(self, msg: Envelope, delay: float, group: str) -> None:
+        name = f"{EVENT_QUEUE_PREFIX}{group}"
+        self._queue(name)
+        wait = next((t for t in self._tiers if t >= delay), self._tiers[-1])
+        due = self._clock.now() + timedelta(seconds=wait)
+        heapq.heappush(self._delayed, (due, next(self._seq), name, _tier_name(wait), _copy(msg)))
+        self._delayed_changed.set()
+
     # ------------------------------------------------------------------ consuming
 
     async def consume_commands(self, handler: MessageHandler) -> None:

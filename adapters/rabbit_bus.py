@@ -280,6 +280,14 @@ class RabbitBus:
     async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
         await self.publish(event_batch.pack(msgs))
 
+    async def defer(self, msg: Envelope, delay: float, group: str) -> None:
+        # Into the wait queue of the tier, coming back to the group's queue only
+        # (CC), exactly as a retried message does.
+        queue = f"{EVENT_QUEUE_PREFIX}{group}"
+        wait = next((t for t in self._tiers if t >= delay), self._tiers[-1])
+        extra = {"CC": [queue], H_QUEUE: queue}
+        await self._publish(RETRY_EXCHANGE, tier_name(wait), self._encode(msg, extra))
+
     async def request(self, msg: Envelope, timeout: float) -> Document:
         reply_to = await self._ensure_reply_queue()
         loop = asyncio.get_running_loop()

@@ -238,6 +238,12 @@ class MessageBus(Protocol):
     ) -> None:
         """Start consuming events matching ``patterns`` (topic syntax) as ``group``."""
 
+    async def defer(self, msg: Envelope, delay: float, group: str) -> None:
+        """Publish ``msg`` straight into consumer group ``group``'s queue, due after
+        ``delay`` seconds (the smallest retry tier at least that long, as ``Retry``
+        picks); returns when confirmed. For a failure seen outside a consumer (an
+        in-process first try) that continues through the retry tiers."""
+
     async def dead_letters(self, limit: int = 100) -> list[Envelope]:
         """Take up to ``limit`` dead-lettered messages (for inspection and replay)."""
 

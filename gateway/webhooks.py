@@ -22,27 +22,40 @@ Data model (Svix-like, STYLE.md), one collection each:
   ``copy_at`` (wall clock: when the broker's copy of the next try is due back).
 * ``webhook_attempts`` (the delivery log): one per HTTP try.
 
-Delivery: ``webhook.deliver`` bus messages carry ``{event, round, attempt}``
-(ids, never payloads). One try per message; a failed try records the next due
-time in the event document and raises ``Retry(delay)``, so the broker's delay
-tier brings the message back. Because tiers run on real time while the
-sandbox clock can jump, the sweeper (``gateway.webhook_sweeper``) sends a try
-that is due by ``clock.now()`` when its broker copy is not due back yet or is
-lost; copies are told apart by ``(round, attempt)`` and a claim, so one try
-happens once. After the last try the event is ``failed``, its message
-dead-lettered (``Reject``) and the subscription shows ``error`` until a
-delivery succeeds again (``$replay``). ``410 Gone`` turns the subscription
-off; ``429`` / ``503`` with ``Retry-After`` wait at least that long (up to a
-bound).
+Delivery: the first try of a new event is made by the worker that numbered
+it, at once, from an in-process *lane* per subscription (one try at a time, in
+event-number order): the event message is consumed once and nothing more is
+published on the happy path. Every other try goes through the broker:
+``webhook.deliver`` messages carry ``{event, round, attempt}`` (ids, never
+payloads), one try per message. A failed first try is ``defer``-red into the
+broker's delay tier that fits the schedule's next delay; a failed later try
+records the next due time in the event document and raises ``Retry(delay)``,
+so the tier brings the message back. A lane is memory: if its worker dies,
+the event is still ``pending`` in the store and the sweeper sends it once its
+copy is late (``webhook_sweep_grace_seconds``); a lane that falls behind (more
+than ``LANE_MAX`` waiting) hands new events to the broker instead.
+
+Because tiers run on real time while the sandbox clock can jump, the sweeper
+(``gateway.webhook_sweeper``) sends a try that is due by ``clock.now()`` when
+its broker copy is not due back yet or is lost; copies are told apart by
+``(round, attempt)`` and a claim, so one try happens once. After the last try
+the event is ``failed``, its message dead-lettered (``Reject``) and the
+subscription shows ``error`` until a delivery succeeds again (``$replay``).
+``410 Gone`` turns the subscription off; ``429`` / ``503`` with
+``Retry-After`` wait at least that long (up to a bound).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import secrets as pysecrets
 import uuid
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,6 +86,8 @@ from gateway.webhook_sweeper import Sweeper
 
 log = structlog.get_logger("gateway.webhooks")
 
+DELIVERIES = c.WEBHOOK_DELIVERY_GROUP
+
 WATCHED = ("resource.Appointment.*", "resource.Slot.*")
 LIVE = ("requested", "active", "error")  # statuses that collect events
 NEVER = "9999-12-31T23:59:59.999Z"  # next_heartbeat_at without heartbeats
@@ -81,6 +96,8 @@ CLAIM_EXTRA = timedelta(seconds=30)
 EARLY_SLACK = timedelta(seconds=1)
 EVENTS_MAX = 500  # events per $events answer
 EXCERPT = 512
+LANE_MAX = 1000  # first tries waiting in one subscription's lane before the broker takes over
+LANE_IDLE = 60.0  # seconds a lane's task waits for work before it ends
 
 
 def new_secret() -> str:
@@ -123,6 +140,9 @@ class Webhooks:
         self._token: str | None = None
         self._by_tenant: dict[str, list[Document]] = {}
         self._by_id: dict[str, Document | None] = {}
+        # First tries, per subscription (see the module docstring); open in workers.
+        self._lanes: dict[str, _Lane] = {}
+        self._lanes_open = False
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -364,13 +384,29 @@ class Webhooks:
     # ================================================================== workers
 
     async def start(self) -> None:
-        """Consume resource events (dispatch) and delivery messages (one try each)."""
+        """Consume resource events (numbering, first tries) and delivery messages (one try each)."""
+        # With a one-try schedule the only try must end in the broker's dead letters.
+        self._lanes_open = len(self.schedule) > 1
         await self.bus.consume_events(c.WEBHOOK_GROUP, WATCHED, self.on_resource_event)
         await self.bus.consume_events(
             c.WEBHOOK_DELIVERY_GROUP, [c.WEBHOOK_DELIVER], self.on_deliver
         )
 
     async def close(self) -> None:
+        """Stop the lanes (what they still hold is pending in the store: the broker, or
+        the sweeper after the grace, sends it) and the sweeper's tasks."""
+        self._lanes_open = False
+        lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+        tasks = [lane.task for lane in lanes if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for lane in lanes:
+            for ev in lane.items:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.dispatch(ev, "initial"), 1.0)
         await self.sweeper.close()
 
     async def run_sweeper(self) -> None:
@@ -401,25 +437,71 @@ class Webhooks:
             if created and self.metrics is not None:
                 self.metrics.webhook_events_total.inc()
             if ev["status"] == "pending" and ev["round"] == 0 and ev["attempts"] == 0:
+                await self._first_try(ev)
+
+    async def _first_try(self, ev: Document) -> None:
+        """Queue the event's first try in its subscription's lane (or on the broker)."""
+        sid = ev["subscription"]
+        lane = self._lanes.get(sid)
+        if lane is None:
+            if not self._lanes_open:
                 await self.dispatch(ev, "initial")
+                return
+            lane = self._lanes[sid] = _Lane()
+            lane.task = asyncio.get_running_loop().create_task(
+                self._run_lane(sid, lane), name=f"webhook-lane-{sid}"
+            )
+        if len(lane.items) >= LANE_MAX:
+            await self.dispatch(ev, "initial")  # the lane is behind: the broker takes it
+            return
+        lane.items.append(ev)
+        lane.wake.set()
+
+    async def _run_lane(self, sid: str, lane: _Lane) -> None:
+        while True:
+            if not lane.items:
+                lane.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.wake.wait(), LANE_IDLE)
+                if not lane.items:
+                    if self._lanes.get(sid) is lane:
+                        del self._lanes[sid]
+                    return
+                continue
+            ev = lane.items[0]
+            try:
+                await self._lane_try(ev)
+            except Exception as exc:
+                # Still pending in the store: the sweeper sends it after the grace.
+                log.warning("webhook.lane_failed", subscription=sid, error=repr(exc))
+            lane.items.popleft()
+
+    async def _lane_try(self, ev: Document) -> None:
+        """The first try of ``ev``, from its lane."""
+        sub = await self.subscription(ev["subscription"])
+        # The sweeper takes a first try over when its copy is older than the grace.
+        # A young one is sent without a claim (no write); one that waited long
+        # enough to meet the sweeper is claimed first, as the broker's copies are.
+        lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + EARLY_SLACK
+        grace = timedelta(seconds=self.settings.webhook_sweep_grace_seconds)
+        if from_store(ev["copy_at"]) + grace - lease <= wall():
+            if not await self._claim(ev["_id"], ev["round"], 0, sub):
+                return
+        await self._try(ev, sub, attempt=0, trigger="initial", msg_attempt=None)
 
     async def dispatch(self, ev: Document, trigger: str) -> None:
-        now = self.clock.now()
-        await self.bus.publish(
-            Envelope(
-                id=os.urandom(16).hex(),
-                type=c.WEBHOOK_DELIVER,
-                body={
-                    "event": ev["_id"],
-                    "round": ev["round"],
-                    "attempt": ev["attempts"],
-                    "trigger": trigger,
-                },
-                # Deliveries of one subscription go one at a time, in event-number order.
-                tenant=ev["subscription"],
-                correlation_id=ev["event_id"],
-                created_at=ts(now),
-            )
+        """A try of ``ev`` through the broker (``webhook.deliver``)."""
+        await self.bus.publish(self._deliver_message(ev, ev["attempts"], trigger))
+
+    def _deliver_message(self, ev: Document, attempt: int, trigger: str) -> Envelope:
+        return Envelope(
+            id=os.urandom(16).hex(),
+            type=c.WEBHOOK_DELIVER,
+            body={"event": ev["_id"], "round": ev["round"], "attempt": attempt, "trigger": trigger},
+            # Deliveries of one subscription go one at a time, in event-number order.
+            tenant=ev["subscription"],
+            correlation_id=ev["event_id"],
+            created_at=ts(self.clock.now()),
         )
 
     # ------------------------------------------------------------------ delivery
@@ -455,21 +537,39 @@ class Webhooks:
             # copies of it (the broker's and the sweeper's) send once. The first try
             # is not claimed: a second copy of it exists only after a redelivery,
             # and the receiver drops a duplicate webhook-id.
-            now_wall = wall()
-            lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
-            claimed = await self.store.update_one(
-                c.WEBHOOK_EVENTS,
-                {
-                    "_id": key,
-                    "status": "pending",
-                    "round": rnd,
-                    "attempts": attempt,
-                    "claim_until": {"$lt": ts(now_wall)},
-                },
-                {"$set": {"claim_until": ts(now_wall + lease)}},
-            )
-            if claimed is None:
+            if not await self._claim(key, rnd, attempt, sub):
                 return
+        await self._try(ev, sub, attempt=attempt, trigger=trigger, msg_attempt=msg.attempt)
+
+    async def _claim(self, key: str, rnd: int, attempt: int, sub: Document | None) -> bool:
+        now_wall = wall()
+        lease = timedelta(seconds=(sub or {}).get("timeout") or 15.0) + CLAIM_EXTRA
+        claimed = await self.store.update_one(
+            c.WEBHOOK_EVENTS,
+            {
+                "_id": key,
+                "status": "pending",
+                "round": rnd,
+                "attempts": attempt,
+                "claim_until": {"$lt": ts(now_wall)},
+            },
+            {"$set": {"claim_until": ts(now_wall + lease)}},
+        )
+        return claimed is not None
+
+    async def _try(
+        self,
+        ev: Document,
+        sub: Document | None,
+        *,
+        attempt: int,
+        trigger: str,
+        msg_attempt: int | None,
+    ) -> None:
+        """Send ``ev`` once and settle it. ``msg_attempt``: the bus copy's attempt, or None
+        for a lane's first try (a failure is then deferred into a retry tier)."""
+        key = ev["_id"]
+        now = self.clock.now()
         bind_correlation(ev["event_id"], subscription=ev["subscription"], event_number=ev["number"])
         if sub is None or sub["status"] == "off":
             await self._settle(ev, {"status": "cancelled"})
@@ -532,10 +632,10 @@ class Webhooks:
             delay = max(
                 delay, min(result.retry_after, self.settings.webhook_retry_after_max_seconds)
             )
-        # The broker brings this message back after the tier that fits ``delay``
+        # The broker brings a copy of this try back after the tier that fits ``delay``
         # (real time): ``copy_at`` says when, so the sweeper only steps in when the
         # app clock is ahead of that (sandbox) or the copy is lost.
-        by_broker = msg.attempt + 1 < self._bus_retries
+        by_broker = msg_attempt is None or msg_attempt + 1 < self._bus_retries
         copy_at = ts(wall() + timedelta(seconds=self._tier(delay))) if by_broker else ""
         await self._settle(
             ev,
@@ -548,6 +648,11 @@ class Webhooks:
         await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="retrying")
         if not by_broker:
             return  # the bus would dead-letter this copy: the sweeper sends the next try
+        if msg_attempt is None:
+            # A lane's first try: its next try is a new message in the tier (if the
+            # publish fails, the copy is late and the sweeper sends it).
+            await self.bus.defer(self._deliver_message(ev, tries, "retry"), delay, DELIVERIES)
+            return
         raise Retry(f"webhook {result.error}", delay=delay)
 
     def _tier(self, delay: float) -> float:
@@ -654,6 +759,15 @@ class Webhooks:
         )
 
     # ------------------------------------------------------------------ sweeper
+
+
+@dataclass
+class _Lane:
+    """One subscription's first tries waiting in this process, oldest first."""
+
+    items: deque[Document] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 def attempt_parameter(a: Document) -> Document:

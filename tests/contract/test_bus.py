@@ -237,6 +237,40 @@ async def test_retry_delay_picks_the_tier(bus: Any) -> None:
     assert times[1] - times[0] >= RETRY_DELAYS[1] * 0.9
 
 
+async def test_defer_reaches_only_its_group_after_the_tier(bus: Any) -> None:
+    """A deferred message waits in a retry tier, then reaches only the named group, once,
+    with every field kept; a handler's Retry then counts from its attempt as usual."""
+    seen: dict[str, list[Envelope]] = defaultdict(list)
+    arrived: list[float] = []
+
+    async def audit(msg: Envelope) -> None:
+        seen["audit"].append(msg)
+
+    async def deliveries(msg: Envelope) -> None:
+        seen["deliveries"].append(msg)
+        arrived.append(time.monotonic())
+        if len(seen["deliveries"]) == 1:
+            raise Retry("again")
+
+    await bus.consume_events("audit", ["hook.*"], audit)
+    await bus.consume_events("deliveries", ["hook.*"], deliveries)
+    sent = env("hook.deliver", tenant="sub-1", body={"event": "e1", "attempt": 1})
+    started = time.monotonic()
+    await bus.defer(sent, RETRY_DELAYS[0] + 0.01, "deliveries")  # -> the second tier
+    await until(lambda: len(seen["deliveries"]) == 2)
+    assert arrived[0] - started >= RETRY_DELAYS[1] * 0.9
+    first, second = seen["deliveries"]
+    assert (first.id, first.type, first.tenant, first.body) == (
+        sent.id,
+        "hook.deliver",
+        "sub-1",
+        {"event": "e1", "attempt": 1},
+    )
+    assert (first.attempt, second.attempt) == (0, 1)
+    await asyncio.sleep(0.2)
+    assert seen["audit"] == [] and len(seen["deliveries"]) == 2
+
+
 async def test_dead_letter_after_last_tier(bus: Any) -> None:
     attempts: list[int] = []
 

@@ -260,6 +260,76 @@ async def test_patient_booking_and_cancellation_in_the_portal_reach_the_provider
     receiver.verify_all(secret)
 
 
+@pytest.mark.parametrize(
+    "backend", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+)
+async def test_first_tries_take_no_broker_message_failures_do(
+    backend: str, aiohttp_client: Callable[..., Any], receiver: Receiver
+) -> None:
+    """The happy path consumes the event once and publishes nothing more (the first try is
+    the worker's own); a failed first try continues through the broker's delay tier."""
+    client = await make_client(aiohttp_client, backend)
+    bus = client.server.app[SERVICES].bus
+    prov = await new_provider(client)
+    token = prov["token"]
+    slots = await seed_slots(client, token, 2)
+    created, secret = await subscribe(client, token, receiver.url)
+    deferred: list[float] = []
+    published: list[str] = []
+    publish, defer = bus.publish, bus.defer
+
+    async def counting_publish(msg: Any) -> None:
+        published.append(msg.type)
+        await publish(msg)
+
+    async def counting_defer(msg: Any, delay: float, group: str) -> None:
+        assert msg.type == c.WEBHOOK_DELIVER and group == c.WEBHOOK_DELIVERY_GROUP
+        deferred.append(delay)
+        await defer(msg, delay, group)
+
+    bus.publish, bus.defer = counting_publish, counting_defer
+    await book(client, prov, slots[0])
+    await receiver.wait(lambda: len(receiver.numbers()) == 2)
+    assert c.WEBHOOK_DELIVER not in published and deferred == []
+
+    receiver.mode = "fail"
+    await book(client, prov, slots[1])
+    rows = await wait_attempts(client, token, created["id"], 4)
+    assert [r["outcome"] for r in rows[:2]] == ["retrying", "retrying"]
+    assert deferred == [5.0, 5.0] and c.WEBHOOK_DELIVER not in published
+    receiver.mode = "ok"
+    await advance(client, "PT6S")
+    await receiver.wait(lambda: sorted(receiver.numbers()) == [1, 2, 3, 4])
+    receiver.verify_all(secret)
+
+
+async def test_a_first_try_lost_with_its_worker_is_sent_by_the_sweeper(
+    aiohttp_client: Callable[..., Any], receiver: Receiver
+) -> None:
+    """The first try waits in memory: if the worker dies before it, the event is still
+    pending in the store and the sweeper sends it once its copy is late (the grace)."""
+    client = await make_client(aiohttp_client)
+    webhooks = client.server.app[SERVICES].webhooks
+    prov = await new_provider(client)
+    token = prov["token"]
+    slots = await seed_slots(client, token, 1)
+    await subscribe(client, token, receiver.url)
+    lost: list[str] = []
+
+    async def dies_before_the_try(ev: dict[str, Any]) -> None:
+        lost.append(ev["_id"])
+
+    webhooks._first_try = dies_before_the_try
+    await book(client, prov, slots[0])
+    await receiver.wait(lambda: sorted(receiver.numbers()) == [1, 2], timeout=10)
+    assert len(lost) == 2
+    events = receiver.of_type("event-notification")
+    assert {e["headers"]["webhook-id"] for e in events} == {
+        f"{lost[0].split(':')[0]}-1",
+        f"{lost[0].split(':')[0]}-2",
+    }
+
+
 # --------------------------------------------------------------------------- down, then up
 
 
