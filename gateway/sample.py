@@ -119,6 +119,7 @@ def hint(base: str, token: str, sandbox: bool) -> str:
         f"{base}/fhir/Location/sample-clinic",
         f'  its free slots:            curl -s -H "Authorization: Bearer $TOKEN" '
         f'"{base}/fhir/Slot?status=free&_count=5"',
+        f"  web pages (manual entry):  {base}/ui/  (sign in with the token above)",
         "  more: README.md (vendors, webhooks, patients) and docs/first-fifteen-minutes.md",
     ]
     if sandbox:

@@ -26,6 +26,18 @@ def masked_pesel(pesel: str | None) -> str:
     return f"•••••••{pesel[-4:]}" if pesel else ""
 
 
+def cancel_channel(code: str | None, labels: dict[str, dict[str, str]], _: i18n.Translate) -> str:
+    """Where a cancellation came from: the patient's channel by name (IKP, SMS, the
+    waiting room), or "the facility" for the provider's own system and these pages
+    (both send the same command, so they are not told apart)."""
+    if not code:
+        return ""
+    info = codes.channels().get(code)
+    if info is not None and info.group == "central":
+        return labels["channel"].get(code, code)
+    return _("the facility")
+
+
 def day_bounds(first: date, days: int) -> tuple[str, str]:
     """Store instants of Warsaw midnight of ``first`` and ``days`` later (DST-proof)."""
     start = datetime.combine(first, time(0), WARSAW)
@@ -33,7 +45,7 @@ def day_bounds(first: date, days: int) -> tuple[str, str]:
     return to_store(start), to_store(end)
 
 
-def _labels(lang: str) -> dict[str, dict[str, str]]:
+def labels_for(lang: str) -> dict[str, dict[str, str]]:
     def disp(info: Any) -> str:
         return str(info.display_pl if lang == "pl" else info.display_en)
 
@@ -52,7 +64,7 @@ async def rows(
     cancelled on it. Two range reads on the (tenant, type, central.start) index."""
     lang = i18n.language(request)
     _ = i18n.translator(lang)
-    labels = _labels(lang)
+    labels = labels_for(lang)
     lo, hi = day_bounds(first, days)
     extra: dict[str, Any] = {"central.start": {"$gte": lo, "$lt": hi}}
     if schedule:
@@ -93,7 +105,7 @@ async def rows(
                         "rid": v["rid"],
                         "patient": masked_pesel(vc.get("patient_pesel")),
                         "reason": labels["reason"].get(vc.get("cancel_reason") or "", ""),
-                        "channel": labels["channel"].get(vc.get("cancel_channel") or "", ""),
+                        "channel": cancel_channel(vc.get("cancel_channel"), labels, _),
                     }
                 )
             elif vc["status"] not in ("waitlist", "proposed", "entered-in-error"):
@@ -160,11 +172,12 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
         return f"{target}?{urlencode(q)}"
 
     lang = i18n.language(request)
-    scope_labels = _labels(lang)["scope"]
+    scope_labels = labels_for(lang)["scope"]
     counts = {
         state: sum(1 for d in data for r in d["slots"] if r["state"] == state)
         for state in ("free", "booked", "held", "unavailable")
     }
+    total = sum(counts.values())
     counts["cancelled"] = sum(len(r["cancelled"]) for d in data for r in d["slots"])
     return await core.render(
         request,
@@ -175,7 +188,7 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
             "first": first,
             "last": first + timedelta(days=days - 1),
             "counts": counts,
-            "total": sum(counts.values()),
+            "total": total,
             "schedule": schedule,
             "schedule_options": [("", "—")]
             + [

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway import pesel as pesel_rules
 from gateway.errors import FhirError, Issue
 from gateway.http.ui import core, forms, i18n, plain, writes
+from gateway.http.ui.calendar import cancel_channel, labels_for
 from gateway.timeutil import WARSAW, from_store
 from mappings import appointment as appointment_map
 from mappings import codes
@@ -239,7 +240,7 @@ async def appointment_page(request: web.Request, form: forms.Form | None = None)
         "channel": disp(codes.channels(), central.get("channel")),
         "cancel_reason": disp(codes.cancellation_reasons(), central.get("cancel_reason")),
         "cancel_note": central.get("cancel_note"),
-        "cancel_channel": disp(codes.channels(), central.get("cancel_channel")),
+        "cancel_channel": cancel_channel(central.get("cancel_channel"), labels_for(lang), _),
         "cancellable": central["status"] in ("booked", "pending", "arrived", "checked-in"),
     }
     return await core.render(
