@@ -113,13 +113,14 @@ def test_console_clock_reminder_inbox_and_a_failed_delivery_in_one_click(
     page.goto("/ui/sandbox")
     page.get_by_label("Przesuń o albo ustaw na").focus()
     page.keyboard.type("2027-01-04T09:00")
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/ui/sandbox")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     assert "Zegar piaskownicy wskazuje teraz 04.01.2027 09:00" in page.inner_text("main")
 
     # A provider, made in the console.
     page.get_by_label(re.compile(r"^Nazwa")).fill("Poradnia Konsolowa")
-    page.get_by_role("button", name="Utwórz świadczeniodawcę").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Utwórz świadczeniodawcę").click()
     created = page.inner_text("main")
     found = re.search(r"(prov-[0-9a-f]{12})", created)
     assert found and "BEGIN PRIVATE KEY" in page.locator("#private-key").input_value()
@@ -138,13 +139,15 @@ def test_console_clock_reminder_inbox_and_a_failed_delivery_in_one_click(
     page.goto("/ui/sandbox/patients")
     page.get_by_label(re.compile(r"^Wiek w latach")).fill("52")
     page.get_by_label("kobieta").check()
-    page.get_by_role("button", name="Utwórz pacjenta").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Utwórz pacjenta").click()
     made = re.search(r"PESEL (\d{11})", page.inner_text("main"))
     assert made
     patient_token = page.locator("#patient-token").input_value()
     assert page.get_by_label("PESEL pacjenta").first.input_value() == made.group(1)
     page.get_by_label("Zakres").select_option("cardiology")
-    page.get_by_role("button", name="Wystaw e-skierowanie").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Wystaw e-skierowanie").click()
     referral = re.search(r"klucz ([A-Z0-9]{20}), kod (\d{4})", page.inner_text("main"))
     assert referral
     screenshot(page, "console-03-patients")
@@ -175,7 +178,8 @@ def test_console_clock_reminder_inbox_and_a_failed_delivery_in_one_click(
 
     # Seven days later: the reminder in the outbox, the heartbeat in the inbox.
     page.goto("/ui/sandbox")
-    page.get_by_role("button", name="+7 dni").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="+7 dni").click()
     assert "11.01.2027 09:0" in page.inner_text("main")
     page.get_by_role("link", name="Wysłane powiadomienia").click()
     outbox = reload_until(page, r"reminder-7d")
@@ -190,7 +194,8 @@ def test_console_clock_reminder_inbox_and_a_failed_delivery_in_one_click(
     front = reload_until(page, r"próba 2 nieudana: HTTP 500 \(down for maintenance\)")
     assert "Subskrypcje z błędem" in front
     screenshot(page, "console-01-front")
-    failing.get_by_role("link", name=re.compile(r"Zdarzenie 1")).click()
+    with page.expect_navigation():
+        failing.get_by_role("link", name=re.compile(r"Zdarzenie 1")).click()
     detail = page.inner_text("main")
     assert "Dlaczego: próba 2 nieudana: HTTP 500 (down for maintenance)" in detail
     tries = detail[detail.find("Próby (2)") :]
@@ -199,7 +204,8 @@ def test_console_clock_reminder_inbox_and_a_failed_delivery_in_one_click(
 
     # The conformance report of this provider.
     page.goto(f"/ui/sandbox/providers/{provider_id}/conformance")
-    page.get_by_role("button", name="Uruchom sprawdzenie").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Uruchom sprawdzenie").click()
     report = page.inner_text("main")
     assert "Niezaliczony" in report and "Jak poprawić" in report
     screenshot(page, "console-07-conformance")
