@@ -37,6 +37,8 @@ async def feed(
         r, lines = await read(client, out["url"])
         assert r.headers["Content-Type"].startswith("application/fhir+ndjson")
         assert "max-age" in r.headers["Cache-Control"]
+        # streamed as it is read from the store, not built whole first
+        assert r.headers["Transfer-Encoding"] == "chunked"
         files[out["type"]] = lines
         raw.append(json.dumps(lines, ensure_ascii=False))
     return manifest, files, "\n".join(raw)
