@@ -360,8 +360,17 @@ async def provider_deliveries(
     enough = skip + limit
     own = await store.find(c.SUBSCRIPTIONS, {"tenant": tenant})
     subs_by_id = {s["_id"]: s for s in own}
-    events = await store.find(
-        c.WEBHOOK_EVENTS, {"tenant": tenant}, sort=[("at", -1), ("number", -1)], limit=enough
+    # By subscription: the (subscription, number) index answers it; a subscription's
+    # events go with it when it is deleted.
+    events = (
+        await store.find(
+            c.WEBHOOK_EVENTS,
+            {"subscription": {"$in": sorted(subs_by_id)}},
+            sort=[("at", -1), ("number", -1)],
+            limit=enough,
+        )
+        if subs_by_id
+        else []
     )
     deliveries = [_from_event(ev, subs_by_id.get(ev["subscription"])) for ev in events]
     # Handshakes and heartbeats are not events: the inbox is their only record. Their
@@ -446,16 +455,12 @@ async def delivery(store: Store, tenant: str, key: str, *, base: str) -> Deliver
     if kind == "event-notification":
         # a kept request of an event: the event's delivery, with all its tries
         number = str(doc.get("webhook_id") or "").rsplit("-", 1)[-1]
-        ev = (
-            await store.find_one(
-                c.WEBHOOK_EVENTS,
-                {"subscription": doc["subscription"], "number": int(number or 0)},
+        if number.isdigit():
+            ev = await store.find_one(
+                c.WEBHOOK_EVENTS, {"subscription": doc["subscription"], "number": int(number)}
             )
-            if number.isdigit()
-            else None
-        )
-        if ev is not None:
-            return await delivery(store, tenant, ev["_id"], base=base)
+            if ev is not None:
+                return await delivery(store, tenant, ev["_id"], base=base)
     sub = await store.get(c.SUBSCRIPTIONS, doc["subscription"])
     return Delivery(
         key=doc["_id"],

@@ -107,7 +107,6 @@ async def _render(
     base = {
         "console_now": _now_text(services),
         "console_section": context.pop("section", ""),
-        "lang_code": i18n.language(request),
     }
     return await core.render(request, template, {**base, **context}, status=status)
 
