@@ -452,3 +452,46 @@ async def test_another_providers_resources_are_not_found(embedded: TestClient[An
     assert (await web.get(f"/ui/slots/{slots[0]['id']}/book")).status == 404
     html = await (await web.get(f"/ui/week?start={next_monday().isoformat()}")).text()
     assert 'class="status-free"' not in html
+
+
+async def test_withdraw_a_free_slot_and_make_it_free_again(
+    embedded: TestClient[Any, Any],
+) -> None:
+    web = embedded
+    provider, slots = await book_setup(web)
+    slot = slots[3]
+    day = f"/ui/day?date={next_monday().isoformat()}"
+    html = await (await web.get(day)).text()
+    assert html.count("Wycofaj termin") == 12
+    resp = await post_form(
+        web,
+        f"/ui/slots/{slot['id']}/availability",
+        {"to": "unavailable", "version": "1", "back": day},
+        page=day,
+    )
+    assert resp.status == 303
+    assert resp.headers["Location"] == day
+    res = await (await web.get(f"/fhir/Slot/{slot['id']}", headers=auth(provider["token"]))).json()
+    assert res["status"] == "busy-unavailable"
+    html = await (await web.get(day)).text()
+    assert "Wycofano termin" in html
+    assert html.count('class="status-unavailable"') == 1
+    # a stale version (the page was open before) is refused in plain words
+    resp = await post_form(
+        web,
+        f"/ui/slots/{slot['id']}/availability",
+        {"to": "free", "version": "1", "back": day},
+        page=day,
+    )
+    assert resp.status == 303
+    html = await (await web.get(day)).text()
+    assert "Ktoś w międzyczasie to zmienił" in html
+    resp = await post_form(
+        web,
+        f"/ui/slots/{slot['id']}/availability",
+        {"to": "free", "version": "2", "back": "https://elsewhere.example/"},
+        page=day,
+    )
+    assert resp.headers["Location"].startswith("/ui/day?date=")
+    res = await (await web.get(f"/fhir/Slot/{slot['id']}", headers=auth(provider["token"]))).json()
+    assert res["status"] == "free"

@@ -3,6 +3,7 @@ cookie, CSRF protection, languages and the security headers, over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -175,3 +176,52 @@ async def test_a_patient_token_does_not_sign_in(web: TestClient[Any, Any]) -> No
     patient = await (await web.post("/sandbox/patients", json={})).json()
     resp = await post_form(web, "/ui/signin", {"credential": patient["token"]})
     assert resp.status == 400
+
+
+async def test_session_expires(
+    aiohttp_server: Callable[..., Any], aiohttp_client: Callable[..., Any]
+) -> None:
+    web = await ui_client(
+        settings_for("embedded", amqp_url=None, ui_session_seconds=1),
+        aiohttp_server,
+        aiohttp_client,
+    )
+    await sign_in(web)
+    assert (await web.get("/ui/", allow_redirects=False)).status == 200
+    await asyncio.sleep(2.2)
+    resp = await web.get("/ui/", allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"].startswith("/ui/signin")
+
+
+async def test_production_mode_signs_in_without_the_sandbox_console(
+    aiohttp_server: Callable[..., Any], aiohttp_client: Callable[..., Any]
+) -> None:
+    """Production: the same sign-in with a client assertion (there is no sandbox to make
+    a provider, so the test registers one in the store as onboarding would)."""
+    from gateway import constants as c
+    from gateway.auth import generate_client_keypair
+    from gateway.http.keys import SERVICES
+
+    settings = settings_for("embedded", amqp_url=None, cer_mode="production")
+    web = await ui_client(settings, aiohttp_server, aiohttp_client)
+    private_pem, public_pem = generate_client_keypair()
+    store = web.server.app[SERVICES].store
+    await store.insert(
+        c.PROVIDERS,
+        {
+            "_id": "prov-prod",
+            "client_id": "client-prod",
+            "name": "Poradnia",
+            "public_key_pem": public_pem,
+        },
+    )
+    assertion = make_client_assertion(
+        private_pem, "client-prod", str(web.make_url("/auth/token")), datetime.now(UTC)
+    )
+    resp = await post_form(web, "/ui/signin", {"credential": assertion})
+    assert resp.status == 303, await resp.text()
+    html = await (await web.get("/ui/")).text()
+    assert "Poradnia" in html
+    assert "/ui/sandbox" not in html
+    assert (await web.get("/ui/sandbox")).status == 404

@@ -69,7 +69,7 @@ async def rows(
     extra: dict[str, Any] = {"central.start": {"$gte": lo, "$lt": hi}}
     if schedule:
         extra["central.schedule_id"] = schedule
-    fields = ["rid", "central"]
+    fields = ["rid", "version", "central"]
     slots = await writes.live(
         request, tenant, "Slot", extra, sort=[("central.start", 1)], fields=fields
     )
@@ -123,6 +123,7 @@ async def rows(
         category = central.get("category")
         row: dict[str, Any] = {
             "rid": s["rid"],
+            "version": s["version"],
             "hours": f"{hhmm}\N{EN DASH}{end.hour:02d}:{end.minute:02d}",
             "when": f"{start.date().isoformat()} {hhmm}",
             "label": labels["category"][category]
@@ -206,6 +207,7 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
             "today_link": link(today),
             "day_link": lambda d: link(d, "/ui/day", "date"),
             "week_link": link(first, "/ui/week", "start"),
+            "here": request.path_qs,
         },
     )
 

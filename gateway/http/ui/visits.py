@@ -288,9 +288,42 @@ async def cancel(request: web.Request) -> web.Response:
     return await appointment_page(request, form)
 
 
+async def availability(request: web.Request) -> web.Response:
+    """Withdraw a free slot (``busy-unavailable``: the facility will not hold it) or
+    make a withdrawn one free again: a ``PUT`` of the Slot with ``If-Match``."""
+    me = await core.signed_in(request)
+    _ = i18n.gettext(request)
+    slot = await _slot(request, me["_id"])
+    form = await forms.read_form(request)
+    back = core.safe_next(form.get("back"), f"/ui/day?date={slot_facts(slot, 'en')['day']}")
+    target = {"unavailable": "busy-unavailable", "free": "free"}.get(form.get("to"))
+    current = slot["central"]["status"]
+    version = int(form.get("version")) if form.get("version").isdigit() else None
+    if target is None or current not in ("free", "busy-unavailable") or current == target:
+        await core.flash(request, _("The slot has changed meanwhile: look at it again."))
+        raise core.see_other(back)
+    resource = writes.editable(slot["resource"])
+    resource["status"] = target
+    try:
+        await writes.update(request, me["_id"], "Slot", slot["rid"], resource, version)
+    except FhirError as err:
+        await core.flash(request, plain.plain(err.issues[0], _))
+    else:
+        facts = slot_facts(slot, i18n.language(request))
+        when = f"{facts['day']} {facts['time']}"
+        await core.flash(
+            request,
+            _("The slot {when} was withdrawn.", when=when)
+            if target != "free"
+            else _("The slot {when} is free again.", when=when),
+        )
+    raise core.see_other(back)
+
+
 def routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/ui/slots/{id}/book", book_page)
     r.add_post("/ui/slots/{id}/book", book)
+    r.add_post("/ui/slots/{id}/availability", availability)
     r.add_get("/ui/appointments/{id}", appointment_page)
     r.add_post("/ui/appointments/{id}/cancel", cancel)
