@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # many seconds is failed, so a crashed client cannot freeze a provider for ever
     # (its run can still be resumed: the job re-opens when chunks come again).
     import_stale_seconds: float = 900.0
+    # Processes that validate import chunks beside the API's event loop (another core
+    # does fhir.resources' work while the loop applies the previous chunk); 0: inline.
+    import_validation_processes: int = 1
 
     # Manual-entry web pages at /ui/ (issue 10). Their session lives in an encrypted
     # (Fernet), http-only, SameSite=Lax cookie. Key: UI_SESSION_SECRET, else derived from

@@ -59,7 +59,7 @@ def create_app(
     capability.routes(app)
     fhir.routes(app)
     bundles.routes(app)
-    imports.routes(app)
+    imports.routes(app, settings.import_validation_processes)
     subscription_api.routes(app)
     patient.routes(app)
     waiting_room_api.routes(app)

@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +46,11 @@ from gateway.errors import FhirError, Issue
 from gateway.events import command
 from gateway.http.auth import provider_id
 from gateway.http.fhir import ID_RE, base_url, prepare
-from gateway.http.keys import CORRELATION_ID, IMPORT_TURNS, SERVICES
+from gateway.http.keys import CORRELATION_ID, IMPORT_POOL, IMPORT_TURNS, SERVICES
 from gateway.http.responses import json_response
 from gateway.ports import RequestTimeout
 from mappings.references import URN_UUID
+from mappings.validation import too_deep
 
 NDJSON_TYPES = ("application/fhir+ndjson", "application/x-ndjson", "application/ndjson")
 # A reference to a urn:uuid entry not seen yet: its type from the element naming it.
@@ -89,6 +93,56 @@ class Turnstile:
 
     def forget(self, job: str) -> None:
         self.last_sent.pop(job, None)
+
+
+# (position in the chunk, type, id, resource, FHIRPath root) of a resource to prepare
+ToPrepare = tuple[int, str, str, dict[str, Any], str | None]
+# (position in the chunk, the write, or the error reply)
+Prepared = tuple[int, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def prepare_many(items: list[ToPrepare]) -> list[Prepared]:
+    """Validate and map resources for import writes (``prepare``, as the FHIR API does).
+
+    Pure: it runs in the validation process when there is one.
+    """
+    out: list[Prepared] = []
+    for index, rtype, rid, resource, root in items:
+        try:
+            out.append((index, prepare("PUT", rtype, rid, resource, root=root), None))
+        except FhirError as err:
+            out.append((index, None, err.to_reply()["error"]))
+    return out
+
+
+class ValidationPool:
+    """``IMPORT_VALIDATION_PROCESSES`` processes that validate chunks off the event loop.
+
+    Structural validation (fhir.resources) is most of the API's work on an import
+    and it is pure CPU: in its own process it runs on another core while this
+    process applies the previous chunk (with the embedded store, API and worker
+    share one process). 0 processes: inline. Started at the first chunk.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.pool: ProcessPoolExecutor | None = None
+
+    async def run(self, items: list[ToPrepare]) -> list[Prepared]:
+        if self.processes <= 0 or not items:
+            return prepare_many(items)
+        if self.pool is None:
+            # spawn, not fork: this process has threads and an event loop
+            self.pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, prepare_many, items)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
 
 def status_url(request: web.Request) -> str:
@@ -231,7 +285,9 @@ async def chunk(request: web.Request) -> web.Response:
             code="import-ended",
         )
     lines = body.split(b"\n")
-    built = await build_ops(services.store, tenant, job, lines, first, fmt)
+    built = await build_ops(
+        services.store, tenant, job, lines, first, fmt, request.app[IMPORT_POOL].run
+    )
     if built.aliases:
         await services.store.update_one(
             c.IMPORT_JOBS,
@@ -290,6 +346,7 @@ class _Read:
     resource: dict[str, Any]
     full_url: str | None
     rid: str | None = None
+    urns: bool = False  # the line mentions urn:uuid (references to rewrite)
 
 
 def _reject(index: int, err: FhirError, what: str | None = None) -> dict[str, Any]:
@@ -341,7 +398,13 @@ def rewrite_urns(value: Any, refs: dict[str, str], key: str = "") -> Any:
 
 
 async def build_ops(
-    store: Any, tenant: str, job: dict[str, Any], lines: list[bytes], first: int, fmt: str
+    store: Any,
+    tenant: str,
+    job: dict[str, Any],
+    lines: list[bytes],
+    first: int,
+    fmt: str,
+    validate: Callable[[list[ToPrepare]], Awaitable[list[Prepared]]] | None = None,
 ) -> Built:
     """Validate and map a chunk's lines into import writes (PUTs on stable ids)."""
     positions: list[int] = []
@@ -401,7 +464,7 @@ async def build_ops(
             )
             continue
         assert isinstance(obj, dict)
-        reads.append(_Read(index, rtype, obj, full_url))
+        reads.append(_Read(index, rtype, obj, full_url, urns=b"urn:uuid:" in raw))
     # Ids: the vendor's own; else the holder of the identifier; else the urn:uuid's
     # own, else one derived from the identifier.
     keys: dict[str, _Read] = {}
@@ -430,7 +493,7 @@ async def build_ops(
             refs[hexed] = f"{r.rtype}/{r.rid}"
             if r.rid != hexed:
                 aliases[hexed] = refs[hexed]  # later chunks cannot guess this one
-    ops: list[dict[str, Any]] = []
+    todo: list[ToPrepare] = []
     for r in reads:
         root = f"Bundle.entry[{positions[r.index]}].resource" if fmt == "bundle" else None
         if r.rid is None:
@@ -451,8 +514,10 @@ async def build_ops(
                 )
             )
             continue
-        resource = rewrite_urns(r.resource, refs)
-        resource["id"] = r.rid
+        resource = r.resource
+        if r.urns and too_deep(resource, r.rtype) is None:
+            resource = rewrite_urns(resource, refs)
+        resource = {**resource, "id": r.rid}
         meta = resource.get("meta")
         if isinstance(meta, dict):
             # The server's own elements: the stored resource gets new ones.
@@ -461,16 +526,25 @@ async def build_ops(
                 resource["meta"] = meta
             else:
                 resource.pop("meta")
-        try:
-            op = prepare("PUT", r.rtype, r.rid, resource, root=root)
-        except FhirError as err:
-            rejected.append(_reject(r.index, err, f"{r.rtype}/{r.rid}"))
+        todo.append((r.index, r.rtype, r.rid, resource, root))
+    prepared = await (validate or _inline)(todo)
+    ops: list[dict[str, Any]] = []
+    by_index = {r.index: r for r in reads}
+    for index, op, error in prepared:
+        r = by_index[index]
+        if op is None:
+            assert error is not None
+            rejected.append(_reject(index, FhirError.from_reply(error), f"{r.rtype}/{r.rid}"))
             continue
-        if r.rtype == "Appointment" and not _has_channel(resource):
+        if r.rtype == "Appointment" and not _has_channel(r.resource):
             op["central"]["channel"] = "import"  # booked outside CeR, brought in by the import
-        op["index"] = r.index
+        op["index"] = index
         ops.append(op)
     return Built(ops, rejected, positions, aliases)
+
+
+async def _inline(items: list[ToPrepare]) -> list[Prepared]:
+    return prepare_many(items)
 
 
 def _has_channel(resource: dict[str, Any]) -> bool:
@@ -480,8 +554,14 @@ def _has_channel(resource: dict[str, Any]) -> bool:
     )
 
 
-def routes(app: web.Application) -> None:
+def routes(app: web.Application, validation_processes: int = 0) -> None:
     app[IMPORT_TURNS] = Turnstile()
+    app[IMPORT_POOL] = ValidationPool(validation_processes)
+
+    async def close_pool(app: web.Application) -> None:
+        app[IMPORT_POOL].close()
+
+    app.on_cleanup.append(close_pool)
     r = app.router
     r.add_post("/fhir/$import", start)
     r.add_get("/fhir/_import/{job}", status)
