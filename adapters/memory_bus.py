@@ -141,6 +141,7 @@ class MemoryBus:
             self._queue(f"{COMMAND_QUEUE_PREFIX}{n}")
         self._queue(DEAD_QUEUE)
         self._bindings: dict[str, set[str]] = {}  # event queue -> patterns
+        self._routes: dict[str, list[str]] = {}  # routing key -> event queues
         # (due, seq, queue, tier name, envelope): the retry tiers' wait queues in one heap
         self._delayed: list[tuple[datetime, int, str, str, Envelope]] = []
         # Client state: reset by start().
@@ -210,9 +211,19 @@ class MemoryBus:
 
     async def publish(self, msg: Envelope) -> None:
         copy = _copy(msg)
-        for name, patterns in self._bindings.items():
-            if any(topic_matches(p, msg.type) for p in patterns):
-                self._queues[name].put(next(self._seq), copy)
+        for name in self._route(msg.type):
+            self._queues[name].put(next(self._seq), copy)
+
+    def _route(self, key: str) -> list[str]:
+        """The event queues bound to ``key`` (remembered until the bindings change)."""
+        names = self._routes.get(key)
+        if names is None:
+            names = self._routes[key] = [
+                name
+                for name, patterns in self._bindings.items()
+                if any(topic_matches(p, key) for p in patterns)
+            ]
+        return names
 
     async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
         await self.publish(event_batch.pack(msgs))
@@ -248,6 +259,7 @@ class MemoryBus:
         name = f"{EVENT_QUEUE_PREFIX}{group}"
         self._queue(name)
         self._bindings.setdefault(name, set()).update(patterns)
+        self._routes.clear()
         self._consume(name, handler)
 
     def _consume(self, name: str, handler: MessageHandler) -> None:

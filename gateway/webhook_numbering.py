@@ -4,7 +4,8 @@ Gap-free and stable under redelivery and concurrency, with MongoDB's
 guarantees only (a unique index and single-document conditional updates):
 
 * the document's ``_id`` ``<subscription>:<event id>`` is the dedupe guard: a
-  redelivered event finds its document, and keeps its number;
+  redelivered event's insert fails on it, finds its document, and keeps its
+  number;
 * a new document takes the number after the subscription's counter
   (``webhook_counters.events_count``) and is inserted under the unique
   (subscription, number) index; then the counter moves to it (a conditional
@@ -45,9 +46,8 @@ async def record(
     """The event's document for subscription ``sid``, numbered (the same on a redelivery);
     True when this call made it. None when the subscription is gone."""
     key = f"{sid}:{msg.id}"
-    existing = await store.get(c.WEBHOOK_EVENTS, key)
-    if existing is not None:
-        return existing, False  # a redelivery: the same document, the same number
+    # A redelivery finds its document when the insert below hits the unique _id
+    # (rare, so not looked up first).
     doc: Document = {
         "_id": key,
         "tenant": msg.tenant,
@@ -78,7 +78,7 @@ async def record(
         except DuplicateKey:
             existing = await store.get(c.WEBHOOK_EVENTS, key)
             if existing is not None:
-                return existing, False  # a copy of this event got there first
+                return existing, False  # a redelivery, or a copy of it got there first
             await _move(store, sid, number, now)  # the number is another event's
             continue
         await _move(store, sid, number, now)

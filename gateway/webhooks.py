@@ -52,6 +52,7 @@ import base64
 import contextlib
 import os
 import secrets as pysecrets
+import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -96,6 +97,7 @@ CLAIM_EXTRA = timedelta(seconds=30)
 EARLY_SLACK = timedelta(seconds=1)
 EVENTS_MAX = 500  # events per $events answer
 EXCERPT = 512
+TOKEN_TTL = 0.05  # seconds another process's subscription change may go unseen
 LANE_MAX = 1000  # first tries waiting in one subscription's lane before the broker takes over
 LANE_IDLE = 60.0  # seconds a lane's task waits for work before it ends
 
@@ -138,6 +140,7 @@ class Webhooks:
         # (every write of a subscription changes it): one small read per message
         # instead of a query.
         self._token: str | None = None
+        self._token_checked = 0.0
         self._by_tenant: dict[str, list[Document]] = {}
         self._by_id: dict[str, Document | None] = {}
         # First tries, per subscription (see the module docstring); open in workers.
@@ -148,6 +151,7 @@ class Webhooks:
 
     async def _changed(self) -> None:
         """Tell every process's cache that subscriptions changed."""
+        self._token = None
         await self.store.update_one(
             c.WEBHOOK_COUNTERS,
             {"_id": GENERATION},
@@ -156,8 +160,14 @@ class Webhooks:
         )
 
     async def _fresh(self) -> None:
+        # This process's own changes clear the token at once; another process's are
+        # seen within TOKEN_TTL (one read of the token then, not one per message).
+        at = time.monotonic()
+        if self._token is not None and at < self._token_checked + TOKEN_TTL:
+            return
         doc = await self.store.get(c.WEBHOOK_COUNTERS, GENERATION)
         token = doc["token"] if doc else ""
+        self._token_checked = at
         if token != self._token:
             self._token = token
             self._by_tenant.clear()
