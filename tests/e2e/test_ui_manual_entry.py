@@ -14,7 +14,15 @@ from aiohttp.test_utils import TestClient
 
 from gateway import pesel
 from tests.e2e.conftest import auth, purge_rabbit, settings_for
-from tests.e2e.ui_support import csrf, field_error, invalid_fields, post_form, sign_in, ui_client
+from tests.e2e.ui_support import (
+    csrf,
+    field_error,
+    invalid_fields,
+    post_form,
+    sign_in,
+    ui_client,
+    unlabelled_fields,
+)
 
 SCOPE = "http://cer-gateway.org/fhir/CodeSystem/scope"
 
@@ -495,3 +503,39 @@ async def test_withdraw_a_free_slot_and_make_it_free_again(
     assert resp.headers["Location"].startswith("/ui/day?date=")
     res = await (await web.get(f"/fhir/Slot/{slot['id']}", headers=auth(provider["token"]))).json()
     assert res["status"] == "free"
+
+
+async def test_every_field_of_every_page_has_a_label(embedded: TestClient[Any, Any]) -> None:
+    web = embedded
+    provider, slots = await book_setup(web)
+    patient = pesel.generate(date(1960, 1, 1), "female")
+    resp = await post_form(
+        web, f"/ui/slots/{slots[11]['id']}/book", {"pesel": patient, "email": "p@example.pl"}
+    )
+    appt = resp.headers["Location"]
+    schedule = (await (await web.get("/fhir/Schedule", headers=auth(provider["token"]))).json())[
+        "entry"
+    ][0]["resource"]["id"]
+    location = (await (await web.get("/fhir/Location", headers=auth(provider["token"]))).json())[
+        "entry"
+    ][0]["resource"]["id"]
+    pages = [
+        "/ui/",
+        "/ui/facilities",
+        "/ui/facilities/new",
+        f"/ui/facilities/{location}",
+        "/ui/schedules",
+        f"/ui/schedules/{schedule}",
+        f"/ui/day?date={next_monday().isoformat()}",
+        f"/ui/week?start={next_monday().isoformat()}",
+        f"/ui/slots/{slots[0]['id']}/book",
+        appt,
+    ]
+    for path in pages:
+        resp = await web.get(path)
+        assert resp.status == 200, path
+        html = await resp.text()
+        assert unlabelled_fields(html) == [], path
+        assert 'href="#main"' in html, path
+    await web.post("/ui/signout", data={"csrf_token": await csrf(web, "/ui/")})
+    assert unlabelled_fields(await (await web.get("/ui/signin")).text()) == []

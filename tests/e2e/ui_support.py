@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import CookieJar
@@ -74,3 +75,34 @@ def field_error(html: str, name: str) -> str | None:
 def invalid_fields(html: str) -> set[str]:
     """Fields marked ``aria-invalid``."""
     return set(re.findall(r'id="f-([\w-]+)"[^>]*aria-invalid="true"', html))
+
+
+class _Fields(HTMLParser):
+    """Form controls of a page and the ids that a <label for> names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label" and a.get("for"):
+            self.labelled.add(str(a["for"]))
+        if tag in ("input", "select", "textarea") and a.get("type") not in (
+            "hidden",
+            "submit",
+            "button",
+        ):
+            self.controls.append(a)
+
+
+def unlabelled_fields(html: str) -> list[str]:
+    """Form controls without a <label for> (or an aria-label): none should be."""
+    parser = _Fields()
+    parser.feed(html)
+    return [
+        str(c.get("name") or c.get("id"))
+        for c in parser.controls
+        if c.get("id") not in parser.labelled and not c.get("aria-label")
+    ]

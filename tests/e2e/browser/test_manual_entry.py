@@ -16,6 +16,8 @@ from gateway import pesel
 from tests.e2e.browser.conftest import Gateway, wait_for_path
 
 DASH = "\N{EN DASH}"
+SCOPE = "http://cer-gateway.org/fhir/CodeSystem/scope"
+CATEGORY = "http://cer-gateway.org/fhir/CodeSystem/slot-category"
 
 
 def nav(page: Any, name: str) -> None:
@@ -152,3 +154,74 @@ def wait_for_path_prefix(page: Any, prefix: str) -> None:
 
     page.wait_for_url(lambda url: urlsplit(url).path.startswith(prefix))
     page.wait_for_load_state()
+
+
+def test_booking_form_in_tab_order_with_a_visible_focus(
+    page: Any, gateway: Gateway, sign_in: Callable[..., dict[str, Any]]
+) -> None:
+    """Keyboard alone: Tab goes from the skip link through the menu to every field of the
+    booking form in reading order, and the focused field shows a focus ring."""
+    provider = sign_in(page)
+    h = {"Authorization": f"Bearer {provider['token']}"}
+    monday = date.today().toordinal() + 7 - date.today().weekday()
+    day = date.fromordinal(monday).isoformat()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:l",
+                "resource": {"resourceType": "Location", "name": "P", "status": "active"},
+                "request": {"method": "POST", "url": "Location"},
+            },
+            {
+                "fullUrl": "urn:uuid:s",
+                "resource": {
+                    "resourceType": "Schedule",
+                    "serviceType": [{"coding": [{"system": SCOPE, "code": "cardiology"}]}],
+                    "actor": [{"reference": "urn:uuid:l"}],
+                },
+                "request": {"method": "POST", "url": "Schedule"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Slot",
+                    "serviceType": [{"coding": [{"system": SCOPE, "code": "cardiology"}]}],
+                    "appointmentType": {"coding": [{"system": CATEGORY, "code": "control"}]},
+                    "schedule": {"reference": "urn:uuid:s"},
+                    "status": "free",
+                    "start": f"{day}T09:00:00+01:00",
+                    "end": f"{day}T09:20:00+01:00",
+                },
+                "request": {"method": "POST", "url": "Slot"},
+            },
+        ],
+    }
+    gateway.post_json("/fhir", bundle, headers={**h, "Content-Type": "application/fhir+json"})
+    page.goto(f"/ui/day?date={day}")
+    page.get_by_role("link", name="Zarezerwuj dla pacjenta").focus()
+    page.keyboard.press("Enter")
+    wait_for_path_prefix(page, "/ui/slots/")
+    order = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        active = page.evaluate(
+            "(() => { const e = document.activeElement;"
+            " return [e.id || e.textContent.trim(), getComputedStyle(e).outlineStyle]; })()"
+        )
+        order.append(active[0])
+        if active[0] == "f-pesel":
+            assert active[1] != "none"  # the focus ring
+        if active[0] == "Zarezerwuj wizytę":
+            break
+    assert order[0] == "Przejdź do treści"  # the skip link comes first
+    fields = [x for x in order if x.startswith("f-")]
+    assert fields == [
+        "f-pesel",
+        "f-phone",
+        "f-email",
+        "f-referral_key",
+        "f-referral_code",
+        "f-privileged",
+    ]
+    assert order[-1] == "Zarezerwuj wizytę"
