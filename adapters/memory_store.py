@@ -681,6 +681,7 @@ class _Idx:
         self.spec = spec
         self.paths = tuple(p for p, _ in spec.fields)
         self.getters = [_getter(p) for p in self.paths]
+        self.parts = [_split(p) for p in self.paths]
         self.unique = spec.unique
         self.sparse = spec.sparse
         self.buckets: dict[tuple[Any, ...], list[tuple[tuple[Any, ...], str]]] = {}
@@ -695,6 +696,33 @@ class _Idx:
         return False
 
     def entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The ``(prefix, key)`` entries of ``doc``: one, unless an array is on a path."""
+        # The common case without the general path resolution: every field a scalar
+        # (or missing) reached through objects only.
+        keys: list[tuple[Any, ...]] = []
+        for parts in self.parts:
+            v: Any = doc
+            for part in parts:
+                if type(v) is dict:
+                    v = v.get(part, _MISSING)
+                    if v is _MISSING:
+                        break
+                elif type(v) is list:
+                    return self._entries(doc)
+                else:
+                    v = _MISSING
+                    break
+            if v is _MISSING:
+                if self.sparse and not keys:
+                    return []
+                keys.append(_NULL_KEY)
+            elif type(v) is list:
+                return self._entries(doc)
+            else:
+                keys.append(_key(v))
+        return [(tuple(keys[:-1]), keys[-1])]
+
+    def _entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         first = self.getters[0](doc)
         if self.sparse and not first:
             return []

@@ -212,6 +212,79 @@ async def test_concurrent_inserts_of_one_key_have_one_winner(store: Store) -> No
     assert await store.count("guards", {"ext": "same"}) == 1
 
 
+async def test_concurrent_writers_and_readers_keep_every_index_whole(store: Store) -> None:
+    """Providers' transactions interleave at every await: inserts, updates of indexed
+    fields and deletes in several tasks, with index lookups running between them. A
+    reader finds everything written before its query started, and at the end each
+    index answers exactly what was written (issue 3: a once-seen 422 "Schedule ...
+    does not exist" after a set-up that had answered 200)."""
+    rnd = random.Random(11)
+    tenants = [f"prov-{i}" for i in range(6)]
+    model: dict[str, Document] = {}  # what is written and acknowledged
+    done = False
+
+    def slot(tenant: str, n: int) -> Document:
+        return {
+            "_id": f"{tenant}/Slot/{n}",
+            "tenant": tenant,
+            "type": "Slot",
+            "status": "free",
+            "category": rnd.choice(["first-stable", "control"]),
+            "start": f"2027-01-{11 + n % 5:02d}T{8 + n % 8:02d}:{n % 3 * 20:02d}:00.000Z",
+        }
+
+    async def writer(tenant: str) -> None:
+        order = list(range(40))
+        rnd.shuffle(order)
+        for n in order:
+            doc = slot(tenant, n)
+            await store.insert("slots", doc)
+            model[doc["_id"]] = doc
+            await asyncio.sleep(0)
+            if n % 4 == 0:
+                changed = await store.update_one(
+                    "slots", {"_id": doc["_id"], "status": "free"}, {"$set": {"status": "busy"}}
+                )
+                assert changed is not None
+                model[doc["_id"]] = {**doc, "status": "busy"}
+            elif n % 7 == 0:
+                assert await store.delete_one("slots", {"_id": doc["_id"]})
+                del model[doc["_id"]]
+            await asyncio.sleep(0)
+
+    async def reader() -> None:
+        while not done:
+            tenant = rnd.choice(tenants)
+            before = {k for k, d in model.items() if d["tenant"] == tenant}
+            found = await store.find("slots", {"tenant": tenant}, sort=[("start", 1)])
+            assert before <= set(ids(found)) | {k for k in before if k not in model}
+            assert [d["start"] for d in found] == sorted(d["start"] for d in found)
+            free = await store.find(
+                "slots", {"type": "Slot", "status": "free", "category": "control"}
+            )
+            assert all(d["status"] == "free" and d["category"] == "control" for d in free)
+            await asyncio.sleep(0)
+
+    readers = [asyncio.ensure_future(reader()) for _ in range(3)]
+    await asyncio.gather(*(writer(t) for t in tenants))
+    done = True
+    await asyncio.gather(*readers)
+    for tenant in tenants:
+        mine = sorted((d for d in model.values() if d["tenant"] == tenant), key=lambda d: d["_id"])
+        found = await store.find("slots", {"tenant": tenant}, sort=[("start", 1), ("_id", 1)])
+        assert sorted(ids(found)) == [d["_id"] for d in mine]
+        assert [d["start"] for d in found] == sorted(d["start"] for d in mine)
+        for status in ("free", "busy"):
+            want = sum(1 for d in mine if d["status"] == status)
+            assert await store.count("slots", {"tenant": tenant, "status": status}) == want
+    for category in ("first-stable", "control"):
+        want_ids = sorted(
+            k for k, d in model.items() if d["status"] == "free" and d["category"] == category
+        )
+        got = await store.find("slots", {"type": "Slot", "status": "free", "category": category})
+        assert sorted(ids(got)) == want_ids
+
+
 # --------------------------------------------------------------------------- filters
 
 ITEMS: list[Document] = [
