@@ -125,6 +125,9 @@ class WriteContext:
     claims: dict[str, Op] = field(default_factory=dict)  # slot id -> appointment op holding it
     # Slots this write may book although the waiting room holds them (it is the waiting room).
     take_holds: frozenset[str] = frozenset()
+    # Read once per transaction for all entries (``prefetch_holders``): business
+    # identifier -> the live resource holding it (absent: nobody holds it).
+    holders: dict[str, Document] | None = None
 
     def where(self, op: Op, expr: str) -> str:
         if not self.prefix:
@@ -168,12 +171,52 @@ async def find_conditional(ctx: WriteContext, op: Op) -> list[Document]:
     return await ctx.store.find(c.RESOURCES, flt, limit=2)
 
 
+def plain_identifier(op: Op) -> str | None:
+    """``system|value`` when ``If-None-Exist`` is exactly ``identifier=system|value``."""
+    if op.method != "POST" or not op.if_none_exist:
+        return None
+    params = parse_qsl(op.if_none_exist, keep_blank_values=True)
+    if len(params) != 1 or params[0][0] != "identifier":
+        return None
+    system, sep, value = params[0][1].partition("|")
+    return params[0][1] if sep and system and value else None
+
+
+async def find_conditionals(ctx: WriteContext, ops: list[Op]) -> dict[int, list[Document]]:
+    """The matches of every plain ``identifier=system|value`` conditional create, read
+    with one query per resource type instead of one per entry (a vendor's bundle of
+    500 slots is 500 of them); keyed by ``id(op)``. The others are left out."""
+    wanted: dict[str, dict[str, list[Op]]] = {}  # type -> identifier -> ops
+    for op in ops:
+        key = plain_identifier(op)
+        if key is not None:
+            wanted.setdefault(op.type, {}).setdefault(key, []).append(op)
+    out: dict[int, list[Document]] = {}
+    for rtype, by_key in wanted.items():
+        flt = {
+            "tenant": ctx.tenant,
+            "type": rtype,
+            "deleted": False,
+            "ident_keys": {"$in": list(by_key)},
+        }
+        found: dict[str, list[Document]] = {}
+        for doc in await ctx.store.find(c.RESOURCES, flt):
+            for key in doc.get("ident_keys") or []:
+                if key in by_key:
+                    found.setdefault(key, []).append(doc)
+        for key, key_ops in by_key.items():
+            for op in key_ops:
+                out[id(op)] = found.get(key, [])
+    return out
+
+
 async def resolve(ctx: WriteContext, ops: list[Op]) -> None:
     """Step 1: conditional creates; rewrite the ids other entries used for matches."""
     renamed: dict[str, str] = {}
+    known = await find_conditionals(ctx, ops)
     for op in ops:
         if op.method == "POST" and op.if_none_exist:
-            found = await find_conditional(ctx, op)
+            found = known[id(op)] if id(op) in known else await find_conditional(ctx, op)
             if len(found) > 1:
                 op.problem(
                     412,
@@ -285,7 +328,10 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
         )
         return
     ctx.idents[key] = op
-    holder = await ctx.store.find_one(c.RESOURCES, {"ident_key": key})
+    if ctx.holders is not None:
+        holder = ctx.holders.get(key)
+    else:
+        holder = await ctx.store.find_one(c.RESOURCES, {"ident_key": key})
     if holder is None or holder["rid"] == op.id or f"{op.type}/{holder['rid']}" in ctx.deleting:
         return
     op.problem(
@@ -297,6 +343,27 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
             where,
         ),
     )
+
+
+async def prefetch_holders(ctx: WriteContext, ops: list[Op]) -> None:
+    """Who holds each entry's business identifier, in one query for the transaction.
+
+    Read after ``resolve`` and before any check; nothing of the provider changes
+    until this command's writes (see the module docstring), so it is what
+    ``check_identifier`` would have read entry by entry.
+    """
+    keys = {
+        key
+        for op in ops
+        if op.existing is None and op.central is not None
+        for key in [ident_key(ctx.tenant, op.type, op.central)]
+        if key is not None
+    }
+    holders: dict[str, Document] = {}
+    if keys:
+        for doc in await ctx.store.find(c.RESOURCES, {"ident_key": {"$in": sorted(keys)}}):
+            holders[doc["ident_key"]] = doc
+    ctx.holders = holders
 
 
 async def check_slot(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
@@ -833,6 +900,8 @@ async def run_write(
                 r.pop("resource", None)
         return {"mode": mode, "results": results}
     await resolve(ctx, ops)
+    if len(ops) > 1:
+        await prefetch_holders(ctx, ops)
     for op in ops:
         await check(ctx, op)
     if any(op.problems for op in ops):

@@ -475,3 +475,49 @@ async def test_transaction_if_match_per_entry(client: Any) -> None:
     status, body, _ = await fhir.post_bundle(good)
     assert status == 200, body
     assert body["entry"][0]["response"]["etag"] == 'W/"2"'
+
+
+async def test_conditional_creates_of_a_transaction_each_find_their_own_match(
+    client: Any,
+) -> None:
+    """The worker reads all of a transaction's ``identifier=`` conditions in one query:
+    each entry still gets its own answer (issue 3 items 1 and 8)."""
+    fhir = await Fhir.new(client)
+    shared = {"system": "urn:oid:2.16.840.1.113883.3.4424.2.3.1", "value": "000000001234"}
+    a = location("A")
+    a["identifier"].append(shared)
+    first = await fhir.created_id(a)
+    b = location("B")
+    b["identifier"].append(shared)
+    await fhir.created_id(b)
+    by_second = f"identifier={shared['system']}|{shared['value']}"
+
+    status, body, _ = await fhir.post_bundle(
+        transaction(
+            entry(location("A"), "urn:uuid:a", if_none_exist=f"identifier={VENDOR}/location|A"),
+            entry(location("C"), "urn:uuid:c", if_none_exist=f"identifier={VENDOR}/location|C"),
+            entry(schedule("urn:uuid:a", ident="S-A")),
+            entry(schedule("urn:uuid:c", ident="S-C")),
+        )
+    )
+    assert status == 200, body
+    answers = [e["response"]["status"] for e in body["entry"]]
+    assert answers == ["200 OK", "201 Created", "201 Created", "201 Created"]
+    assert body["entry"][0]["response"]["location"].split("/")[1] == first
+    third = body["entry"][1]["response"]["location"].split("/")[1]
+    refs = {
+        e["resource"]["identifier"][0]["value"]: e["resource"]["actor"][0]["reference"]
+        for e in (await fhir.search("Schedule"))["entry"]
+    }
+    assert refs == {"S-A": f"Location/{first}", "S-C": f"Location/{third}"}
+
+    # one condition matching two resources fails the transaction; nothing else is kept
+    status, outcome, _ = await fhir.post_bundle(
+        transaction(
+            entry(location("D"), if_none_exist=f"identifier={VENDOR}/location|D"),
+            entry(location("E"), if_none_exist=by_second),
+        )
+    )
+    assert status == 412, outcome
+    assert "Bundle.entry[1]" in expressions(outcome)
+    assert (await fhir.search("Location", {"_count": "0"}))["total"] == 3
