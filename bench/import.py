@@ -72,6 +72,24 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def children(pid: int) -> list[int]:
+    """The gateway's child processes (its chunk-validation process)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def rss_kb(pid: int) -> int:
+    """RSS of a process and its children (the gateway and its validation process)."""
+    return sum(proc_status(p).get("VmRSS", 0) for p in [pid, *children(pid)])
+
+
+def cpu_tree(pid: int) -> float:
+    return sum(proc_cpu(p) or 0.0 for p in [pid, *children(pid)])
+
+
 def proc_cpu(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -100,12 +118,15 @@ class Sampler:
     pid: int
     every: float = 0.5
     peak_kb: int = 0
+    peak_tree_kb: int = 0  # with its children
     task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
             rss = proc_status(self.pid).get("VmRSS", 0)
             self.peak_kb = max(self.peak_kb, rss)
+            tree = rss_kb(self.pid)
+            self.peak_tree_kb = max(self.peak_tree_kb, tree)
             await asyncio.sleep(self.every)
 
     def start(self) -> None:
@@ -126,6 +147,7 @@ class Result:
     server_rss_start_mb: float = 0.0
     server_rss_end_mb: float = 0.0
     server_peak_mb: float = 0.0
+    server_tree_peak_mb: float = 0.0  # with the validation process
     cli_peak_mb: float = 0.0
     cpu: dict[str, float | None] = field(default_factory=dict)
     load: str = ""
@@ -194,7 +216,7 @@ async def import_once(
     res = Result(name)
     res.server_rss_start_mb = proc_status(gateway).get("VmRSS", 0) / 1024
     broker = broker_pid()
-    cpu0 = (proc_cpu(gateway), proc_cpu(broker))
+    cpu0 = (cpu_tree(gateway), proc_cpu(broker))
     cmd = [
         sys.executable,
         "-m",
@@ -238,8 +260,9 @@ async def import_once(
             res.counts[parts[0]] = int(parts[1].replace(",", ""))
     res.server_rss_end_mb = proc_status(gateway).get("VmRSS", 0) / 1024
     res.server_peak_mb = max(gw_sampler.peak_kb, proc_status(gateway).get("VmHWM", 0)) / 1024
+    res.server_tree_peak_mb = gw_sampler.peak_tree_kb / 1024
     res.cli_peak_mb = cli_sampler.peak_kb / 1024
-    cpu1 = (proc_cpu(gateway), proc_cpu(broker))
+    cpu1 = (cpu_tree(gateway), proc_cpu(broker))
     res.cpu = {
         "gateway": (cpu1[0] or 0) - (cpu0[0] or 0),
         "broker": (cpu1[1] - cpu0[1]) if cpu1[1] is not None and cpu0[1] is not None else None,
@@ -262,11 +285,12 @@ def report(res: Result) -> None:
     print(f"  rate       {res.rate:,.0f} resources/s")
     print(
         f"  gateway    RSS {res.server_rss_start_mb:,.0f} MB at the start, "
-        f"{res.server_rss_end_mb:,.0f} MB at the end, peak {res.server_peak_mb:,.0f} MB"
+        f"{res.server_rss_end_mb:,.0f} MB at the end, peak {res.server_peak_mb:,.0f} MB "
+        f"({res.server_tree_peak_mb:,.0f} MB with its validation process)"
     )
     print(f"  CLI        peak RSS {res.cli_peak_mb:,.0f} MB")
     print(
-        f"  CPU        gateway {res.cpu.get('gateway') or 0:,.0f} s"
+        f"  CPU        gateway {res.cpu.get('gateway') or 0:,.0f} s (with its validation process)"
         + (f", broker {broker:,.0f} s" if broker is not None else "")
     )
     print(f"  load       {res.load} (1, 5, 15 min, at the end)")
