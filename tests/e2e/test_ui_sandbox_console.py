@@ -112,6 +112,7 @@ async def test_production_mode_has_no_console(
 ) -> None:
     web = await web_client(aiohttp_server, aiohttp_client, cer_mode="production")
     token = await csrf(web)  # the sign-in page exists in production; the console does not
+    assert "/ui/sandbox" not in await page(web, "/ui/signin")
     for path in GET_PAGES:
         assert (await web.get(path)).status == 404, path
     for path in POST_ACTIONS:
@@ -133,6 +134,7 @@ async def test_every_console_action_needs_the_csrf_token(web: TestClient[Any, An
 
 
 async def test_front_page_in_polish_and_english(web: TestClient[Any, Any]) -> None:
+    assert 'href="/ui/sandbox">Konsola piaskownicy</a>' in await page(web, "/ui/signin")
     body = await page(web, "/ui/sandbox")
     assert '<html lang="pl">' in body
     assert "Konsola piaskownicy" in body and "Nieudane dostarczenia webhooków" in body
