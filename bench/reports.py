@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # a server with a large embedded store can take long to tear down: stop it
+            server.kill()
+            server.wait()
         log.close()
 
 
