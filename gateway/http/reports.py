@@ -130,6 +130,8 @@ async def reconciliation(request: web.Request) -> web.Response:
     body = await request.read()
     first = _day(request, "from", date.min) if "from" in request.query else None
     last = _day(request, "to", date.max) if "to" in request.query else None
+    if first is not None and last is not None and last < first:
+        raise _bad("'to' is before 'from'")
     try:
         result = await report_service.reconcile(
             services.store, tenant, rec.decode(body), first, last

@@ -190,6 +190,19 @@ async def test_a_matching_export_matches_and_bad_rows_are_named(client: Any) -> 
     assert "dermatology" in result["rejected_rows"][0]["error"]
     assert "123" not in result["rejected_rows"][2]["error"]
 
+    # the answer as CSV by content negotiation too; a day range the wrong way round is refused
+    resp = await client.post(
+        "/reports/reconciliation",
+        data=export(rows),
+        headers={**clinic.h, "Content-Type": "text/csv", "Accept": "text/csv"},
+    )
+    assert resp.status == 200 and resp.content_type == "text/csv"
+    assert (await resp.text()).startswith("scope,day,kind,")
+    status, _resp, text = await reconcile(
+        client, clinic, export(rows), **{"from": "2027-01-14", "to": "2027-01-13"}
+    )
+    assert status == 400, text
+
     # a file without the required columns is refused as a whole
     status, _resp, text = await reconcile(client, clinic, b"id;when\n1;2027-01-13\n")
     assert status == 422 and "visit_id" in text
