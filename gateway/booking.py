@@ -63,13 +63,16 @@ async def hold_slot(
     channel: str,
     expression: str | None = None,
     take_hold: bool = False,
+    known: Document | None = None,
 ) -> Document:
     """Mark ``slot_id`` busy for ``appointment_id``; 409 ``slot-taken`` if someone holds it.
 
     ``take_hold``: the slot may be on the waiting room's hold (the waiting room books it).
+    ``known``: the slot as the caller just read it (saves a read; only its free state is
+    trusted: anything else is read again before the answer).
     """
     for _ in range(10):
-        slot = await resources.read(store, tenant, "Slot", slot_id)
+        slot = known or await resources.read(store, tenant, "Slot", slot_id)
         central = slot["central"]
         holder = central.get("appointment_id")
         if holder == appointment_id and central.get("status") == "busy":
@@ -77,7 +80,11 @@ async def hold_slot(
         if holder not in (None, appointment_id) or not (
             central.get("status") in BOOKABLE_SLOT_STATUSES or (take_hold and is_held(central))
         ):
+            if known is not None:
+                known = None
+                continue
             raise slot_taken(slot_id, holder, expression)
+        known = None
         new_central = {**central, "status": "busy", "appointment_id": appointment_id}
         new_central.pop("hold", None)
         new_resource = {**slot["resource"], "status": "busy"}
@@ -95,6 +102,7 @@ async def hold_slot(
                 correlation_id=correlation_id,
                 ident_key=slot.get("ident_key"),
                 channel=channel,
+                current=slot,
                 extra_events=[
                     event(
                         "booking.booked",
@@ -181,6 +189,7 @@ async def release_slot(
                 correlation_id=correlation_id,
                 ident_key=doc.get("ident_key"),
                 channel=channel,
+                current=doc,
                 extra_events=[
                     event(
                         "slot.released", body, tenant=tenant, correlation_id=correlation_id, now=now
@@ -272,6 +281,7 @@ async def set_hold(
                 correlation_id=correlation_id,
                 ident_key=doc.get("ident_key"),
                 channel="waiting-room",
+                current=doc,
             )
         except FhirError as err:
             if err.status == 412:

@@ -25,9 +25,10 @@ twice (``resources.apply_put``). A batch applies each entry on its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -708,6 +709,8 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
         correlation_id=ctx.correlation_id,
         ident_key=ident_key(ctx.tenant, op.type, op.central),
         channel=ctx.channel,
+        # What step 2 read (a deleted one reads as absent there: read it again).
+        current=op.current if op.current is not None else resources.UNREAD,
     )
     ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
     if previous is not None and op.type in ("Location", "Schedule") and written.changed:
@@ -767,6 +770,9 @@ async def apply_appointment_holds(
         else None
     )
     if new_slot and new_slot != old_slot:
+        key = resources.doc_id(ctx.tenant, "Slot", new_slot)
+        # What step 2 read (hold_slot reads again unless it shows the slot free to take).
+        known = ctx.cache.pop(key, None)
         await booking.hold_slot(
             ctx.store,
             now=ctx.now,
@@ -778,8 +784,10 @@ async def apply_appointment_holds(
             channel=ctx.channel,
             expression=ctx.where(op, "Appointment.slot[0]"),
             take_hold=new_slot in ctx.take_holds,
+            known=known,
         )
     if old_slot and old_slot != new_slot:
+        ctx.cache.pop(resources.doc_id(ctx.tenant, "Slot", old_slot), None)
         if op.central["status"] == "cancelled" and not op.central.get("cancelled_at"):
             op.central["cancelled_at"] = to_store(ctx.now)
         await booking.release_slot(
@@ -861,13 +869,15 @@ async def run_write(
     representation: bool = True,
     progress: Callable[[int], Awaitable[None]] | None = None,
     take_holds: frozenset[str] = frozenset(),
+    known: Mapping[str, Document] = MappingProxyType({}),
 ) -> dict[str, Any]:
     """Apply a ``fhir.write`` command; the reply lists one result per entry.
 
     Without ``representation`` the results leave the resources out (a big
     transaction's reply stays small); ``progress`` is told every 100 entries.
     ``take_holds``: slots the waiting room holds that this write may book
-    (``booking.is_held``; only the waiting room passes them).
+    (``booking.is_held``; only the waiting room passes them). ``known``: resources
+    the caller has just read (store id -> document), not read again.
     """
     bundle = mode in ("transaction", "batch")
     ops = [Op.from_body(i, d) for i, d in enumerate(ops_body)]
@@ -880,6 +890,7 @@ async def run_write(
         channel,
         prefix="bundle" if bundle else "",
         take_holds=take_holds,
+        cache={k: v for k, v in known.items() if not v.get("deleted")},
     )
     if mode == "batch":
         results: list[dict[str, Any]] = []

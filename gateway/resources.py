@@ -86,6 +86,48 @@ def same_content(
     return all(k in before and before[k] == v for k, v in central.items())
 
 
+class Unread:
+    """The type of ``UNREAD``: the caller has not read the stored document."""
+
+
+UNREAD = Unread()
+_ABSENT = object()
+
+
+def changes(
+    current: Document, fields: dict[str, Any], unset: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The update that turns ``current`` into ``current`` + ``fields`` - ``unset``, writing
+    only what differs, the central model key by key.
+
+    Why: a store keeps an index entry up to date only for the paths an update names
+    (``MemoryStore``'s ``touched_by``; MongoDB likewise rewrites only the index keys
+    that change). A booking changes a slot's ``central.status`` and
+    ``central.appointment_id``, not its tenant, type, start or identifiers: naming
+    only those skips most of the ten indexes on resources.
+    """
+    set_: dict[str, Any] = {}
+    drop: dict[str, Any] = {}
+    for name, value in fields.items():
+        old = current.get(name, _ABSENT)
+        if name == "central" and isinstance(old, dict) and isinstance(value, dict) and old:
+            for k, v in value.items():
+                if old.get(k, _ABSENT) != v:
+                    set_[f"central.{k}"] = v
+            for k in old:
+                if k not in value:
+                    drop[f"central.{k}"] = ""
+        elif old != value:
+            set_[name] = value
+    for name in unset:
+        if name in current:
+            drop[name] = ""
+    update: dict[str, Any] = {"$set": set_}
+    if drop:
+        update["$unset"] = drop
+    return update
+
+
 async def read(store: Store, tenant: str, rtype: str, rid: str) -> Document:
     """The current version; 404 if unknown (or another tenant's), 410 if deleted."""
     doc = await store.get(c.RESOURCES, doc_id(tenant, rtype, rid))
@@ -118,33 +160,51 @@ async def apply_put(
     ident_key: str | None = None,
     extra_events: list[dict[str, Any]] | None = None,
     channel: str = "provider",
+    current: Document | Unread | None = UNREAD,
 ) -> Written:
-    """Create or update ``rtype/rid`` for ``tenant`` (FHIR update-as-create)."""
+    """Create or update ``rtype/rid`` for ``tenant`` (FHIR update-as-create).
+
+    ``current``: the stored document as the caller just read it (None: absent), to
+    save reading it again; a stale one costs a retry, never a wrong write (the
+    update is conditioned on its version, the insert on its ``_id``).
+    """
     key = doc_id(tenant, rtype, rid)
-    for _ in range(5):
-        current = await store.get(c.RESOURCES, key)
-        if current is not None and current.get("last_msg") == msg_id:
+    known = current
+    found: Document | None
+    for _ in range(6):
+        fresh = isinstance(known, Unread)
+        if isinstance(known, Unread):
+            found = await store.get(c.RESOURCES, key)
+        else:
+            found, known = known, UNREAD
+        if found is not None and found.get("last_msg") == msg_id:
+            if not fresh:
+                continue  # decided on the stored document only
             # Redelivery of a command that was fully applied.
             return Written(
-                200 if current["version"] > 1 else 201,
-                current["version"],
-                current["last_updated"],
-                current["resource"],
+                200 if found["version"] > 1 else 201,
+                found["version"],
+                found["last_updated"],
+                found["resource"],
             )
-        live = current is not None and not current.get("deleted")
-        cur_version = current["version"] if current is not None else 0
+        live = found is not None and not found.get("deleted")
+        cur_version = found["version"] if found is not None else 0
         if if_match is not None and (not live or cur_version != if_match):
+            if not fresh:
+                continue
             raise version_conflict(if_match, cur_version if live else None)
         if (
             live
-            and current is not None
+            and found is not None
             and not extra_events
-            and same_content(current, rid, resource, central)
+            and same_content(found, rid, resource, central)
         ):
+            if not fresh:
+                continue  # "nothing changes" is decided on the stored document only
             # Nothing changes: no new version and no event (a re-run of an import, a
             # vendor re-sending what it sent; R-SCHED-5 "import it again, no change").
             return Written(
-                200, cur_version, current["last_updated"], current["resource"], changed=False
+                200, cur_version, found["last_updated"], found["resource"], changed=False
             )
         version = cur_version + 1
         stored = with_meta(resource, rid, version, now)
@@ -193,13 +253,10 @@ async def apply_put(
             "last_msg": msg_id,
             search.FOLDED: search.folded(rtype, central),
         }
-        update: dict[str, Any] = {"$set": fields}
         if ident_key:
             fields["ident_key"] = ident_key
-        else:
-            update["$unset"] = {"ident_key": ""}
         events = [ev, *(extra_events or [])]
-        if current is None:
+        if found is None:
             try:
                 # ``created``: when the resource first reached the gateway (the payer's
                 # "schedules transmitted by", R-SCOPE-3); updates keep it.
@@ -219,7 +276,7 @@ async def apply_put(
                 done = await store.update_one(
                     c.RESOURCES,
                     {"_id": key, "version": cur_version},
-                    update,
+                    changes(found, fields, unset=() if ident_key else ("ident_key",)),
                     events=events,
                 )
             except DuplicateKey as exc:

@@ -333,6 +333,7 @@ async def assign_pair(
             channel=CHANNEL,
             representation=False,
             take_holds=frozenset({slot["rid"]}),
+            known={slot["_id"]: slot},
         )
     except FhirError as err:
         if claimed.get("referral"):

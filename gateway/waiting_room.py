@@ -184,6 +184,7 @@ async def sync_mirror(store: Store, now: datetime, entry_id: str, correlation_id
                 msg_id=f"wr:{entry_id}:{entry['rev']}",
                 correlation_id=correlation_id,
                 channel=CHANNEL,
+                current=cur,
             )
             return
         except FhirError as err:
