@@ -19,7 +19,7 @@ from gateway.timeutil import warsaw_day
 
 SEP = "~"  # a waiting-room entry's visit is "<provider>~<appointment id>" (gateway.patients)
 # What the tallies read of a resource document: not the FHIR resource nor the search fields.
-FIELDS = ("tenant", "rid", "central", "created")
+FIELDS = ("tenant", "rid", "central", "created", "deleted")
 
 
 def _tenants(providers: Sequence[str] | None) -> dict[str, Any]:
@@ -85,13 +85,24 @@ async def compliance(
     async for p in store.iterate(c.PROVIDERS, flt):
         tally.add_provider(p["_id"], p.get("name"))
     who = _tenants(providers)
-    async for doc in store.iterate(
-        c.RESOURCES, {**who, "type": "Schedule", "deleted": False}, fields=FIELDS
-    ):
-        tally.add_schedule(doc["tenant"], doc["central"])
-    # every slot ever transmitted counts for "schedules transmitted by", deleted ones too
-    async for doc in store.iterate(c.RESOURCES, {**who, "type": "Slot"}, fields=FIELDS):
-        tally.add_slot(doc["tenant"], doc["central"], doc.get("created"))
+    schedules = [
+        doc async for doc in store.iterate(c.RESOURCES, {**who, "type": "Schedule"}, fields=FIELDS)
+    ]
+    for doc in schedules:
+        tenant, central = doc["tenant"], doc["central"]
+        if not doc.get("deleted", False):
+            tally.add_schedule(tenant, central)
+        # Per schedule and scope through the (tenant, type, schedule) index, not a read of
+        # every slot: the first slot ever transmitted (deleted ones too) and the live count.
+        for scope in central.get("scopes") or []:
+            mine = {"tenant": tenant, "type": "Slot", "central.schedule_id": doc["rid"]}
+            mine["central.scope"] = scope
+            first = await store.find_one(
+                c.RESOURCES, {**mine, "created": {"$exists": True}}, sort=[("created", 1)]
+            )
+            count = await store.count(c.RESOURCES, {**mine, "deleted": False})
+            if first is not None or count:
+                tally.add_slots(tenant, scope, count, first.get("created") if first else None)
     async for doc in store.iterate(
         c.RESOURCES, {**who, "type": "Appointment", "deleted": False}, fields=FIELDS
     ):

@@ -326,13 +326,16 @@ class Compliance:
         self.providers.setdefault(provider, "")
 
     def add_slot(self, provider: str, slot: dict[str, Any], created: str | None) -> None:
-        scope = slot.get("scope")
-        if not scope:
-            return
+        if slot.get("scope"):
+            self.add_slots(provider, slot["scope"], 1, created)
+
+    def add_slots(self, provider: str, scope: str, count: int, first_created: str | None) -> None:
+        """``count`` slots of ``scope``, the first of which reached the gateway at
+        ``first_created`` (deleted slots count for the first, not for ``count``)."""
         t = self.pairs[(provider, scope)]
-        t.slots += 1
-        if created and (t.first_slot_at is None or created < t.first_slot_at):
-            t.first_slot_at = created
+        t.slots += count
+        if first_created and (t.first_slot_at is None or first_created < t.first_slot_at):
+            t.first_slot_at = first_created
         self.providers.setdefault(provider, "")
 
     def add_appointment(self, provider: str, appt: dict[str, Any], created: str | None) -> None:
