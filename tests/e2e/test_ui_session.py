@@ -225,3 +225,17 @@ async def test_production_mode_signs_in_without_the_sandbox_console(
     assert "Poradnia" in html
     assert "/ui/sandbox" not in html
     assert (await web.get("/ui/sandbox")).status == 404
+
+
+async def test_sign_in_page_warns_when_the_secure_cookie_will_be_dropped(
+    web: TestClient[Any, Any],
+) -> None:
+    """Plain http from another host name: the browser would drop the Secure cookie."""
+    html = await (await web.get("/ui/signin")).text()
+    assert "Pod tym adresem logowanie się nie uda" not in html
+    resp = await web.get("/ui/signin", headers={"Host": "192.168.1.20:8080"})
+    assert "Pod tym adresem logowanie się nie uda" in await resp.text()
+    resp = await web.get(
+        "/ui/signin", headers={"Host": "cer.example.pl", "X-Forwarded-Proto": "https"}
+    )
+    assert "Pod tym adresem logowanie się nie uda" not in await resp.text()

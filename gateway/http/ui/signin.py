@@ -29,11 +29,27 @@ from gateway.http.ui import core, forms, i18n, session
 log = structlog.get_logger("gateway.ui")
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def cookie_will_be_dropped(request: web.Request) -> bool:
+    """True when the browser will not keep the Secure session cookie: plain http on a
+    host that is not this machine (browsers accept Secure cookies over http only from
+    localhost). Then the page says so, instead of a sign-in that silently fails."""
+    settings = request.app[SERVICES].settings
+    if not settings.ui_cookie_secure or settings.public_base_url.startswith("https://"):
+        return False
+    if request.headers.get("X-Forwarded-Proto", "").lower() == "https" or request.secure:
+        return False
+    return (request.url.host or "") not in LOOPBACK
+
+
 def _context(request: web.Request, form: forms.Form) -> dict[str, Any]:
     return {
         "form": form,
         "next": core.safe_next(form.get("next") or request.query.get("next")),
         "audience": token_endpoint_url(request),
+        "insecure_host": cookie_will_be_dropped(request),
     }
 
 
