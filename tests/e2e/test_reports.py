@@ -171,7 +171,12 @@ async def test_compliance_against_the_scope_calendar(client: Any) -> None:
     await on_time.slot("s1", warsaw(2026, 7, 6, 8))
     await on_time.slot("s2", warsaw(2026, 7, 6, 8, 20), category="control")
     await on_time.slot("s3", warsaw(2026, 6, 29, 8), category="control")
+    # a provider that transmitted on time and has since withdrawn its only slot
+    withdrew = await Clinic.open(client)
+    await withdrew.slot("s1", warsaw(2026, 7, 8, 8))
     await set_clock(client, warsaw(2026, 6, 10, 9))
+    resp = await client.delete("/fhir/Slot/s1", headers=withdrew.h)
+    assert resp.status in (200, 204), await resp.text()
     late = await Clinic.open(client)
     await late.slot("s1", warsaw(2026, 7, 7, 8))
     silent = await new_provider(client)
@@ -209,6 +214,8 @@ async def test_compliance_against_the_scope_calendar(client: Any) -> None:
     b = rows[(late.id, "cardiology")]
     assert b["schedules_status"] == "late" and b["payment_withheld_risk"] is True
     assert b["visits_after_payment_date"] == 0 and b["share_booked_in_cer"] is None
+    w = rows[(withdrew.id, "cardiology")]
+    assert (w["schedules_status"], w["slots"], w["schedules"]) == ("on-time", 0, 1)
     c = rows[(silent["provider_id"], None)]
     assert c["schedules_status"] == "no-schedules"
 
