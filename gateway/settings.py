@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     # is ahead) or is this many seconds late (lost with a crashed worker).
     webhook_sweep_seconds: float = 1.0
     webhook_sweep_grace_seconds: float = 60.0
+    # An endpoint whose every try (events, heartbeats) failed for this many days is
+    # disabled (Svix-like): status error, new events kept but not sent until the
+    # provider PUTs the subscription again or calls $replay (0 = never). A 410 Gone
+    # turns it off at once.
+    webhook_disable_after_days: float = 5.0
     # Initial import (R-SCHED-5): a running import whose client sent no chunk for this
     # many seconds is failed, so a crashed client cannot freeze a provider for ever
     # (its run can still be resumed: the job re-opens when chunks come again).

@@ -41,10 +41,11 @@ def wall() -> datetime:
 
 
 async def record(
-    store: Store, sid: str, msg: Envelope, now: datetime
+    store: Store, sid: str, msg: Envelope, now: datetime, *, held: bool = False
 ) -> tuple[Document | None, bool]:
     """The event's document for subscription ``sid``, numbered (the same on a redelivery);
-    True when this call made it. None when the subscription is gone."""
+    True when this call made it. None when the subscription is gone. ``held``: kept
+    but not sent (the subscription is disabled)."""
     key = f"{sid}:{msg.id}"
     # A redelivery finds its document when the insert below hits the unique _id
     # (rare, so not looked up first).
@@ -60,13 +61,13 @@ async def record(
         "version": msg.body.get("version"),
         "action": msg.type.rsplit(".", 1)[-1],
         "channel": msg.body.get("channel"),
-        "status": "pending",
+        "status": "held" if held else "pending",
         "round": 0,
         "attempts": 0,
         "next_attempt_at": ts(now),
         "claim_until": "",
-        # the first try's message is published right after the insert
-        "copy_at": ts(wall()),
+        # the first try is queued right after the insert
+        "copy_at": "" if held else ts(wall()),
     }
     for _ in range(1000):
         counter = await store.get(c.WEBHOOK_COUNTERS, sid)

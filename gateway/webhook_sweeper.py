@@ -152,8 +152,12 @@ class Sweeper:
                 await self.hooks.log_attempt(
                     sub, result, now, kind="heartbeat", trigger="heartbeat"
                 )
-                if result.status == 410:
+                if result.ok:
+                    await self.hooks.note_success(sub)
+                elif result.status == 410:
                     await self.hooks.disable(sub, "the endpoint answered 410 Gone to a heartbeat")
+                else:
+                    await self.hooks.note_failure(sub, now, result)
             except Exception as exc:
                 log.warning("webhook.heartbeat_failed", error=repr(exc))
 

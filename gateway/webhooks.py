@@ -17,7 +17,8 @@ Data model (Svix-like, STYLE.md), one collection each:
   event, ``_id`` ``<subscription>:<event id>`` (the dedupe guard: a
   redelivered event finds its document), born with its ``number`` (1, 2, 3...
   without gaps, unique per subscription), and the delivery state: ``status``
-  (pending -> delivered | failed | cancelled), ``round`` (bumped by a replay),
+  (pending -> delivered | failed | cancelled | held; held: kept, not sent,
+  while the subscription is disabled), ``round`` (bumped by a replay),
   ``attempts`` (tries done in this round), ``next_attempt_at`` (app clock),
   ``copy_at`` (wall clock: when the broker's copy of the next try is due back).
 * ``webhook_attempts`` (the delivery log): one per HTTP try.
@@ -43,6 +44,14 @@ the event is ``failed``, its message dead-lettered (``Reject``) and the
 subscription shows ``error`` until a delivery succeeds again (``$replay``).
 ``410 Gone`` turns the subscription off; ``429`` / ``503`` with
 ``Retry-After`` wait at least that long (up to a bound).
+
+Disabling (Svix-like): the subscription remembers when its endpoint's current
+run of failed tries began (``failing_since``; any 2xx ends the run). A failed
+try once the run has lasted ``webhook_disable_after_days`` disables it:
+status ``error`` with the reason (shown by reads and ``$status``),
+``disabled_at`` set, nothing more sent; new events are still numbered and kept
+(``held``) for ``$events``. A PUT of the subscription (a new handshake) or
+``$replay`` enables it again.
 """
 
 from __future__ import annotations
@@ -209,6 +218,8 @@ class Webhooks:
             "last_updated": ts(now),
             "status": "off" if spec.wants_off else "requested",
             "error": None,
+            "failing_since": None,
+            "disabled_at": None,
             **self._spec_fields(spec, now),
             "secrets": [{"value": secret, "expires": None}],
         }
@@ -260,6 +271,8 @@ class Webhooks:
                     **fields,
                     "status": status,
                     "error": None if status != "off" else "turned off by the provider",
+                    "failing_since": None,
+                    "disabled_at": None,
                     "version": doc["version"] + 1,
                     "last_updated": ts(now),
                 }
@@ -348,6 +361,15 @@ class Webhooks:
             flt["at"] = {"$gte": ts(since)}
         events = await self.store.find(c.WEBHOOK_EVENTS, flt, sort=[("number", 1)])
         now = self.clock.now()
+        if doc.get("disabled_at"):
+            # The provider asks for its events: the endpoint gets another chance.
+            await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": doc["_id"]},
+                {"$set": {"disabled_at": None, "failing_since": None}},
+            )
+            await self._changed()
+            log.info("subscription.enabled", subscription=doc["_id"], by="replay")
         numbers = []
         for ev in events:
             updated = await self.store.update_one(
@@ -441,7 +463,8 @@ class Webhooks:
         for sub in await self.live_subscriptions(msg.tenant):
             if rtype not in sub["types"] or (sub.get("end") and sub["end"] <= ts(now)):
                 continue
-            ev, created = await record(self.store, sub["_id"], msg, now)
+            held = bool(sub.get("disabled_at"))
+            ev, created = await record(self.store, sub["_id"], msg, now, held=held)
             if ev is None:
                 continue
             if created and self.metrics is not None:
@@ -584,6 +607,9 @@ class Webhooks:
         if sub is None or sub["status"] == "off":
             await self._settle(ev, {"status": "cancelled"})
             return
+        if sub.get("disabled_at"):
+            await self._settle(ev, {"status": "held"})
+            return
         resources = {}
         if sub["content"] == "full-resource":
             resources[key] = await self._resource_at(ev)
@@ -602,19 +628,16 @@ class Webhooks:
         if result.ok:
             await self._settle(ev, {**last, "status": "delivered", "delivered_at": ts(now)})
             await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="delivered")
-            if sub["status"] == "error":
-                back = await self.store.update_one(
-                    c.SUBSCRIPTIONS,
-                    {"_id": sub["_id"], "status": "error"},
-                    {"$set": {"status": "active", "error": None}},
-                )
-                if back is not None:
-                    await self._changed()
+            await self.note_success(sub)
             return
         if result.status == 410:
             await self._settle(ev, {**last, "status": "cancelled"})
             await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="disabled")
             await self.disable(sub, "the endpoint answered 410 Gone")
+            return
+        if await self.note_failure(sub, now, result):
+            await self._settle(ev, {**last, "status": "held"})
+            await self.log_attempt(sub, result, now, ev=ev, trigger=trigger, outcome="disabled")
             return
         if tries >= len(self.schedule):
             await self._settle(ev, {**last, "status": "failed"})
@@ -676,6 +699,48 @@ class Webhooks:
             {"_id": ev["_id"], "round": ev["round"], "attempts": ev["attempts"]},
             {"$set": {"claim_until": "", "copy_at": "", **fields}},
         )
+
+    async def note_success(self, sub: Document) -> None:
+        """A 2xx: the endpoint's run of failures (if any) is over; ``error`` -> ``active``."""
+        if sub["status"] != "error" and not sub.get("failing_since"):
+            return
+        flt: Document = {"_id": sub["_id"]}
+        fields: Document = {"failing_since": None}
+        if sub["status"] == "error":
+            flt["status"] = "error"
+            fields.update(status="active", error=None)
+        if await self.store.update_one(c.SUBSCRIPTIONS, flt, {"$set": fields}) is not None:
+            await self._changed()
+
+    async def note_failure(self, sub: Document, now: datetime, result: WebhookResult) -> bool:
+        """A failed try (not a 410): start the endpoint's run of failures, or, when the run
+        has lasted ``webhook_disable_after_days``, disable the subscription (True)."""
+        since = sub.get("failing_since")
+        if not since:
+            started = await self.store.update_one(
+                c.SUBSCRIPTIONS,
+                {"_id": sub["_id"], "failing_since": None},
+                {"$set": {"failing_since": ts(now)}},
+            )
+            if started is not None:
+                await self._changed()
+            return False
+        days = self.settings.webhook_disable_after_days
+        if days <= 0 or since > ts(now - timedelta(days=days)):
+            return False
+        reason = (
+            f"disabled: every delivery failed since {since} (more than {days:g} days; "
+            f"last: {result.error}); new events are kept for $events: PUT the "
+            "subscription (a new handshake) or call $replay to resume"
+        )
+        await self.store.update_one(
+            c.SUBSCRIPTIONS,
+            {"_id": sub["_id"], "status": {"$in": list(LIVE)}, "disabled_at": None},
+            {"$set": {"status": "error", "error": reason, "disabled_at": ts(now)}},
+        )
+        await self._changed()
+        log.warning("subscription.disabled", subscription=sub["_id"], failing_since=since)
+        return True
 
     async def disable(self, sub: Document, reason: str) -> None:
         await self.store.update_one(
