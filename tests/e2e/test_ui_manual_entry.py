@@ -16,6 +16,7 @@ from gateway import pesel
 from tests.e2e.conftest import auth, purge_rabbit, settings_for
 from tests.e2e.ui_support import (
     csrf,
+    duplicate_ids,
     field_error,
     invalid_fields,
     post_form,
@@ -262,18 +263,18 @@ async def test_schedule_and_single_slot_forms(embedded: TestClient[Any, Any]) ->
     resp = await post_form(
         web,
         f"{page}/slots",
-        {"date": day, "start": "8am", "minutes": "2", "category": "x"},
+        {"date": day, "start": "8am", "length": "2", "category": "x"},
         page=page,
     )
     html = await resp.text()
     assert resp.status == 400
     assert field_error(html, "start") == "Wpisz godzinę w postaci 08:00."
-    assert field_error(html, "minutes") == "Termin trwa od 5 do 480 minut."
+    assert field_error(html, "length") == "Termin trwa od 5 do 480 minut."
     assert field_error(html, "category") == "Wybierz kategorię terminu."
     resp = await post_form(
         web,
         f"{page}/slots",
-        {"date": day, "start": "13:30", "minutes": "30", "category": "control"},
+        {"date": day, "start": "13:30", "length": "30", "category": "control"},
         page=page,
     )
     assert resp.status == 303, await resp.text()
@@ -284,6 +285,15 @@ async def test_schedule_and_single_slot_forms(embedded: TestClient[Any, Any]) ->
     slot = found["entry"][0]["resource"]
     assert slot["start"].startswith(f"{day}T13:30:00+0")
     assert slot["appointmentType"]["coding"][0]["code"] == "control"
+    # rename and deactivate the schedule (a PUT with If-Match; scope and facility stay)
+    resp = await post_form(web, page, {"name": "Gabinet 2", "active": "", "version": "1"})
+    assert resp.status == 303, await resp.text()
+    res = await (await web.get(f"/fhir/Schedule/{schedule}", headers=headers)).json()
+    assert (res["comment"], res["active"]) == ("Gabinet 2", False)
+    assert res["actor"] == [{"reference": f"Location/{location}"}]
+    resp = await post_form(web, page, {"name": "Gabinet 3", "active": "on", "version": "1"})
+    assert resp.status == 400
+    assert "Ktoś w międzyczasie to zmienił" in await resp.text()
 
 
 async def test_pattern_form_errors(embedded: TestClient[Any, Any]) -> None:
@@ -536,6 +546,7 @@ async def test_every_field_of_every_page_has_a_label(embedded: TestClient[Any, A
         assert resp.status == 200, path
         html = await resp.text()
         assert unlabelled_fields(html) == [], path
+        assert duplicate_ids(html) == [], path
         assert 'href="#main"' in html, path
     await web.post("/ui/signout", data={"csrf_token": await csrf(web, "/ui/")})
     assert unlabelled_fields(await (await web.get("/ui/signin")).text()) == []

@@ -106,3 +106,9 @@ def unlabelled_fields(html: str) -> list[str]:
         for c in parser.controls
         if c.get("id") not in parser.labelled and not c.get("aria-label")
     ]
+
+
+def duplicate_ids(html: str) -> list[str]:
+    """Element ids used more than once on a page (a label would name the wrong field)."""
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    return sorted({i for i in ids if ids.count(i) > 1})

@@ -41,7 +41,7 @@ SCHEDULE_FIELDS = {
 }
 SLOT_FIELDS = {
     "Slot.start": "start",
-    "Slot.end": "minutes",
+    "Slot.end": "length",
     "Slot.appointmentType": "category",
     "Slot.serviceType": "category",
 }
@@ -164,6 +164,7 @@ async def schedule_page(
     *,
     slot_form: forms.Form | None = None,
     pattern_form: forms.Form | None = None,
+    edit_form: forms.Form | None = None,
     preview: dict[str, Any] | None = None,
     status: int = 200,
 ) -> web.Response:
@@ -196,8 +197,16 @@ async def schedule_page(
             "categories": category_options(scope, lang),
             "weekdays": [(str(i), _(name)) for i, name in enumerate(WEEKDAYS)],
             "slot_form": slot_form
-            or forms.Form(values={"date": today.isoformat(), "minutes": "20"}),
+            or forms.Form(values={"date": today.isoformat(), "length": "20"}),
             "pattern_form": pattern_form or default_pattern(today, scope),
+            "edit_form": edit_form
+            or forms.Form(
+                values={
+                    "name": doc["central"].get("comment") or "",
+                    "active": "on" if doc["central"].get("active", True) else "",
+                    "version": str(doc["version"]),
+                }
+            ),
             "preview": preview,
             "week_url": "/ui/week?" + urlencode({"schedule": doc["rid"]}),
         },
@@ -207,6 +216,33 @@ async def schedule_page(
 
 async def show(request: web.Request) -> web.Response:
     return await schedule_page(request)
+
+
+async def edit(request: web.Request) -> web.Response:
+    """The schedule's name and whether it is active: a ``PUT`` with ``If-Match``; its
+    scope and facility stay (a schedule for another scope is another schedule)."""
+    me = await core.signed_in(request)
+    _ = i18n.gettext(request)
+    doc = await writes.current(request, me["_id"], "Schedule", request.match_info["id"])
+    form = await forms.read_form(request)
+    if len(form.get("name")) > 200:
+        form.error("name", _("The name can be at most 200 characters long."))
+    version = int(form.get("version")) if form.get("version").isdigit() else None
+    if form.ok:
+        resource = writes.editable(doc["resource"])
+        resource["active"] = form.get("active") == "on"
+        if form.get("name"):
+            resource["comment"] = form.get("name")
+        else:
+            resource.pop("comment", None)
+        try:
+            await writes.update(request, me["_id"], "Schedule", doc["rid"], resource, version)
+        except FhirError as err:
+            forms.fhir_error_to_form(form, err, SCHEDULE_FIELDS, plain.translator_for(_))
+        else:
+            await core.flash(request, _("Changes saved."))
+            raise core.see_other(f"/ui/schedules/{doc['rid']}")
+    return await schedule_page(request, edit_form=form, status=400)
 
 
 def _slot_resource(
@@ -272,7 +308,7 @@ async def add_slot(request: web.Request) -> web.Response:
     start = _read_time(form, "start", _)
     minutes = _read_int(
         form,
-        "minutes",
+        "length",
         slot_pattern.MIN_MINUTES,
         slot_pattern.MAX_MINUTES,
         _("A slot lasts from 5 to 480 minutes."),
@@ -472,5 +508,6 @@ def routes(app: web.Application) -> None:
     r.add_get("/ui/schedules", list_page)
     r.add_post("/ui/schedules", create)
     r.add_get("/ui/schedules/{id}", show)
+    r.add_post("/ui/schedules/{id}", edit)
     r.add_post("/ui/schedules/{id}/slots", add_slot)
     r.add_post("/ui/schedules/{id}/pattern", pattern)
