@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # Processes that validate import chunks beside the API's event loop (another core
     # does fhir.resources' work while the loop applies the previous chunk); 0: inline.
     import_validation_processes: int = 1
+    # The same for large Bundles at POST /fhir (a vendor's transaction of hundreds of
+    # slots): validated and mapped in another process while the loop applies the
+    # previous one; Bundles under 128 KiB stay inline. 0: always inline.
+    bundle_validation_processes: int = 1
 
     # Manual-entry web pages at /ui/ (issue 10). Their session lives in an encrypted
     # (Fernet), http-only, SameSite=Lax cookie. Key: UI_SESSION_SECRET, else derived from

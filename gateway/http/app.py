@@ -58,7 +58,7 @@ def create_app(
     app.router.add_post("/auth/token", auth.token)
     capability.routes(app)
     fhir.routes(app)
-    bundles.routes(app)
+    bundles.routes(app, settings.bundle_validation_processes)
     imports.routes(app, settings.import_validation_processes)
     subscription_api.routes(app)
     patient.routes(app)

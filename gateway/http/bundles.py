@@ -14,9 +14,13 @@ with an OperationOutcome.
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway import constants as c
@@ -31,14 +35,18 @@ from gateway.http.fhir import (
     parse_if_match,
     parse_if_none_exist,
     prepare,
-    read_body,
+    read_raw,
     send_and_wait,
 )
-from gateway.http.keys import CORRELATION_ID, SERVICES
+from gateway.http.keys import BUNDLE_POOL, CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
 from gateway.timeutil import from_store, to_fhir, to_store
 from mappings.references import rewrite_references
+from mappings.validation import parse_json
 
+# Bundles from this size on are validated in the pool (when there is one): smaller ones
+# cost less inline than the trip to another process.
+POOL_MIN_BYTES = 128 * 1024
 REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 404: "404 Not Found"}
 URL_RE = re.compile(rf"^(?P<type>{'|'.join(resources.RESOURCE_TYPES)})(?:/(?P<id>[^/?]+))?$")
 
@@ -237,11 +245,65 @@ def response_bundle(
     return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": entries}
 
 
+def prepare_body(raw: bytes) -> tuple[str, list[dict[str, Any] | FhirError]]:
+    """Parse and prepare a Bundle's bytes: its type and the ops (``prepare_bundle``)."""
+    btype, entries = parse_entries(parse_json(raw))
+    return btype, prepare_bundle(btype, entries)
+
+
+def prepare_raw(raw: bytes) -> tuple[str, bytes] | dict[str, Any]:
+    """``prepare_body`` in the validation process: ``(type, ops as JSON)`` with each
+    failed batch entry as ``{"__error__": reply}``, or the reply of the error that
+    refuses the whole Bundle. Pure, and its arguments and results pickle cheaply."""
+    try:
+        btype, ops = prepare_body(raw)
+    except FhirError as err:
+        return err.to_reply()["error"]
+    out = [op if isinstance(op, dict) else {"__error__": op.to_reply()["error"]} for op in ops]
+    return btype, orjson.dumps(out)
+
+
+class BundlePool:
+    """``BUNDLE_VALIDATION_PROCESSES`` processes that validate large Bundles off the loop.
+
+    Structural validation (fhir.resources) and the mapping are pure CPU and most
+    of the API's work on a big transaction: in another process they run on
+    another core while this one applies the previous Bundle (with the embedded
+    store, API and worker share one process). Started at the first large Bundle.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.pool: ProcessPoolExecutor | None = None
+
+    async def prepare(self, raw: bytes) -> tuple[str, list[dict[str, Any] | FhirError]]:
+        if self.processes <= 0 or len(raw) < POOL_MIN_BYTES:
+            return prepare_body(raw)
+        if self.pool is None:
+            # spawn, not fork: this process has threads and an event loop
+            self.pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(self.pool, prepare_raw, raw)
+        if isinstance(done, dict):
+            raise FhirError.from_reply(done)
+        btype, ops = done
+        return btype, [
+            FhirError.from_reply(op["__error__"]) if "__error__" in op else op
+            for op in orjson.loads(ops)
+        ]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
 async def post_bundle(request: web.Request) -> web.Response:
     tenant = provider_id(request)
     services = request.app[SERVICES]
-    btype, entries = parse_entries(await read_body(request))
-    ops = prepare_bundle(btype, entries)
+    btype, ops = await request.app[BUNDLE_POOL].prepare(await read_raw(request))
     prefer = request.headers.get("Prefer", "").replace(" ", "").lower()
     representation = "return=representation" in prefer
     errors: dict[int, FhirError] = {i: op for i, op in enumerate(ops) if isinstance(op, FhirError)}
@@ -330,7 +392,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
-def routes(app: web.Application) -> None:
+def routes(app: web.Application, validation_processes: int = 0) -> None:
+    app[BUNDLE_POOL] = BundlePool(validation_processes)
+
+    async def close_pool(app: web.Application) -> None:
+        app[BUNDLE_POOL].close()
+
+    app.on_cleanup.append(close_pool)
     app.router.add_post("/fhir", post_bundle)
     app.router.add_get("/fhir/_async/{job}", job_status)
     app.router.add_delete("/fhir/_async/{job}", cancel_job)

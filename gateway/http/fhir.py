@@ -44,6 +44,11 @@ def new_resource_id() -> str:
 
 
 async def read_body(request: web.Request) -> Any:
+    return parse_json(await read_raw(request))
+
+
+async def read_raw(request: web.Request) -> bytes:
+    """The body's bytes, once its content type and size are acceptable."""
     if request.content_type not in FHIR_TYPES:
         raise FhirError(
             415,
@@ -56,7 +61,7 @@ async def read_body(request: web.Request) -> Any:
     body = await request.read()
     if len(body) > limit:
         raise FhirError(413, [Issue("too-costly", f"the body exceeds {limit} bytes")])
-    return parse_json(body)
+    return body
 
 
 def parse_if_match(value: Any, where: str | None = None) -> int | None:
