@@ -34,6 +34,8 @@ async def test_week_of_a_thousand_slots(
     assert html.count('<tr class="status-booked">') == 200
     assert html.count('<tr class="status-free">') == 800
     assert html.count('class="cancelled"') == 50
+    # five schedules: each row names its own
+    assert sum(html.count(f"<td>Gabinet {n}</td>") for n in range(1, 6)) == 1000
     print(
         f"week of 1000 slots: server CPU ms median {statistics.median(cpu):.1f}, "
         f"wall ms median {statistics.median(wall):.1f}"

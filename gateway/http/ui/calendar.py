@@ -58,7 +58,12 @@ def labels_for(lang: str) -> dict[str, dict[str, str]]:
 
 
 async def rows(
-    request: web.Request, tenant: str, first: date, days: int, schedule: str | None
+    request: web.Request,
+    tenant: str,
+    first: date,
+    days: int,
+    schedule: str | None,
+    schedule_names: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per day: its slots in time order, each with the visit holding it and the visits
     cancelled on it. Two range reads on the (tenant, type, central.start) index."""
@@ -129,6 +134,7 @@ async def rows(
             "label": labels["category"][category]
             if category in labels["category"]
             else labels["scope"].get(central["scope"], central["scope"]),
+            "schedule": (schedule_names or {}).get(central["schedule_id"], ""),
             "state": state,
             "state_text": status_text[state],
             "cancelled": cancelled,
@@ -162,7 +168,16 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
     schedules = await writes.live(request, me["_id"], "Schedule")
     if schedule and schedule not in {d["rid"] for d in schedules}:
         schedule = None
-    data = await rows(request, me["_id"], first, days, schedule)
+    lang = i18n.language(request)
+    scope_labels = labels_for(lang)["scope"]
+    names = {
+        d["rid"]: d["central"].get("comment")
+        or ", ".join(scope_labels.get(s, s) for s in d["central"]["scopes"])
+        for d in schedules
+    }
+    # With one schedule shown, a column naming it would only repeat itself.
+    several = schedule is None and len(schedules) > 1
+    data = await rows(request, me["_id"], first, days, schedule, names if several else None)
     path = "/ui/week" if week else "/ui/day"
     key = "start" if week else "date"
 
@@ -172,8 +187,6 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
             q["schedule"] = schedule
         return f"{target}?{urlencode(q)}"
 
-    lang = i18n.language(request)
-    scope_labels = labels_for(lang)["scope"]
     counts = {
         state: sum(1 for d in data for r in d["slots"] if r["state"] == state)
         for state in ("free", "booked", "held", "unavailable")
@@ -191,15 +204,8 @@ async def _page(request: web.Request, *, week: bool) -> web.Response:
             "counts": counts,
             "total": total,
             "schedule": schedule,
-            "schedule_options": [("", "—")]
-            + [
-                (
-                    d["rid"],
-                    d["central"].get("comment")
-                    or ", ".join(scope_labels.get(s, s) for s in d["central"]["scopes"]),
-                )
-                for d in schedules
-            ],
+            "schedule_options": [("", "—"), *names.items()],
+            "several": several,
             "prev_day": link(first - timedelta(days=1)),
             "next_day": link(first + timedelta(days=1)),
             "prev_week": link(first - timedelta(days=7)),
