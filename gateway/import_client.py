@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -504,6 +504,24 @@ async def send_all(
         progress.advance(chunk_.nbytes, chunk_.lines, counts, src.path.name)
 
     first_seq = int(job.get("chunks") or 0) + 1
+    try:
+        await send_in_order(gw, opts, url, sources, start, first_seq, pending, settle, progress)
+    finally:
+        for _, task in pending:  # refused or interrupted: the chunks behind it are not sent
+            task.cancel()
+
+
+async def send_in_order(
+    gw: Gateway,
+    opts: Options,
+    url: str,
+    sources: list[Source],
+    start: tuple[int, int] | None,
+    first_seq: int,
+    pending: deque[tuple[Chunk, asyncio.Task[tuple[int, Any]]]],
+    settle: Callable[[], Awaitable[None]],
+    progress: Progress,
+) -> None:
     for ch in chunks(sources, start, opts.chunk_size, first_seq):
         if not ch.body:
             progress.skip(ch.nbytes)

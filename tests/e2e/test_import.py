@@ -394,3 +394,25 @@ async def test_cli_plain_progress_lines(
     assert await run_cli(client, provider["token"], tmp_path, tmp_path / "export") == 0
     err = capsys.readouterr().err
     assert "import: " in err and "resources/s" in err and "\r" not in err
+
+
+async def test_cli_signs_in_with_the_providers_key(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, capsys: Any
+) -> None:
+    """``--client-id`` and ``--key``: the CLI gets its token with a signed assertion."""
+    client = await app_client("embedded", aiohttp_client)
+    provider = await new_provider(client)
+    key = tmp_path / "key.pem"
+    key.write_text(provider["private_key_pem"])
+    opts = import_client.Options(
+        url=str(client.make_url("")).rstrip("/"),
+        paths=(str(EXAMPLE_BUNDLE),),
+        client_id=provider["client_id"],
+        key_file=str(key),
+        state_file=str(tmp_path / "state.json"),
+        errors_file=str(tmp_path / "errors.ndjson"),
+        progress="none",
+    )
+    assert await import_client.run(opts) == 0
+    assert "Import " in capsys.readouterr().out
+    assert await total(client, provider["token"], "Slot?") == 60
