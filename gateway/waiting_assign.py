@@ -57,6 +57,9 @@ FIRST_BATCH = 25
 # slot before it puts the slot on hold anyway (the waiting room then looks further).
 MAY_TAKE_SCAN = 2000
 MAX_CANDIDATES = 50
+# What find_best reads of an entry: its matching facts and what an offer names
+# (the caller claims the entry, which reads it whole).
+CANDIDATE_FIELDS = ("queue", "rank", "criteria", "gave_up", "pesel")
 EXT_PROPOSAL_EXPIRES = f"{codes.BASE}/StructureDefinition/proposal-expires"
 # Offers that follow a cancellation (R-CAN-2 applies) rather than new capacity.
 AFTER_RELEASE = frozenset({"released", "declined", "expired", "withdrawn", "failed"})
@@ -106,7 +109,9 @@ async def find_best(
         }
         if last is not None:
             flt["rank"] = {"$gt": last}
-        docs = await store.find(c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=batch)
+        docs = await store.find(
+            c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=batch, fields=CANDIDATE_FIELDS
+        )
         for d in docs:
             if d["_id"] not in exclude and rules.takes(rules.entry_facts(d), facts):
                 return d

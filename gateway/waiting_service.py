@@ -78,6 +78,10 @@ PAGE = 2000  # entries read at a time while planning
 LEASE_SECONDS = 120.0
 STALE_CLAIM_SECONDS = 120.0
 PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
+# What matching reads of entries and slots (rules.entry_facts / slot_facts): not the
+# FHIR resource or the contact data, which a copy out of the store would carry.
+ENTRY_FACTS = ("queue", "rank", "criteria", "gave_up")
+SLOT_FACTS = ("tenant", "rid", "central")
 
 
 # --------------------------------------------------------------------------- the plan (pure)
@@ -420,6 +424,7 @@ class WaitingRoomService:
                 patients.slot_filter(criteria, categories, to_store(a), to_store(b)),
                 sort=[("central.start", 1), ("_id", 1)],
                 limit=50,
+                fields=SLOT_FACTS,
             )
             for d in docs:
                 if d["central"].get("appointment_id") is None and rules.takes(
@@ -533,6 +538,7 @@ class WaitingRoomService:
                 "deleted": False,
             },
             sort=[("central.start", 1)],
+            fields=SLOT_FACTS,
         )
         slots = [
             rules.slot_facts(d)
@@ -598,7 +604,9 @@ class WaitingRoomService:
             flt: dict[str, Any] = {"scope": scope, "status": rules.WAITING, "queue": q}
             if last[q] is not None:
                 flt["rank"] = {"$gt": last[q]}
-            found = await self.store.find(c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=PAGE)
+            found = await self.store.find(
+                c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=PAGE, fields=ENTRY_FACTS
+            )
             pages[q] = [rules.entry_facts(d) for d in found]
             if found:
                 last[q] = found[-1]["rank"]
