@@ -28,6 +28,11 @@ def make_store(settings: Settings) -> Store:
     if settings.mongodb_url:
         from adapters.mongo_store import MongoStore
 
+        if settings.mongodb_url.startswith("mongomock://"):
+            # the in-process emulator the test suite runs the Mongo adapter on
+            from adapters.mongo_emulator import emulator_client
+
+            return MongoStore(None, settings.mongodb_db, client_factory=emulator_client)
         return MongoStore(settings.mongodb_url, settings.mongodb_db)
     from adapters.memory_store import MemoryStore
 

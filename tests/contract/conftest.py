@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo_async_mock import AsyncMongoMockClient
 
 from adapters.memory_store import MemoryStore
+from adapters.mongo_emulator import emulator_client
 from adapters.mongo_store import MongoStore
 from gateway.ports import Index, Store
 from tests.contract.bus_fixtures import *  # noqa: F403
@@ -31,18 +31,6 @@ STORE_BACKENDS = [
 ]
 
 
-class _EmulatorClient(AsyncMongoMockClient):  # type: ignore[misc]
-    """The emulator's client, with PyMongo's awaitable ``close()``.
-
-    pymongo-async-mock 0.1.3 forwards ``close`` to mongomock's synchronous
-    one (``await client.close()`` would fail on ``None``); there is nothing to
-    release in memory, so closing does nothing.
-    """
-
-    async def close(self) -> None:
-        return None
-
-
 @pytest.fixture(params=STORE_BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     indexes: Mapping[str, Sequence[Index]] = getattr(request.module, "STORE_INDEXES", {})
@@ -53,7 +41,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if kind == "memory":
         s = MemoryStore()
     elif kind == "mongo-emulator":
-        s = MongoStore(None, db_name, client_factory=_EmulatorClient)
+        s = MongoStore(None, db_name, client_factory=emulator_client)
     else:
         if not url:
             pytest.skip("MONGODB_URL not set: real MongoDB contract run skipped")

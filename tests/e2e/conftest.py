@@ -1,8 +1,16 @@
-"""End-to-end fixtures: the real app over HTTP, on the embedded default and on RabbitMQ."""
+"""End-to-end fixtures: the real app over HTTP, on three backends.
+
+* ``embedded``: the in-process bus and the embedded store (the default run);
+* ``rabbitmq``: RabbitMQ and the embedded store;
+* ``mongo``: RabbitMQ and the MongoDB store, on a real MongoDB when
+  ``MONGODB_URL`` is set, else on the in-process Mongo-API emulator
+  (``adapters/mongo_emulator.py``; no MongoDB server can run here).
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -45,13 +53,24 @@ def settings_for(backend: str, **overrides: Any) -> Settings:
         "command_timeout_seconds": 20.0,
         "outbox_poll_seconds": 0.05,
     }
-    if backend == "rabbitmq":
-        base["amqp_url"] = AMQP_URL
+    # Settings read AMQP_URL / MONGODB_URL from the environment, and the test
+    # session sets AMQP_URL (tests/conftest.py): without these explicit values
+    # an "embedded" run would quietly use RabbitMQ.
+    base["amqp_url"] = AMQP_URL if uses_rabbit(backend) else None
+    base["mongodb_url"] = None
+    if backend == "mongo":
+        base["mongodb_url"] = os.environ.get("MONGODB_URL") or "mongomock://"
+        base["mongodb_db"] = f"cer_e2e_{uuid.uuid4().hex[:12]}"
     base.update(overrides)
     return Settings(**base)
 
 
-@pytest.fixture(params=["embedded", "rabbitmq"])
+def uses_rabbit(backend: str) -> bool:
+    """Whether the backend's bus is the real broker (its queues need purging)."""
+    return backend in ("rabbitmq", "mongo")
+
+
+@pytest.fixture(params=["embedded", "rabbitmq", "mongo"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -61,7 +80,7 @@ async def client(
     backend: str, aiohttp_client: Callable[..., Any]
 ) -> AsyncIterator[TestClient[Any, Any]]:
     settings = settings_for(backend)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     app = create_app(settings)
     yield await aiohttp_client(app)

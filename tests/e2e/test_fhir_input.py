@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.http.app import create_app
-from tests.e2e.conftest import purge_rabbit, settings_for
+from tests.e2e.conftest import purge_rabbit, settings_for, uses_rabbit
 from tests.e2e.fhir_support import Fhir, location, slot, transaction
 
 WRITES = [
@@ -166,7 +166,7 @@ async def test_unknown_endpoints_and_methods(client: Any) -> None:
 @pytest.fixture
 async def small_client(backend: str, aiohttp_client: Callable[..., Any]) -> TestClient[Any, Any]:
     settings = settings_for(backend, max_body_bytes=2048)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     return client

@@ -18,7 +18,7 @@ import pytest
 from gateway import constants as c
 from gateway.http.app import create_app
 from mappings import codes
-from tests.e2e.conftest import purge_rabbit, settings_for
+from tests.e2e.conftest import purge_rabbit, settings_for, uses_rabbit
 from tests.e2e.patient_support import (
     CONTACT,
     NOW,
@@ -64,7 +64,7 @@ def wr_settings(backend: str) -> Any:
 @pytest.fixture
 async def client(backend: str, aiohttp_client: Any) -> Any:
     settings = wr_settings(backend)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     return await aiohttp_client(create_app(settings))
 

@@ -23,7 +23,7 @@ from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
 from gateway.settings import Settings
 from mappings import codes
-from tests.e2e.conftest import new_provider, purge_rabbit, settings_for
+from tests.e2e.conftest import new_provider, purge_rabbit, settings_for, uses_rabbit
 from tests.e2e.webhook_support import (
     Receiver,
     advance,
@@ -49,7 +49,7 @@ async def make_client(
     aiohttp_client: Callable[..., Any], backend: str = "embedded", **overrides: Any
 ) -> Any:
     settings = settings_for(backend, **{**FAST, **overrides})
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     return await aiohttp_client(create_app(settings))
 
