@@ -15,7 +15,7 @@ from pymongo_async_mock import AsyncMongoMockClient
 EMULATOR_SCHEME = "mongomock://"
 
 
-class EmulatorClient(AsyncMongoMockClient):  # type: ignore[misc]
+class EmulatorClient(AsyncMongoMockClient):
     """The emulator's client with PyMongo's awaitable ``close()``.
 
     pymongo-async-mock 0.1.3 forwards ``close`` to mongomock's synchronous one
