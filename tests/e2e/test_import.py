@@ -30,7 +30,7 @@ from gateway import constants as c
 from gateway import import_client
 from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
-from tests.e2e.conftest import auth, new_provider, purge_rabbit, settings_for
+from tests.e2e.conftest import auth, new_provider, purge_rabbit, settings_for, uses_rabbit
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_BUNDLE = ROOT / "docs" / "examples" / "transaction-week-cardiology.json"
@@ -41,7 +41,7 @@ async def app_client(
     backend: str, aiohttp_client: Callable[..., Any], **overrides: Any
 ) -> TestClient[Any, Any]:
     settings = settings_for(backend, **overrides)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     return client

@@ -12,7 +12,7 @@ import pytest
 from gateway import sandbox_console as console
 from gateway.http.app import create_app
 from gateway.http.keys import SERVICES
-from tests.e2e.conftest import purge_rabbit, settings_for
+from tests.e2e.conftest import purge_rabbit, settings_for, uses_rabbit
 from tests.e2e.console_support import scene
 from tests.e2e.webhook_support import Receiver
 
@@ -51,7 +51,7 @@ async def test_deliveries_tries_and_the_reason_of_a_failure(
     """R-SCHED-4: the patient's booking reaches both subscriptions; the inbox one is kept
     signed, the 500 one fails with its reason, and the console finds it across providers."""
     settings = settings_for(backend, **FAST)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     else:
         settings = settings_for(backend, amqp_url=None, **FAST)

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway import pesel
-from tests.e2e.conftest import auth, purge_rabbit, settings_for
+from tests.e2e.conftest import auth, purge_rabbit, settings_for, uses_rabbit
 from tests.e2e.ui_support import (
     csrf,
     duplicate_ids,
@@ -29,7 +29,7 @@ SCOPE = "http://cer-gateway.org/fhir/CodeSystem/scope"
 
 
 def ui_settings(backend: str) -> Any:
-    return settings_for(backend, **({} if backend == "rabbitmq" else {"amqp_url": None}))
+    return settings_for(backend, **({} if uses_rabbit(backend) else {"amqp_url": None}))
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ async def web(
     backend: str, aiohttp_server: Callable[..., Any], aiohttp_client: Callable[..., Any]
 ) -> TestClient[Any, Any]:
     settings = ui_settings(backend)
-    if backend == "rabbitmq":
+    if uses_rabbit(backend):
         await purge_rabbit(settings)
     return await ui_client(settings, aiohttp_server, aiohttp_client)
 
