@@ -58,7 +58,11 @@ async def activity(
     ):
         tally.add_appointment(doc["tenant"], doc["central"], doc.get("created"))
     allowed = None if providers is None else set(providers)
-    async for entry in store.iterate(c.WAITING_ROOM, {"entered_at": {"$lt": hi}}):
+    # only what the tally needs: never the patient's PESEL or contact data
+    entry_fields = ("scope", "status", "entered_at", "assigned_at", "left_at", "updated_at")
+    async for entry in store.iterate(
+        c.WAITING_ROOM, {"entered_at": {"$lt": hi}}, fields=(*entry_fields, "appointment")
+    ):
         if (
             entry.get("status") not in reports.WAITING_STATUSES
             and (entry.get("updated_at") or "") < lo

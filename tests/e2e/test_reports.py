@@ -272,3 +272,41 @@ async def test_the_booking_channel_is_recorded_by_the_gateway_and_kept(client: A
     rows = {row["day"]: row for row in (await r.json())["rows"]}
     assert rows[DAY]["bookings"]["by_channel"] == {"portal": 1}
     assert "2027-01-05" not in rows  # an update is not a second booking
+
+
+async def test_waiting_room_size_and_waits(client: Any) -> None:
+    """R-WAIT-3: the waiting room in the report: entries in and out, the assigned visit
+    counted for the provider with the days its patient waited, and no patient data."""
+    from tests.e2e.patient_support import at
+    from tests.e2e.patient_support import clinic as patient_clinic
+    from tests.e2e.patient_support import set_clock as set_patient_clock
+    from tests.e2e.waiting_support import entered, entry_status, push_slot
+
+    await set_patient_clock(client, NOW)
+    krakow = await patient_clinic(client, [("far", at("2027-03-01", 10), "first-stable")])
+    a, b = await patient(client), await patient(client)
+    entry_a = await entered(client, a, await referral(client, a), city="Kraków")
+    entry_b = await entered(
+        client, b, await referral(client, b), city="Kraków", hours="14:00-16:00"
+    )
+    await set_patient_clock(client, warsaw(2027, 1, 5, 9))
+    await push_slot(client, krakow, "new1", at("2027-01-12", 10))
+    await entry_status(client, a, entry_a, "assigned")
+    resp = await client.delete(f"/patient/v1/waiting-room/{entry_b}", headers=b.headers)
+    assert resp.status in (200, 204), await resp.text()
+
+    status, r, text = await get(
+        client, "/reports/activity", krakow.token, **{"from": DAY, "to": "2027-01-05"}
+    )
+    assert status == 200, text
+    assert a.pesel not in text and b.pesel not in text
+    report = await r.json()
+    wr = {w["day"]: w for w in report["waiting_room"] if w["scope"] == "cardiology"}
+    assert (wr[DAY]["entered"], wr[DAY]["waiting_at_end_of_day"]) == (2, 2)
+    day2 = wr["2027-01-05"]
+    assert (day2["assigned"], day2["left"], day2["waiting_at_end_of_day"]) == (1, 1, 0)
+    assert day2["wait_days_median"] == 1.0
+    row = next(x for x in report["rows"] if x["day"] == "2027-01-05")
+    assert row["waiting_room"] == {"assigned": 1, "wait_days_median": 1.0, "wait_days_max": 1.0}
+    assert row["bookings"]["by_channel"] == {"waiting-room": 1}
+    assert row["bookings"]["by_group"]["central"] == 1
