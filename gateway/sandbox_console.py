@@ -91,7 +91,7 @@ class Delivery:
     endpoint: str | None  # None: the subscription is gone
     kind: str  # event-notification | handshake | heartbeat
     at: str
-    status: str  # delivered | pending | failed | cancelled
+    status: str  # delivered | pending | failed | held | cancelled
     number: int | None = None
     focus: str | None = None  # "Appointment/a1"
     action: str | None = None
@@ -106,12 +106,13 @@ class Delivery:
 
     @property
     def failing(self) -> bool:
-        """Failed for good, or a try failed and the next one is waiting."""
-        return self.status == "failed" or (self.status == "pending" and self.tries > 0)
+        """Failed for good, a try failed and the next one is waiting, or a try failed and
+        the endpoint was disabled after its grace period (the event is held for $replay)."""
+        return self.status == "failed" or (self.status in ("pending", "held") and self.tries > 0)
 
     @property
     def state(self) -> str:
-        """delivered, waiting (first try not done yet), retrying, failed or cancelled."""
+        """delivered, waiting (first try not done yet), retrying, failed, held or cancelled."""
         if self.status == "pending":
             return "retrying" if self.tries > 0 else "waiting"
         return self.status
@@ -138,6 +139,12 @@ class Delivery:
         if self.status == "failed":
             return Message(
                 "not delivered after {tries} tries; the last one: {error}",
+                {"tries": self.tries, "error": what},
+            )
+        if self.status == "held":
+            return Message(
+                "try {tries} failed: {error}; the endpoint kept failing and was disabled, the "
+                "event is kept: $replay or a new handshake (PUT the subscription) resumes",
                 {"tries": self.tries, "error": what},
             )
         return Message(
@@ -507,7 +514,7 @@ async def failing_deliveries(
     )
     retrying = await store.find(
         c.WEBHOOK_EVENTS,
-        {**mine, "status": "pending", "attempts": {"$gt": 0}},
+        {**mine, "status": {"$in": ["pending", "held"]}, "attempts": {"$gt": 0}},
         sort=[("at", -1)],
         limit=limit,
     )
@@ -567,7 +574,11 @@ async def providers(store: Store) -> list[ProviderRow]:
                 c.WEBHOOK_EVENTS, {"tenant": d["_id"], "status": "failed"}
             ) + await store.count(
                 c.WEBHOOK_EVENTS,
-                {"tenant": d["_id"], "status": "pending", "attempts": {"$gt": 0}},
+                {
+                    "tenant": d["_id"],
+                    "status": {"$in": ["pending", "held"]},
+                    "attempts": {"$gt": 0},
+                },
             )
         rows.append(
             ProviderRow(
