@@ -18,7 +18,9 @@ It keeps MongoDB's guarantees as the gateway relies on them (``gateway.ports.Sto
   they live inside the document.
 
 Indexes. Every declared index ``(f1, ..., fn)`` is a dict from the values of
-``f1..f(n-1)`` to a list of ``(key(fn), _id)`` kept sorted with ``bisect``. A
+``f1..f(n-1)`` to a list of ``(key(fn), _id)`` kept sorted with ``bisect``, in
+blocks of at most 2,000 (``_Bucket``: an insert moves one block, not half of a
+bucket of 100,000). A
 query with equality (or ``$in``) on the prefix fields reads only its buckets;
 on the last field it takes a point, a set of points or a range, and when the
 sort starts with the last field it walks the bucket in order and stops after
@@ -38,7 +40,7 @@ import copy
 import heapq
 import itertools
 import uuid
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -674,6 +676,99 @@ def _point(key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return (key,), ((*key, 1),)
 
 
+_Entry = tuple[tuple[Any, ...], str]  # (key of the index's last field, _id)
+
+
+class _Bucket:
+    """A sorted list of entries kept in blocks of at most ``2 * LOAD``.
+
+    One flat sorted list costs a memmove of half of it per insert: with 100,000
+    slots in one bucket (every index whose last field is ``central.start`` or an
+    ``_id``-ordered null) that was most of an insert. Here an insert moves one
+    block. Positions are global (0..len) as in a flat list, for the planner.
+    """
+
+    LOAD = 1000
+    __slots__ = ("blocks", "maxes", "n", "starts")
+
+    def __init__(self) -> None:
+        self.blocks: list[list[_Entry]] = []
+        self.maxes: list[_Entry] = []  # the last entry of each block
+        self.starts: list[int] | None = [0]  # the global position of each block's first
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def insert(self, e: _Entry) -> None:
+        self.n += 1
+        self.starts = None
+        if not self.blocks:
+            self.blocks.append([e])
+            self.maxes.append(e)
+            return
+        i = bisect_left(self.maxes, e)
+        if i == len(self.maxes):
+            i -= 1
+            self.blocks[i].append(e)
+        else:
+            insort(self.blocks[i], e)
+        block = self.blocks[i]
+        self.maxes[i] = block[-1]
+        if len(block) > 2 * self.LOAD:
+            self.blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
+            self.maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
+
+    def remove(self, e: _Entry) -> None:
+        i = bisect_left(self.maxes, e)
+        if i == len(self.maxes):
+            return
+        block = self.blocks[i]
+        j = bisect_left(block, e)
+        if j < len(block) and block[j] == e:
+            del block[j]
+            self.n -= 1
+            self.starts = None
+            if block:
+                self.maxes[i] = block[-1]
+            else:
+                del self.blocks[i]
+                del self.maxes[i]
+
+    def _starts(self) -> list[int]:
+        if self.starts is None:
+            starts = [0] * len(self.blocks)
+            total = 0
+            for i, block in enumerate(self.blocks):
+                starts[i] = total
+                total += len(block)
+            self.starts = starts
+        return self.starts
+
+    def bisect_left(self, x: Any) -> int:
+        """The global position of the first entry not below ``x``."""
+        i = bisect_left(self.maxes, x)
+        if i == len(self.maxes):
+            return self.n
+        return self._starts()[i] + bisect_left(self.blocks[i], x)
+
+    def range(self, lo: int, hi: int, descending: bool = False) -> Iterator[_Entry]:
+        """The entries at global positions ``lo <= p < hi``, in order or reversed."""
+        if hi <= lo:
+            return
+        starts = self._starts()
+        first = bisect_right(starts, lo) - 1
+        last = bisect_right(starts, hi - 1) - 1
+        if not descending:
+            for b in range(first, last + 1):
+                block, base = self.blocks[b], starts[b]
+                yield from block[max(lo - base, 0) : min(hi - base, len(block))]
+        else:
+            for b in range(last, first - 1, -1):
+                block, base = self.blocks[b], starts[b]
+                yield from reversed(block[max(lo - base, 0) : min(hi - base, len(block))])
+
+
 class _Idx:
     """One declared index: prefix values -> sorted [(key of last field, _id)]."""
 
@@ -684,7 +779,7 @@ class _Idx:
         self.parts = [_split(p) for p in self.paths]
         self.unique = spec.unique
         self.sparse = spec.sparse
-        self.buckets: dict[tuple[Any, ...], list[tuple[tuple[Any, ...], str]]] = {}
+        self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.multikey = False
         # touched_by's answers by set of paths: updates repeat a few shapes, and the
         # prefix test of every path against every field was a tenth of a write's time.
@@ -748,18 +843,15 @@ class _Idx:
         for prefix, key in entries:
             bucket = self.buckets.get(prefix)
             if bucket is None:
-                self.buckets[prefix] = [(key, doc_id)]
-            else:
-                insort(bucket, (key, doc_id))
+                bucket = self.buckets[prefix] = _Bucket()
+            bucket.insert((key, doc_id))
 
     def remove(
         self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]
     ) -> None:
         for prefix, key in entries:
             bucket = self.buckets[prefix]
-            i = bisect_left(bucket, (key, doc_id))
-            if i < len(bucket) and bucket[i] == (key, doc_id):
-                del bucket[i]
+            bucket.remove((key, doc_id))
             if not bucket:
                 del self.buckets[prefix]
 
@@ -770,11 +862,10 @@ class _Idx:
             bucket = self.buckets.get(prefix)
             if not bucket:
                 continue
-            i = bisect_left(bucket, (key,))
-            while i < len(bucket) and bucket[i][0] == key:
-                if bucket[i][1] != doc_id:
+            lo = bucket.bisect_left((key,))
+            for _, other in bucket.range(lo, bucket.bisect_left(((*key, 1),))):
+                if other != doc_id:
                     return True
-                i += 1
         return False
 
 
@@ -782,7 +873,7 @@ class _Plan:
     def __init__(
         self,
         idx: _Idx,
-        slices: list[tuple[list[tuple[tuple[Any, ...], str]], int, int]],
+        slices: list[tuple[_Bucket, int, int]],
         ordered: bool,
     ) -> None:
         self.idx = idx
@@ -794,23 +885,15 @@ class _Plan:
         dedupe = self.idx.multikey or len(self.slices) > 1
         seen: set[str] = set()
         for bucket, lo, hi in self.slices:
-            for i in range(lo, hi):
-                doc_id = bucket[i][1]
+            for _, doc_id in bucket.range(lo, hi):
                 if dedupe:
                     if doc_id in seen:
                         continue
                     seen.add(doc_id)
                 yield doc_id
 
-    def ordered_entries(self, descending: bool) -> Iterator[tuple[tuple[Any, ...], str]]:
-        def walk(
-            bucket: list[tuple[tuple[Any, ...], str]], lo: int, hi: int
-        ) -> Iterator[tuple[tuple[Any, ...], str]]:
-            rng = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
-            for i in rng:
-                yield bucket[i]
-
-        walks = [walk(b, lo, hi) for b, lo, hi in self.slices if hi > lo]
+    def ordered_entries(self, descending: bool) -> Iterator[_Entry]:
+        walks = [b.range(lo, hi, descending) for b, lo, hi in self.slices if hi > lo]
         if len(walks) == 1:
             return walks[0]
         return heapq.merge(*walks, reverse=descending)
@@ -850,7 +933,7 @@ def _plan(coll: _Coll, cons: _Constraints, sort: Sort | None, want: int) -> _Pla
             if not bucket:
                 continue
             for lo_b, hi_b in bounds:
-                lo, hi = bisect_left(bucket, lo_b), bisect_left(bucket, hi_b)
+                lo, hi = bucket.bisect_left(lo_b), bucket.bisect_left(hi_b)
                 if hi > lo:
                     slices.append((bucket, lo, hi))
         # an array sorts by its smallest (largest) element, whatever the range
