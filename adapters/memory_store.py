@@ -677,6 +677,27 @@ def _point(key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
 
 
 _Entry = tuple[tuple[Any, ...], str]  # (key of the index's last field, _id)
+_ABSENT: Any = ("absent",)  # markers of _scalar_key (compared by identity)
+_ARRAY_ON_PATH: Any = ("array",)
+
+
+def _scalar_key(doc: Document, parts: Sequence[str]) -> Any:
+    """The index key at a path reached through objects only; ``_ABSENT`` when the
+    path is missing (or crosses a scalar), ``_ARRAY_ON_PATH`` when an array is on it
+    (then the general resolution applies)."""
+    v: Any = doc
+    for part in parts:
+        if type(v) is dict:
+            v = v.get(part, _MISSING)
+            if v is _MISSING:
+                return _ABSENT
+        elif type(v) is list:
+            return _ARRAY_ON_PATH
+        else:
+            return _ABSENT
+    if type(v) is list:
+        return _ARRAY_ON_PATH
+    return _key(v)
 
 
 class _Bucket:
@@ -801,31 +822,31 @@ class _Idx:
         self._touched[key] = answer
         return answer
 
-    def entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        """The ``(prefix, key)`` entries of ``doc``: one, unless an array is on a path."""
+    def entries(
+        self, doc: Document, seen: dict[str, Any] | None = None
+    ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The ``(prefix, key)`` entries of ``doc``: one, unless an array is on a path.
+
+        ``seen``: the keys of paths already read from this document by other indexes
+        (most of a collection's indexes start with the same fields).
+        """
         # The common case without the general path resolution: every field a scalar
         # (or missing) reached through objects only.
         keys: list[tuple[Any, ...]] = []
-        for parts in self.parts:
-            v: Any = doc
-            for part in parts:
-                if type(v) is dict:
-                    v = v.get(part, _MISSING)
-                    if v is _MISSING:
-                        break
-                elif type(v) is list:
-                    return self._entries(doc)
-                else:
-                    v = _MISSING
-                    break
-            if v is _MISSING:
+        for path, parts in zip(self.paths, self.parts, strict=True):
+            k = seen.get(path) if seen is not None else None
+            if k is None:
+                k = _scalar_key(doc, parts)
+                if seen is not None:
+                    seen[path] = k
+            if k is _ARRAY_ON_PATH:
+                return self._entries(doc)
+            if k is _ABSENT:
                 if self.sparse and not keys:
                     return []
                 keys.append(_NULL_KEY)
-            elif type(v) is list:
-                return self._entries(doc)
             else:
-                keys.append(_key(v))
+                keys.append(k)
         return [(tuple(keys[:-1]), keys[-1])]
 
     def _entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
@@ -1049,7 +1070,8 @@ class _Coll:
                 raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
 
     def entries(self, doc: Document) -> list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
-        return [idx.entries(doc) for idx in self.indexes]
+        seen: dict[str, Any] = {}
+        return [idx.entries(doc, seen) for idx in self.indexes]
 
     def insert(self, doc: Document) -> None:
         doc_id = doc["_id"]
