@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 WARSAW = ZoneInfo("Europe/Warsaw")
@@ -15,6 +16,9 @@ def utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
+# A command's writes all carry its one instant (a transaction of 500 slots formats it
+# some 1,500 times): the text of recent instants is kept.
+@lru_cache(maxsize=1024)
 def to_store(dt: datetime) -> str:
     """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store."""
     d = utc(dt)
@@ -30,6 +34,7 @@ def parse_instant(s: str) -> datetime:
     return utc(datetime.fromisoformat(s.replace("Z", "+00:00")))
 
 
+@lru_cache(maxsize=1024)
 def to_fhir(dt: datetime) -> str:
     """FHIR ``instant`` text in UTC, e.g. ``2026-11-25T08:00:00Z`` (ms kept when present)."""
     d = utc(dt)
