@@ -4,7 +4,8 @@ N Slots (``--slots``, default 100,000) are posted over HTTP as FHIR
 ``transaction`` Bundles of ``--bundle`` entries (default 500) by
 ``--concurrency`` posters (default 4) and timed until all are searchable
 (``GET /fhir/Slot?_count=0`` answers ``total == N``), then until the outbox
-relay has published every domain event. Once per backend (``--backend``):
+relay has published every domain event (the target is judged on this second
+time: searchable and drained). Once per backend (``--backend``):
 
 * ``embedded``: the in-process bus and the embedded store (the default run);
 * ``rabbitmq``: RabbitMQ and the embedded store. By default the run makes a
@@ -780,10 +781,14 @@ async def measure(args: argparse.Namespace, backends: list[str]) -> int:
         print(f"{r.backend}: {cpu_line(r)}")
     rabbit = [r for r in runs if r.backend == "rabbitmq"]
     if rabbit and not rabbit[0].failures:
-        ratio = rabbit[0].rate / floor
+        r = rabbit[0]
+        drained = r.relayed_rate
+        ratio = (drained or 0.0) / floor
         verdict = "met" if ratio >= TARGET else "NOT met"
         print(
-            f"target: >= {TARGET:.0%} of the floor end to end on RabbitMQ: {ratio:.0%}, {verdict}"
+            f"target: >= {TARGET:.0%} of the floor end to end on RabbitMQ, until searchable "
+            f"and every event published: {ratio:.0%}, {verdict} "
+            f"(until searchable only: {r.rate / floor:.0%})"
         )
     if profile:
         print()
