@@ -31,9 +31,10 @@ published on the happy path. Every other try goes through the broker:
 payloads), one try per message. A failed first try is ``defer``-red into the
 broker's delay tier that fits the schedule's next delay; a failed later try
 records the next due time in the event document and raises ``Retry(delay)``,
-so the tier brings the message back. A lane is memory: if its worker dies,
-the event is still ``pending`` in the store and the sweeper sends it once its
-copy is late (``webhook_sweep_grace_seconds``); a lane that falls behind (more
+so the tier brings the message back. A lane is memory: its worker renews the
+copy time of what has waited in it half of ``webhook_sweep_grace_seconds``;
+if the worker dies, the event is still ``pending`` in the store and the sweeper
+sends it once its copy is late by the grace; a lane that falls behind (more
 than ``LANE_MAX`` waiting) hands new events to the broker instead.
 
 Because tiers run on real time while the sandbox clock can jump, the sweeper
@@ -155,6 +156,7 @@ class Webhooks:
         # First tries, per subscription (see the module docstring); open in workers.
         self._lanes: dict[str, _Lane] = {}
         self._lanes_open = False
+        self._renewer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -419,6 +421,10 @@ class Webhooks:
         """Consume resource events (numbering, first tries) and delivery messages (one try each)."""
         # With a one-try schedule the only try must end in the broker's dead letters.
         self._lanes_open = len(self.schedule) > 1
+        if self._lanes_open and self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(
+                self._renew_lanes(), name="webhook-lane-renewer"
+            )
         await self.bus.consume_events(c.WEBHOOK_GROUP, WATCHED, self.on_resource_event)
         await self.bus.consume_events(
             c.WEBHOOK_DELIVERY_GROUP, [c.WEBHOOK_DELIVER], self.on_deliver
@@ -428,6 +434,11 @@ class Webhooks:
         """Stop the lanes (what they still hold is pending in the store: the broker, or
         the sweeper after the grace, sends it) and the sweeper's tasks."""
         self._lanes_open = False
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         lanes, self._lanes = list(self._lanes.values()), {}
         for lane in lanes:
             if lane.task is not None:
@@ -508,6 +519,36 @@ class Webhooks:
                 # Still pending in the store: the sweeper sends it after the grace.
                 log.warning("webhook.lane_failed", subscription=sid, error=repr(exc))
             lane.items.popleft()
+
+    async def _renew_lanes(self) -> None:
+        # Every quarter of the grace, what is older than half of it: a waiting try's copy
+        # time stays under three quarters of the grace, renewed about once per half.
+        grace = self.settings.webhook_sweep_grace_seconds
+        while True:
+            await asyncio.sleep(max(grace / 4, 0.05))
+            try:
+                await self.renew_lanes(grace / 2)
+            except Exception as exc:
+                log.warning("webhook.lane_renew_failed", error=repr(exc))
+
+    async def renew_lanes(self, older_than: float) -> int:
+        """Keep the first tries waiting in this worker's lanes its own: their copy time,
+        when older than ``older_than`` seconds, is renewed (one write for them all), so
+        the sweeper does not take a long lane's tail for lost (under load a lane holds
+        minutes of work) and the lane needs no claim. Returns how many were renewed."""
+        cutoff = ts(wall() - timedelta(seconds=older_than))
+        stale = [ev for lane in self._lanes.values() for ev in lane.items if ev["copy_at"] < cutoff]
+        if not stale:
+            return 0
+        renewed = ts(wall())
+        await self.store.update_many(
+            c.WEBHOOK_EVENTS,
+            {"_id": {"$in": [ev["_id"] for ev in stale]}, "status": "pending", "attempts": 0},
+            {"$set": {"copy_at": renewed}},
+        )
+        for ev in stale:
+            ev["copy_at"] = renewed
+        return len(stale)
 
     async def _lane_try(self, ev: Document) -> None:
         """The first try of ``ev``, from its lane."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,6 +54,7 @@ async def hooks() -> AsyncIterator[tuple[Webhooks, RecordingSender]]:
     sender = RecordingSender()
     webhooks = Webhooks(store, bus, clock, sender, settings)
     yield webhooks, sender
+    await webhooks.close()
     await bus.close()
 
 
@@ -153,3 +154,53 @@ async def test_first_try_is_sent_with_the_number_as_webhook_id(hooks: Any) -> No
     assert [r.msg_id for r in sender.sent][1:] == [f"{sub['_id']}-1"]
     ev = await webhooks.store.get(c.WEBHOOK_EVENTS, f"{sub['_id']}:ev1")
     assert ev["status"] == "delivered" and ev["attempts"] == 1
+
+
+class HeldSender(RecordingSender):
+    """Answers handshakes at once and event tries when ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, request: WebhookRequest) -> WebhookResult:
+        self.sent.append(request)
+        if not request.msg_id.startswith("hs-"):
+            await self.gate.wait()
+        return WebhookResult(200, 1.0)
+
+
+async def test_a_long_lane_is_renewed_so_the_sweeper_leaves_it_alone() -> None:
+    """First tries waiting in a lane longer than the grace are not taken for lost: the
+    worker renews their copy time, the sweeper sends nothing, each event goes once."""
+    clock = SandboxClock()
+    store = MemoryStore()
+    await store.start(INDEXES)
+    settings = Settings(cer_mode="sandbox", webhook_sweep_grace_seconds=0.2)
+    bus = MemoryBus(clock, partitions=1, retry_delays=settings.bus_retry_delays, prefetch=8)
+    await bus.start()
+    sender = HeldSender()
+    webhooks = Webhooks(store, bus, clock, sender, settings)
+    try:
+        await webhooks.start()
+        sub, _ = await webhooks.create("prov-1", spec())
+        for n in (1, 2, 3):
+            await webhooks.on_resource_event(change(n))
+        await asyncio.sleep(0.5)  # the first try hangs; 2 and 3 wait: more than the grace
+        first = await store.find(c.WEBHOOK_EVENTS, {"subscription": sub["_id"]})
+        late = to_store(datetime.now(UTC) - timedelta(seconds=0.2))
+        assert all(ev["status"] == "pending" and ev["copy_at"] > late for ev in first)
+        await webhooks.sweeper.sweep_once()
+        assert (await bus.queue_depths())["cer.events.webhook-deliveries"] == 0
+        sender.gate.set()
+        for _ in range(200):
+            if len(sender.sent) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert [r.msg_id for r in sender.sent[1:]] == [f"{sub['_id']}-{n}" for n in (1, 2, 3)]
+        done = await store.find(c.WEBHOOK_EVENTS, {"subscription": sub["_id"]})
+        assert {ev["status"] for ev in done} == {"delivered"}
+    finally:
+        await webhooks.close()
+        await bus.close()
