@@ -318,6 +318,7 @@ async def seed_entries(
                 "privileged": privileged,
                 "referral": {"key": key, "code": "1234"},
                 "criteria": rules.criteria_to_store(crit),
+                "loc_key": rules.location_key(rules.criteria_to_store(crit)),
                 "criteria_input": raw,
                 "contact": {"phone": f"+48600{i:06d}", "email": None},
                 "phone_key": f"48600{i:06d}",

@@ -78,6 +78,10 @@ INDEXES: dict[str, list[Index]] = {
     # unique, sparse active_key); a patient's entries; SMS REZYGNUJE by phone. Few
     # indexes: every status change of an entry moves it in each of them.
     c.WAITING_ROOM: [
+        # The look for the best-ranked taker of one slot: only the entries whose location
+        # criterion the slot meets (waiting_rules.location_key), in rank order. Before the
+        # next index: the embedded store takes the first of equals.
+        Index((("scope", 1), ("status", 1), ("queue", 1), ("loc_key", 1), ("rank", 1))),
         Index((("scope", 1), ("status", 1), ("queue", 1), ("rank", 1))),
         Index((("active_key", 1),), unique=True, sparse=True),
         Index((("pesel", 1), ("entered_at", 1))),

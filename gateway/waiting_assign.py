@@ -98,6 +98,7 @@ async def find_best(
     queues = rules.queues_for(facts.category)
     if not queues:
         return None
+    keys = rules.slot_location_key_values(facts)
     last: str | None = None
     seen = 0
     batch = FIRST_BATCH  # the best-ranked taker is usually near the front: read little first
@@ -106,6 +107,10 @@ async def find_best(
             "scope": scope,
             "status": rules.WAITING,
             "queue": queues[0] if len(queues) == 1 else {"$in": list(queues)},
+            # Only entries whose location criterion the slot meets (the others never
+            # take it): after a nightly unlock the best-ranked waiting entries are those
+            # whose criteria the day did not suit, hundreds of them ahead of a taker.
+            "loc_key": {"$in": keys},
         }
         if last is not None:
             flt["rank"] = {"$gt": last}
@@ -678,6 +683,7 @@ async def offer_slot(
                         "scope": info.code,
                         "status": rules.WAITING,
                         "queue": {"$in": list(rules.queues_for(facts.category))},
+                        "loc_key": {"$in": rules.slot_location_key_values(facts)},
                         "rank": {"$lt": cand["rank"]},
                         "updated_at": {"$gte": hold.get("since", "")},
                     },

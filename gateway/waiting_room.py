@@ -291,6 +291,7 @@ async def enter(
         "privileged": privileged,
         "referral": dict(referral) if referral else None,
         "criteria": rules.criteria_to_store(criteria),
+        "loc_key": rules.location_key(rules.criteria_to_store(criteria)),
         "criteria_input": dict(criteria_input),
         "contact": contact_ok.model_dump(),
         "phone_key": normalize_phone(contact_ok.phone),
@@ -353,6 +354,7 @@ async def change(
     fields: dict[str, Any] = {"updated_at": to_store(now)}
     if criteria is not None:
         fields["criteria"] = rules.criteria_to_store(criteria)
+        fields["loc_key"] = rules.location_key(fields["criteria"])
         fields["criteria_input"] = dict(criteria_input or {})
     if contact is not None:
         ok = patients.require_contact(contact)

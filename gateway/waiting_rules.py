@@ -321,6 +321,44 @@ def entry_facts(doc: Mapping[str, Any], criteria: Mapping[str, Any] | None = Non
     )
 
 
+def slot_location_keys(s: SlotFacts) -> list[tuple[str, ...]]:
+    """Every location criterion a slot meets, as ``EntryFacts.location`` signatures:
+    anywhere, its facility (with and without the provider), its city, each prefix of
+    its postal code."""
+    keys: list[tuple[str, ...]] = [
+        (),
+        ("facility", "", s.location_id or ""),
+        ("facility", s.tenant, s.location_id or ""),
+        ("city", s.city),
+    ]
+    keys += [("postal", s.postal_code[:n]) for n in range(1, len(s.postal_code) + 1)]
+    return keys
+
+
+def location_key(criteria: Mapping[str, Any]) -> str:
+    """The entry's ``loc_key`` (stored with it, indexed): its location signature as text.
+
+    An entry's location criterion is one of facility, postal code, city (the most
+    specific it has) or none; a slot that meets every criterion of the entry meets
+    that one, so the entries that may take a slot are among those whose key is one
+    of ``slot_location_key_values``. The look for a taker reads only those, in rank
+    order, instead of every waiting entry ahead of the first match (R-WAIT-5).
+    """
+    fac = criteria.get("facility")
+    if fac:
+        return f"facility|{fac[0] or ''}|{fac[1]}"
+    if criteria.get("postal_code"):
+        return f"postal|{criteria['postal_code']}"
+    if criteria.get("city"):
+        return f"city|{criteria['city'].casefold()}"
+    return ""
+
+
+def slot_location_key_values(s: SlotFacts) -> list[str]:
+    """The ``loc_key`` values of the entries whose location criterion ``s`` meets."""
+    return ["|".join(k) for k in slot_location_keys(s)]
+
+
 def location_matches(e: EntryFacts, s: SlotFacts) -> bool:
     if e.facility is not None:
         tenant, loc = e.facility

@@ -105,18 +105,6 @@ class _Free:
         self.parent[p] = p + 1
 
 
-def _slot_keys(s: rules.SlotFacts) -> list[tuple[str, ...]]:
-    """Every location criterion a slot meets (the lists it is in)."""
-    keys: list[tuple[str, ...]] = [
-        (),
-        ("facility", "", s.location_id or ""),
-        ("facility", s.tenant, s.location_id or ""),
-        ("city", s.city),
-    ]
-    keys += [("postal", s.postal_code[:n]) for n in range(1, len(s.postal_code) + 1)]
-    return keys
-
-
 class Planner:
     """Each slot, earliest first, to the best-ranked entry left that takes it (R-WAIT-5).
 
@@ -134,7 +122,7 @@ class Planner:
         lists: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         for i, s in enumerate(self.slots):
             for queue in rules.queues_for(s.category):
-                for key in _slot_keys(s):
+                for key in rules.slot_location_keys(s):
                     lists.setdefault((queue, key), []).append(i)
         self.lists = lists
         self.starts = {k: [self.slots[i].start for i in v] for k, v in lists.items()}
@@ -235,7 +223,29 @@ class WaitingRoomService:
         self.token = uuid.uuid4().hex
 
     async def start(self) -> None:
+        await self.backfill_location_keys()
         await self.bus.consume_events(c.WAITING_ROOM_GROUP, PATTERNS, self.handle)
+
+    async def backfill_location_keys(self) -> int:
+        """Entries stored before ``loc_key`` existed get it (the look for a taker reads
+        entries by it: one without it would never be found). Idempotent; a no-op once done."""
+        done = 0
+        while True:
+            missing = await self.store.find(
+                c.WAITING_ROOM,
+                {"loc_key": {"$exists": False}},
+                limit=500,
+                fields=("criteria",),
+            )
+            for d in missing:
+                await self.store.update_one(
+                    c.WAITING_ROOM,
+                    {"_id": d["_id"], "loc_key": {"$exists": False}},
+                    {"$set": {"loc_key": rules.location_key(d.get("criteria") or {})}},
+                )
+            done += len(missing)
+            if len(missing) < 500:
+                return done
 
     def horizon(self, info: codes.ScopeInfo, now: datetime) -> date:
         return rules.horizon_day(info.self_booking_days, now, self.lead)

@@ -5,6 +5,7 @@ forever behind later ones), criteria matching (R-WAIT-4, R-CRIT-1), the unlock p
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -194,6 +195,42 @@ def test_criteria_match_location_dates_and_slots_given_up_r_wait_4() -> None:
     # The queue: a stable entry does not take an urgent slot (R-PAT-2 category).
     assert not rules.takes(entry(), slot(w(2027, 2, 1, 10), "first-urgent"))
     assert rules.takes(entry(queue="urgent"), slot(w(2027, 2, 1, 10), "first-urgent"))
+
+
+def test_location_key_keeps_every_entry_that_matches_a_slot_r_wait_5() -> None:
+    # The look for a taker reads only entries whose loc_key the slot offers: an entry
+    # that matches must be among them, whatever its other criteria (and one whose key
+    # is offered may still not match: its other criteria are checked after).
+    rng = random.Random(7)
+    cities = [("Kraków", "31-147", "loc"), ("Gdańsk", "80-001", "g1"), ("Łódź", "90-001", "l1")]
+    for n in range(2000):
+        city, postal, loc = rng.choice(cities)
+        s = slot(
+            w(2027, 2, 1, 10),
+            tenant=rng.choice(["p1", "p2"]),
+            location=loc,
+            city=city,
+            postal=postal,
+        )
+        crit: dict[str, Any] = {}
+        pick = rng.random()
+        c2, p2, l2 = rng.choice(cities)
+        if pick < 0.25:
+            crit["city"] = rng.choice([c2, c2.upper()])
+        elif pick < 0.5:
+            crit["postal_code"] = p2[: rng.randint(1, 6)]
+        elif pick < 0.75:
+            crit["facility"] = [rng.choice([None, "p1", "p2"]), l2]
+        if rng.random() < 0.3:
+            crit["city"] = c2  # a second criterion: the key is the most specific one
+        e = entry(f"e{n}", **crit)
+        key = rules.location_key(
+            {**crit, "facility": crit.get("facility"), "postal_code": crit.get("postal_code")}
+        )
+        offered = rules.slot_location_key_values(s)
+        if rules.matches(e, s):
+            assert key in offered, (crit, s)
+        assert ("|".join(e.location)) == key
 
 
 # --------------------------------------------------------------------------- the plan
