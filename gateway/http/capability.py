@@ -68,6 +68,19 @@ def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
     system_interactions = []
     if ("POST", "/fhir") in have:
         system_interactions = [{"code": "transaction"}, {"code": "batch"}]
+    system_operations = []
+    if ("POST", "/fhir/$import") in have:
+        # The initial import (R-SCHED-5, docs/import.md): a job fed chunk by chunk.
+        system_operations.append(
+            {
+                "name": "import",
+                "definition": "http://cer-gateway.org/fhir/OperationDefinition/import",
+                "documentation": "Initial import of a provider's Locations, Schedules, Slots "
+                "and Appointments: 202 with the job's status URL (/fhir/_import/{job}), to "
+                "which NDJSON chunks are posted; the provider's schedule is frozen (423) "
+                "until the job ends.",
+            }
+        )
     settings = app[SERVICES].settings
     return {
         "resourceType": "CapabilityStatement",
@@ -112,6 +125,7 @@ def capability_statement(app: web.Application, base: str) -> dict[str, Any]:
                 },
                 "resource": rest_resources,
                 "interaction": system_interactions,
+                **({"operation": system_operations} if system_operations else {}),
             }
         ],
     }

@@ -294,6 +294,8 @@ async def test_patients_book_during_the_freeze(aiohttp_client: Callable[..., Any
 
 async def test_chunk_input_errors(aiohttp_client: Callable[..., Any]) -> None:
     client = await app_client("embedded", aiohttp_client)
+    meta = await (await client.get("/fhir/metadata")).json()
+    assert {"import"} <= {o["name"] for o in meta["rest"][0].get("operation", [])}
     provider = await new_provider(client)
     other = await new_provider(client)
     url = await start_job(client, provider["token"])
