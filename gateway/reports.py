@@ -431,6 +431,19 @@ COMPLIANCE_CSV_COLUMNS = (
 # --------------------------------------------------------------------------- CSV
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that would start a formula (a provider's
+    name, a visit id from its file) is prefixed with ``'`` (CSV injection, OWASP)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and value != NO_CATEGORY:
+        return "'" + value
+    return value
+
+
 def to_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str], delimiter: str = ",") -> str:
     """Rows as CSV text (UTF-8; the caller picks ``;`` for Polish spreadsheets)."""
     buf = io.StringIO()
@@ -443,5 +456,5 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str], delimiter: st
     )
     w.writeheader()
     for row in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        w.writerow({k: _cell(v) for k, v in row.items()})
     return buf.getvalue()

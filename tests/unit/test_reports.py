@@ -409,3 +409,10 @@ def test_the_command_line_splits_an_export_by_week_keeping_line_numbers(tmp_path
     assert merged["totals"]["missing_in_export"] == 1
     assert [d["day"] for d in merged["days"]] == ["2027-01-11", "2027-02-01"]
     assert merged["matches"] is False and merged["rejected_rows"][0]["line"] == 6
+
+
+def test_csv_cells_never_start_a_formula() -> None:
+    """A provider's name or a visit id from its file reaches the payer's spreadsheet."""
+    rows = [{"provider": '=HYPERLINK("http://x")', "scope": "-", "day": "@SUM(A1)", "value": -3}]
+    text = reports.to_csv(rows, ("provider", "scope", "day", "value"))
+    assert text.splitlines()[1] == '"\'=HYPERLINK(""http://x"")",-,\'@SUM(A1),-3'
