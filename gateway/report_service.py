@@ -15,7 +15,6 @@ from gateway import constants as c
 from gateway import reconciliation as rec
 from gateway import reports
 from gateway.ports import Store
-from gateway.timeutil import warsaw_day
 
 SEP = "~"  # a waiting-room entry's visit is "<provider>~<appointment id>" (gateway.patients)
 # What the tallies read of a resource document: not the FHIR resource nor the search fields.
@@ -152,7 +151,3 @@ async def reconcile(
     if rejected:
         result["matches"] = False
     return result
-
-
-def today(now: datetime) -> date:
-    return warsaw_day(now)
