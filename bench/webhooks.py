@@ -27,6 +27,12 @@ the embedded one, or RabbitMQ with ``--bus rabbitmq``):
    Prints events lost (target 0), duplicates, tries and sandbox time to drain.
 
 ``--events 5000`` is a quick look.
+
+Last run (2 vCPUs, AMD EPYC, Python 3.11.7, shared: load average 7-9, the
+gateway got a quarter of a core): embedded 208 deliveries/s, 1,094 us of
+gateway CPU per delivery (914/s per core), receivers 257 us; RabbitMQ 103/s,
+3,213 us (bound by the events' own confirmed publishes and three consumer
+groups); loss run on both: 0 of 6,000 events lost, 0 duplicates.
 """
 
 from __future__ import annotations
