@@ -349,7 +349,7 @@ class Notifier:
         else:
             visit = cur
         if body.get("channel") == "import" or visit.channel == "import":
-            log.info("notification.skipped", kind=kind, why="initial import (R-SCHED-5)")
+            log.debug("notification.skipped", kind=kind, why="initial import (R-SCHED-5)")
             return
         if visit.start and from_store(visit.start) <= self.clock.now():
             log.info("notification.skipped", kind=kind, why="visit in the past")
