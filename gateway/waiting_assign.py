@@ -57,6 +57,9 @@ FIRST_BATCH = 25
 # slot before it puts the slot on hold anyway (the waiting room then looks further).
 MAY_TAKE_SCAN = 2000
 MAX_CANDIDATES = 50
+# Entries ahead of a cancellation's candidate that became waiting since, checked one by
+# one before the candidate is trusted (more: look again from the front).
+HINT_AHEAD = 20
 # What find_best reads of an entry: its matching facts and what an offer names
 # (the caller claims the entry, which reads it whole).
 CANDIDATE_FIELDS = ("queue", "rank", "criteria", "gave_up", "pesel")
@@ -670,14 +673,18 @@ async def offer_slot(
         found: Document | bool | None = None
         if hint and n == 0:
             # The entry the cancellation found first (booking.hold_on_release): still the
-            # best-ranked taker if it waits and no entry ahead of it became waiting since.
+            # best-ranked taker if it waits and no entry ahead of it that became waiting
+            # since takes the slot. Those are few (the patient who cancelled is one of
+            # them, back in their place, R-WAIT-6, but never offered the slot they gave
+            # up): each is checked, so the hint survives them.
             cand = await store.get(c.WAITING_ROOM, hint)
             if (
                 cand is not None
                 and cand["status"] == rules.WAITING
                 and cand["_id"] not in skip
                 and rules.takes(rules.entry_facts(cand), facts)
-                and not await store.count(
+            ):
+                ahead = await store.find(
                     c.WAITING_ROOM,
                     {
                         "scope": info.code,
@@ -687,9 +694,13 @@ async def offer_slot(
                         "rank": {"$lt": cand["rank"]},
                         "updated_at": {"$gte": hold.get("since", "")},
                     },
+                    limit=HINT_AHEAD + 1,
+                    fields=(*CANDIDATE_FIELDS, "updated_at"),
                 )
-            ):
-                found = cand
+                if len(ahead) <= HINT_AHEAD and not any(
+                    d["_id"] not in skip and rules.takes(rules.entry_facts(d), facts) for d in ahead
+                ):
+                    found = cand
         if found is None:
             found = await find_best(store, facts, info.code, exclude=skip)
         if not isinstance(found, dict):
