@@ -151,7 +151,10 @@ async def quiet(services: Services, seconds: float = 0.3) -> None:
     while calm < 3:
         await asyncio.sleep(seconds)
         pending = await services.store.pending_events(1)
-        busy = sum((await depths_of()).values()) if depths_of is not None else 0
+        try:
+            busy = sum((await depths_of()).values()) if depths_of is not None else 0
+        except RuntimeError:  # the broker connection is reconnecting: ask again
+            busy = 1
         calm = calm + 1 if not pending and busy == 0 else 0
 
 
