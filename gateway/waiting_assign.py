@@ -452,6 +452,18 @@ async def propose(
     return "proposed"
 
 
+async def _open_proposal(store: Store, now: datetime, tenant: str, hold: Mapping[str, Any]) -> bool:
+    """Whether the slot's hold is a proposal its entry still has open and in time."""
+    rid, entry_id, expires = hold.get("proposal"), hold.get("entry"), hold.get("expires_at")
+    if not (rid and entry_id and expires) or from_store(expires) <= now:
+        return False
+    entry = await store.find_one(
+        c.WAITING_ROOM,
+        {"_id": entry_id, "status": rules.PROPOSED, "proposal": patients.global_id(tenant, rid)},
+    )
+    return entry is not None
+
+
 async def _back_to_waiting(store: Store, now: datetime, entry_id: str, proposal_gid: str) -> None:
     await store.update_one(
         c.WAITING_ROOM,
@@ -652,6 +664,11 @@ async def offer_slot(
         return "not-ours"
     lead_now = booking.lead_time_hours(s, now)
     hold = s.get("hold") or {}
+    if held and await _open_proposal(store, now, tenant, hold):
+        # R-CAN-2: one open proposal per slot. A redelivered command (its first run
+        # proposed, then the worker died before recording it) or a second trigger
+        # must not offer the slot to the next entry as well.
+        return "proposed"
     rule: rules.ReleaseRule
     if held and reason == "released" and hold.get("lead_time_hours") is not None:
         rule = rules.release_rule(float(hold["lead_time_hours"]))  # at the cancellation

@@ -279,3 +279,35 @@ async def test_redelivered_release_and_concurrent_releases_assign_once(client: A
     await settle(client)
     assert [v["status"] for v in await mine(client, waiting)] == ["booked"]
     assert (await slot_statuses(client, cl, other))[-1] == "free"
+
+
+async def test_a_second_offer_of_a_proposed_slot_proposes_nothing_more(client: Any) -> None:
+    """R-CAN-2: one open proposal per slot. The release command run again (redelivered
+    after its worker died before recording it, or a second trigger) while the first
+    entry's proposal is open offers the slot to nobody else."""
+    from gateway import waiting_assign
+    from gateway.http.keys import SERVICES
+
+    services = client.server.app[SERVICES]
+    cl, p0, visit, [(first, e1), (second, _)] = await setup(client, 2)
+    await cancel_at(client, p0, visit, timedelta(hours=60))
+    prop = await one_proposal(client, first)
+    for n in range(2):
+        out = await waiting_assign.offer_slot(
+            services.store,
+            services.clock,
+            services.settings,
+            tenant=cl.provider_id,
+            slot_id="s1",
+            reason="released",
+            msg_id=f"again-{n}",
+            corr=f"again-{n}",
+        )
+        assert out == "proposed"
+    await settle(client)
+    assert await proposals(client, second) == []
+    assert [p["id"] for p in await proposals(client, first)] == [prop["id"]]
+    assert (await entry(client, first, e1))["status"] == "proposed"
+    # Once it has expired, the next entry gets the slot, as before.
+    await advance(client, seconds=ANSWER + 60)
+    assert (await one_proposal(client, second))["status"] == "open"
