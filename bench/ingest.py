@@ -43,10 +43,10 @@ rate of that run is not a figure: cProfile slows Python code ~2x).
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
 
-Last figures (README, "Ingest benchmark"; 2 vCPUs, load average 1.3-3.2):
-floor 8,555 Slots/s; embedded 1,169/s (14 %), RabbitMQ 1,532/s (18 %) until
+Last figures (README, "Ingest benchmark"; 2 vCPUs, nothing else running):
+floor 9,787 Slots/s; embedded 2,245/s (23 %), RabbitMQ 2,398/s (24 %) until
 searchable and drained; target not met. The event loop's process needs
-~450-500 us of CPU per Slot (the embedded store's writes most of it) and the
+~400-450 us of CPU per Slot, its core used in full (the embedded store's writes most of it) and the
 validation process beside it ~290 us (2.5 times the floor).
 """
 
