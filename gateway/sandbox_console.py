@@ -390,21 +390,7 @@ async def provider_deliveries(
         limit=enough,
     )
     for doc in others:
-        kind = _notification_kind(doc)
-        sub = subs_by_id.get(doc["subscription"])
-        deliveries.append(
-            Delivery(
-                key=doc["_id"],
-                tenant=tenant,
-                subscription=doc["subscription"],
-                endpoint=sub["endpoint"] if sub else None,
-                kind=kind,
-                at=doc["at"],
-                status="delivered",
-                tries=1,
-                captures=[_capture(doc, sub)],
-            )
-        )
+        deliveries.append(_kept(doc, subs_by_id.get(doc["subscription"]), tenant))
     # Handshakes and heartbeats to the provider's own endpoints: their tries are the record.
     own_http = sorted(sid for sid, sub in subs_by_id.items() if sub["endpoint"] != subs.INBOX)
     if own_http:
@@ -468,13 +454,18 @@ async def delivery(store: Store, tenant: str, key: str, *, base: str) -> Deliver
             )
             if ev is not None:
                 return await delivery(store, tenant, ev["_id"], base=base)
-    sub = await store.get(c.SUBSCRIPTIONS, doc["subscription"])
+    return _kept(doc, await store.get(c.SUBSCRIPTIONS, doc["subscription"]), tenant)
+
+
+def _kept(doc: Document, sub: Document | None, tenant: str) -> Delivery:
+    """A request the sandbox inbox kept (a handshake or heartbeat, or an event's copy
+    whose event is gone): delivered by one try, the kept request its record."""
     return Delivery(
         key=doc["_id"],
         tenant=tenant,
         subscription=doc["subscription"],
         endpoint=sub["endpoint"] if sub else None,
-        kind=kind,
+        kind=_notification_kind(doc),
         at=doc["at"],
         status="delivered",
         tries=1,
