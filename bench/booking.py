@@ -54,7 +54,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from bench.common import cpu_model, write_ready
+from bench.common import broker_pid, cpu_model, proc_cpu, write_ready
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 NOW = datetime(2027, 1, 4, 8, 0, tzinfo=WARSAW)  # the sandbox clock: a Monday
@@ -212,28 +212,6 @@ async def stop_server(server: Server) -> None:
     except TimeoutError:
         server.proc.kill()
         await server.proc.wait()
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds a process has used (``/proc/<pid>/stat``); 0 if unknown."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid() -> int | None:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() in ("beam.smp", "beam") and b"rabbit" in (
-                    d / "cmdline"
-                ).read_bytes():
-                    return int(d.name)
-    return None
 
 
 async def fresh_vhost(amqp_url: str) -> None:
@@ -486,14 +464,14 @@ async def one_backend(backend: str, args: argparse.Namespace, workdir: Path) -> 
             providers, pool = await setup(http, server.url, args)
             broker = broker_pid() if backend == "rabbitmq" else None
             before = {
-                "server": proc_cpu(server.proc.pid),
-                "broker": proc_cpu(broker),
+                "server": proc_cpu(server.proc.pid) or 0.0,
+                "broker": proc_cpu(broker) or 0.0,
                 "patients": time.process_time(),
             }
             await patients(http, server.url, args, providers, pool, run)
             after = {
-                "server": proc_cpu(server.proc.pid),
-                "broker": proc_cpu(broker),
+                "server": proc_cpu(server.proc.pid) or 0.0,
+                "broker": proc_cpu(broker) or 0.0,
                 "patients": time.process_time(),
             }
             run.cpu = {

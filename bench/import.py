@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_model
+from bench.common import broker_pid, cpu_model, proc_cpu
 from bench.import_data import write_dataset
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -89,27 +89,6 @@ def rss_kb(pid: int) -> int:
 
 def cpu_tree(pid: int) -> float:
     return sum(proc_cpu(p) or 0.0 for p in [pid, *children(pid)])
-
-
-def proc_cpu(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid() -> int | None:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() in ("beam.smp", "beam") and b"rabbit" in (
-                    d / "cmdline"
-                ).read_bytes():
-                    return int(d.name)
-    return None
 
 
 @dataclass

@@ -78,7 +78,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
-from bench.common import cpu_model, write_ready
+from bench.common import broker_pid, cpu_model, write_ready
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 FIRST_MONDAY = date(2027, 1, 11)
@@ -388,18 +388,6 @@ def proc_cpu(pid: int) -> float | None:
         return None
     # utime + stime, and cutime + cstime of children it has waited for
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid() -> int | None:
-    """The local RabbitMQ's Erlang VM (to report its CPU), if it runs here."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() in ("beam.smp", "beam"):
-                    cmdline = (d / "cmdline").read_bytes()
-                    if b"rabbit" in cmdline:
-                        return int(d.name)
-    return None
 
 
 def ctl(*args: str) -> bool:
