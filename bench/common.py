@@ -6,7 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+
+from gateway import constants as c
+from gateway.settings import Settings
 
 
 def cpu_model() -> str:
@@ -43,3 +48,37 @@ def broker_pid() -> int | None:
                 ).read_bytes():
                     return int(d.name)
     return None
+
+
+def ensure_vhost(url: str, vhost: str) -> None:
+    """Make the bench's own RabbitMQ vhost when ``url`` points at it (needs rabbitmqctl)."""
+    if not url.endswith("/" + vhost):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], capture_output=True, timeout=30)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            capture_output=True,
+            timeout=30,
+        )
+
+
+async def purge(settings: Settings, vhost: str, extra_groups: Iterable[str] = ()) -> None:
+    """Delete the gateway's queues in the bench vhost so a run starts from an empty broker."""
+    if not settings.amqp_url:
+        return
+    import aio_pika
+
+    ensure_vhost(settings.amqp_url, vhost)
+    groups = (c.WEBHOOK_GROUP, c.WEBHOOK_DELIVERY_GROUP, "notifications", "waiting-room")
+    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
+    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
+    names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in (*groups, *extra_groups)]
+    names.append(c.DEAD_QUEUE)
+    conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+    try:
+        channel = await conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await conn.close()

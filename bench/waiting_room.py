@@ -44,7 +44,6 @@ import platform
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -57,6 +56,7 @@ import orjson
 from aiohttp import web
 
 from adapters.clock import SandboxClock
+from bench import common
 from gateway import bootstrap, gc_policy, patients, pesel
 from gateway import constants as c
 from gateway import subscriptions as subs
@@ -102,44 +102,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
     )
 
 
-def ensure_vhost(url: str) -> None:
-    if not url.endswith("/" + BENCH_VHOST):
-        return
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["rabbitmqctl", "add_vhost", BENCH_VHOST], capture_output=True, timeout=30)
-        subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
-            capture_output=True,
-            timeout=30,
-        )
-
-
 async def purge(settings: Settings) -> None:
-    if not settings.amqp_url:
-        return
-    import aio_pika
-
-    ensure_vhost(settings.amqp_url)
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
-    names += [
-        f"{c.EVENT_QUEUE_PREFIX}{g}"
-        for g in (
-            c.WEBHOOK_GROUP,
-            c.WEBHOOK_DELIVERY_GROUP,
-            "notifications",
-            "waiting-room",
-            "bench-probe",
-        )
-    ]
-    names.append(c.DEAD_QUEUE)
-    conn = await aio_pika.connect(settings.amqp_url, timeout=5)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
+    await common.purge(settings, BENCH_VHOST, extra_groups=("bench-probe",))
 
 
 async def set_clock(services: Services, clock: SandboxClock, when: datetime) -> None:

@@ -44,7 +44,6 @@ import multiprocessing
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -57,6 +56,7 @@ import orjson
 from aiohttp import web
 
 from adapters.clock import SandboxClock
+from bench import common
 from bench.common import cpu_model
 from gateway import bootstrap, gc_policy
 from gateway import constants as c
@@ -197,39 +197,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
     )
 
 
-def ensure_vhost(url: str) -> None:
-    if not url.endswith("/" + BENCH_VHOST):
-        return
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["rabbitmqctl", "add_vhost", BENCH_VHOST], capture_output=True, timeout=30)
-        subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
-            capture_output=True,
-            timeout=30,
-        )
-
-
 async def purge(settings: Settings) -> None:
-    if not settings.amqp_url:
-        return
-    import aio_pika
-
-    ensure_vhost(settings.amqp_url)
-
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
-    names += [
-        f"{c.EVENT_QUEUE_PREFIX}{g}"
-        for g in (c.WEBHOOK_GROUP, c.WEBHOOK_DELIVERY_GROUP, "notifications", "waiting-room")
-    ]
-    names.append(c.DEAD_QUEUE)
-    conn = await aio_pika.connect(settings.amqp_url, timeout=5)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
+    await common.purge(settings, BENCH_VHOST)
 
 
 def slot_resource(rid: str, n: int) -> dict[str, Any]:
