@@ -251,12 +251,19 @@ async def _close_entry(
 
 async def _unclaim(store: Store, now: datetime, entry_id: str, msg_id: str) -> None:
     """The booking failed: the entry waits again in its place."""
+    await _wait_again(
+        store, now, {"_id": entry_id, "status": rules.ASSIGNING, "claim.by": msg_id}, "claim"
+    )
+
+
+async def _wait_again(store: Store, now: datetime, match: Document, drop: str) -> None:
+    """The entry ``match`` finds waits again in its place, without its ``drop`` field."""
     await store.update_one(
         c.WAITING_ROOM,
-        {"_id": entry_id, "status": rules.ASSIGNING, "claim.by": msg_id},
+        match,
         {
             "$set": {"status": rules.WAITING, "updated_at": to_store(now)},
-            "$unset": {"claim": ""},
+            "$unset": {drop: ""},
             "$inc": {"rev": 1},
         },
     )
@@ -465,14 +472,11 @@ async def _open_proposal(store: Store, now: datetime, tenant: str, hold: Mapping
 
 
 async def _back_to_waiting(store: Store, now: datetime, entry_id: str, proposal_gid: str) -> None:
-    await store.update_one(
-        c.WAITING_ROOM,
+    await _wait_again(
+        store,
+        now,
         {"_id": entry_id, "status": rules.PROPOSED, "proposal": proposal_gid},
-        {
-            "$set": {"status": rules.WAITING, "updated_at": to_store(now)},
-            "$unset": {"proposal": ""},
-            "$inc": {"rev": 1},
-        },
+        "proposal",
     )
 
 
