@@ -28,11 +28,13 @@ the embedded one, or RabbitMQ with ``--bus rabbitmq``):
 
 ``--events 5000`` is a quick look.
 
-Last run (2 vCPUs, AMD EPYC, Python 3.11.7, nothing else running, load
-average 0.03): embedded 1,467 deliveries/s, 679 us of gateway CPU per delivery
-(the event loop's one core used in full), receivers 208 us; RabbitMQ 551/s,
-1,745 us (bound by the events' own confirmed publishes and three consumer
-groups); loss run on both: 0 of 6,000 events lost, 0 duplicates.
+Last run (2 vCPUs, Intel Xeon, Python 3.11.7; 2026-11-26): embedded, nothing
+else running (load average 0.71), 2,113 deliveries/s, 469 us of gateway CPU per
+delivery (the event loop's one core used in full), receivers 143 us; RabbitMQ,
+with other work on the machine (load 1.4-3.1), 321/s, 1,553 us (bound by the
+events' own confirmed publishes and three consumer groups); loss run on both: 0
+of 6,000 events lost, 0 duplicates. On an AMD EPYC machine of the same size the
+embedded rate was 1,467/s (679 us).
 """
 
 from __future__ import annotations
