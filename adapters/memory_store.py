@@ -26,7 +26,10 @@ on the last field it takes a point, a set of points or a range, and when the
 sort starts with the last field it walks the bucket in order and stops after
 ``skip + limit`` matches. The planner picks the usable index with the fewest
 candidates (``_id`` equality wins outright); candidates are always re-checked
-with the full filter, so an index only ever narrows the scan.
+with the full filter, so an index only ever narrows the scan. The one exception is
+``count``: when an index answers the filter exactly (scalar equality or ``$in`` on
+its leading fields, equality, a number or string range or nothing on its last; not
+sparse, and no array ever indexed in it), the count is the length of its slices.
 
 Values order as MongoDB orders them for sort and index (BSON type order: empty
 array, null/missing, numbers, strings, objects, arrays, booleans, other);
@@ -588,9 +591,9 @@ class _Writer:
                         self.set(parts, [*cur, value])
 
 
-def _touched(ops: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _touched(ops: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     """The paths an update may change ($setOnInsert never changes an existing document)."""
-    return list({p for op, fields in ops.items() if op != "$setOnInsert" for p in fields})
+    return frozenset(p for op, fields in ops.items() if op != "$setOnInsert" for p in fields)
 
 
 def _upsert_seed(filter: Filter) -> list[tuple[str, Any]]:
@@ -806,9 +809,8 @@ class _Idx:
         # prefix test of every path against every field was a tenth of a write's time.
         self._touched: dict[frozenset[str], bool] = {}
 
-    def touched_by(self, paths: Iterable[str]) -> bool:
+    def touched_by(self, key: frozenset[str]) -> bool:
         """Whether an update of these paths can change this index's entries."""
-        key = frozenset(paths)
         known = self._touched.get(key)
         if known is not None:
             return known
@@ -920,51 +922,94 @@ class _Plan:
         return heapq.merge(*walks, reverse=descending)
 
 
+def _plan_on(idx: _Idx, cons: _Constraints, sort_first: str | None) -> _Plan | None:
+    """The slices of ``idx`` that hold every match of ``cons``, or None if it cannot serve."""
+    paths = idx.paths
+    prefix_paths, last = paths[:-1], paths[-1]
+    if any(p not in cons.eq for p in prefix_paths):
+        return None
+    if idx.sparse:
+        first = paths[0]
+        if first in cons.eq:
+            if _NULL_KEY in cons.eq[first]:
+                return None
+        elif not (len(paths) == 1 and first in cons.ranges):
+            return None
+    prefixes = list(itertools.product(*(cons.eq[p] for p in prefix_paths)))
+    if len(prefixes) > 256:
+        return None
+    if last in cons.eq:
+        bounds = [_point(k) for k in cons.eq[last]]
+    elif last in cons.ranges:
+        (lo_key, lo_inc), (hi_key, hi_inc) = cons.ranges[last]
+        lo_b = (lo_key,) if lo_inc else ((*lo_key, 1),)
+        hi_b = ((*hi_key, 1),) if hi_inc else (hi_key,)
+        bounds = [(lo_b, hi_b)]
+    else:
+        bounds = [((), ((_R_OTHER + 1,),))]  # the whole bucket
+    slices = []
+    for prefix in prefixes:
+        bucket = idx.buckets.get(prefix)
+        if not bucket:
+            continue
+        for lo_b, hi_b in bounds:
+            lo, hi = bucket.bisect_left(lo_b), bucket.bisect_left(hi_b)
+            if hi > lo:
+                slices.append((bucket, lo, hi))
+    # an array sorts by its smallest (largest) element, whatever the range
+    # picked: walk a multikey index in order only when no array is in it
+    ordered = sort_first == last and last not in cons.eq and not idx.multikey
+    return _Plan(idx, slices, ordered)
+
+
 def _plan(coll: _Coll, cons: _Constraints, sort: Sort | None, want: int) -> _Plan | None:
     best: _Plan | None = None
     best_score = 0
     sort_first = sort[0][0] if sort else None
     for idx in coll.indexes:
-        paths = idx.paths
-        prefix_paths, last = paths[:-1], paths[-1]
-        if any(p not in cons.eq for p in prefix_paths):
+        plan = _plan_on(idx, cons, sort_first)
+        if plan is None:
             continue
-        if idx.sparse:
-            first = paths[0]
-            if first in cons.eq:
-                if _NULL_KEY in cons.eq[first]:
-                    continue
-            elif not (len(paths) == 1 and first in cons.ranges):
-                continue
-        prefixes = list(itertools.product(*(cons.eq[p] for p in prefix_paths)))
-        if len(prefixes) > 256:
-            continue
-        if last in cons.eq:
-            bounds = [_point(k) for k in cons.eq[last]]
-        elif last in cons.ranges:
-            (lo_key, lo_inc), (hi_key, hi_inc) = cons.ranges[last]
-            lo_b = (lo_key,) if lo_inc else ((*lo_key, 1),)
-            hi_b = ((*hi_key, 1),) if hi_inc else (hi_key,)
-            bounds = [(lo_b, hi_b)]
-        else:
-            bounds = [((), ((_R_OTHER + 1,),))]  # the whole bucket
-        slices = []
-        for prefix in prefixes:
-            bucket = idx.buckets.get(prefix)
-            if not bucket:
-                continue
-            for lo_b, hi_b in bounds:
-                lo, hi = bucket.bisect_left(lo_b), bucket.bisect_left(hi_b)
-                if hi > lo:
-                    slices.append((bucket, lo, hi))
-        # an array sorts by its smallest (largest) element, whatever the range
-        # picked: walk a multikey index in order only when no array is in it
-        ordered = sort_first == last and last not in cons.eq and not idx.multikey
-        plan = _Plan(idx, slices, ordered)
-        score = min(plan.count, want) if (ordered and want) else plan.count
+        score = min(plan.count, want) if (plan.ordered and want) else plan.count
         if best is None or score < best_score:
             best, best_score = plan, score
     return best
+
+
+_COVERED_SCALARS = (str, int, float, bool, type(None))
+
+
+def _covered_paths(filter: Filter) -> dict[str, str] | None:
+    """For ``count``: each field of a filter that an index answers exactly -- a scalar
+    equality, a ``$in`` of scalars, or a range of numbers or of strings -- and how
+    ("eq" or "range"); None if any condition is beyond that (then candidates are
+    re-checked one by one)."""
+    out: dict[str, str] = {}
+    for path, cond in filter.items():
+        if path.startswith("$"):
+            return None
+        if type(cond) in _COVERED_SCALARS:
+            out[path] = "eq"
+            continue
+        if not _is_operator_doc(cond):
+            return None
+        ops = set(cond)
+        if ops == {"$eq"} and type(cond["$eq"]) in _COVERED_SCALARS:
+            out[path] = "eq"
+        elif (
+            ops == {"$in"}
+            and type(cond["$in"]) in (list, tuple)
+            and all(type(x) in _COVERED_SCALARS for x in cond["$in"])
+        ):
+            out[path] = "eq"
+        elif ops <= _RANGE_OPS:
+            classes = {_type_class(x) for x in cond.values()}
+            if len(classes) != 1 or not classes <= {_R_NUMBER, _R_STRING}:
+                return None
+            out[path] = "range"
+        else:
+            return None
+    return out
 
 
 # --------------------------------------------------------------------------- collections
@@ -1056,6 +1101,22 @@ class _Coll:
         pred = _compile(filter)
         if not filter:
             return len(self.docs)
+        covered = _covered_paths(filter)
+        if covered and "_id" not in covered:
+            # An index whose entries match exactly what the filter does (equality on its
+            # leading fields, equality, a range or nothing on its last, no array ever indexed):
+            # the count is the length of its slices, nothing is materialised.
+            cons = _Constraints(filter)
+            for idx in self.indexes:
+                if idx.multikey or idx.sparse:
+                    continue
+                if any(covered.get(p) != "eq" for p in idx.paths[:-1]):
+                    continue
+                if len(covered) != len(idx.paths) - (idx.paths[-1] not in covered):
+                    continue  # a field the index does not answer
+                plan = _plan_on(idx, cons, None)
+                if plan is not None:
+                    return plan.count
         ids, _ = self.candidates(filter, None, 0)
         docs = self.docs
         return sum(1 for i in ids if pred(docs[i]))
@@ -1083,14 +1144,16 @@ class _Coll:
         for idx, ents in zip(self.indexes, entries, strict=True):
             idx.add(doc_id, ents)
 
-    def replace(self, old: Document, new: Document, touched: Iterable[str]) -> None:
+    def replace(self, old: Document, new: Document, touched: frozenset[str]) -> None:
         """Swap in a new version; ``touched`` are the update's paths (to skip other indexes)."""
         doc_id = old["_id"]
         changed = []
+        seen_old: dict[str, Any] = {}
+        seen_new: dict[str, Any] = {}
         for idx in self.indexes:
             if not idx.touched_by(touched):
                 continue
-            o, n = idx.entries(old), idx.entries(new)
+            o, n = idx.entries(old, seen_old), idx.entries(new, seen_new)
             if o != n:
                 changed.append((idx, o, n))
         for idx, _, n in changed:

@@ -40,6 +40,9 @@ STORE_INDEXES = {
         Index((("u", 1),), unique=True, sparse=True),
     ],
     "rand_plain": [],
+    # counts an index answers alone (no array in it yet, then one)
+    "counted": [Index((("g", 1), ("h", 1), ("v", 1)))],
+    "counted_plain": [],
     "slots": [
         Index((("type", 1), ("status", 1), ("category", 1), ("start", 1))),
         Index((("tenant", 1), ("start", 1))),
@@ -986,3 +989,52 @@ async def test_indexes_never_change_results(store: Store) -> None:
                 "rand_plain", {"_id": victim}
             )
     await compare(120)
+
+
+async def test_counts_match_a_scan_before_and_after_an_array_is_indexed(store: Store) -> None:
+    """count() answers what find() does: null and missing alike, int and float alike,
+    type-bracketed ranges, ``$in`` on the leading fields, with and without an array."""
+    values: list[Any] = [None, 0, 1, 1.0, 2.5, "1", "a", "b", True, {"x": 1}, "skip"]
+    n = 0
+
+    async def add(doc: Document) -> None:
+        for coll in ("counted", "counted_plain"):
+            await store.insert(coll, doc)
+
+    for g in ("p", "q", None, "skip"):
+        for h in (1, 2.0, "skip"):
+            for v in values:
+                doc: Document = {"_id": f"c{n:03d}"}
+                n += 1
+                for name, x in (("g", g), ("h", h), ("v", v)):
+                    if x != "skip":
+                        doc[name] = x
+                await add(doc)
+    filters: list[dict[str, Any]] = [
+        {"g": "p"},
+        {"g": None},
+        {"g": {"$in": ["p", None]}, "h": 2},
+        {"g": "q", "h": 1.0},
+        {"g": "q", "h": {"$eq": 2}, "v": 1},
+        {"g": "p", "h": 1, "v": None},
+        {"g": "p", "h": 1, "v": {"$in": [None, "a", 2.5]}},
+        {"g": "p", "h": 1, "v": {"$gte": 1}},
+        {"g": "p", "h": 2, "v": {"$gt": "1", "$lt": "b"}},
+        {"g": "p", "h": None},
+        {"g": "p", "h": None, "v": {"$lte": 0}},
+        {"g": "p", "h": 1, "v": True},
+        {"g": "p", "h": 1, "v": {"x": 1}},
+        {"g": "p", "v": 1},
+        {"h": 1},
+    ]
+
+    async def compare() -> None:
+        for f in filters:
+            want = len(await store.find("counted_plain", f))
+            assert await store.count("counted", f) == want, f
+            assert await store.count("counted_plain", f) == want, f
+
+    await compare()
+    await add({"_id": "arr-1", "g": "p", "h": 1, "v": [1, "a", None]})
+    await add({"_id": "arr-2", "g": ["p", "q"], "h": 1, "v": 2.5})
+    await compare()
