@@ -8,13 +8,16 @@ Two uses:
   as NDJSON files, and stops. Generated data are never committed.
 - ``python -m bench.import [--data DIR | --appointments N]`` measures: it
   starts the real gateway (``cer-gateway serve``: API and workers in one
-  process) on RabbitMQ (``--amqp-url``, by default the ``cer-bench`` vhost,
-  emptied first) with the embedded store, creates a sandbox provider, and
-  imports the data set with the real CLI (``cer-gateway import`` in its own
-  process), then imports it a second time (nothing changes). It prints per
-  run: resources, time, resources/s, the gateway's peak RSS (``VmHWM``) and
-  RSS at the start and end of the run, the CLI's peak RSS, CPU seconds of the
-  gateway, the broker and the CLI, and the machine's load.
+  process) on RabbitMQ (``--amqp-url``, by default the ``cer-bench-import``
+  vhost, made with ``rabbitmqctl`` if missing and emptied first) with the
+  embedded store, creates a sandbox provider, and imports the data set with
+  the real CLI (``cer-gateway import`` in its own process), then imports it a
+  second time (nothing changes). It prints per run: resources, time,
+  resources/s, the gateway's peak RSS (``VmHWM``) and RSS at the start and end
+  of the run, the CLI's peak RSS, CPU seconds of the gateway (per resource,
+  and of its event loop's process alone) and of the broker, and the machine's
+  load. ``--profile-save FILE`` runs the gateway under cProfile and keeps its
+  stats (that run's rate is no figure: cProfile slows Python code ~2x).
 
 Topology: one gateway process. The embedded store lives in its process, so the
 API and the worker cannot be split here (``cer-gateway api`` + ``cer-gateway
@@ -46,11 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import broker_pid, cpu_model, proc_cpu
+from bench.common import broker_pid, cpu_model, ensure_vhost, proc_cpu
 from bench.import_data import write_dataset
 
 REPO = str(Path(__file__).resolve().parent.parent)
-DEFAULT_AMQP = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1/cer-bench-import")
+# A vhost of its own, made with rabbitmqctl when missing (bench.common.ensure_vhost).
+BENCH_VHOST = "cer-bench-import"
+DEFAULT_AMQP = os.environ.get("BENCH_AMQP_URL", f"amqp://guest:guest@127.0.0.1/{BENCH_VHOST}")
 TARGET_SECONDS = 600.0
 TARGET_APPOINTMENTS = 1_500_000
 TARGET_RSS_MB = 500.0
@@ -139,8 +144,10 @@ class Result:
 
 
 async def fresh_vhost(amqp_url: str) -> None:
+    """Make the bench's vhost if it is missing (a fresh machine), then empty its queues."""
     from bench.ingest import fresh_vhost as empty
 
+    ensure_vhost(amqp_url, BENCH_VHOST)
     await empty(amqp_url)
 
 
@@ -149,7 +156,9 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=REPO)
 
 
-async def start_gateway(amqp_url: str | None, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+async def start_gateway(
+    amqp_url: str | None, workdir: Path, profile: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -165,7 +174,10 @@ async def start_gateway(amqp_url: str | None, workdir: Path) -> tuple[subprocess
         env["AMQP_URL"] = amqp_url
     else:
         env.pop("AMQP_URL", None)
-    proc = spawn([sys.executable, "-m", "gateway.cli", "serve"], env, workdir / "gateway.log")
+    # Under cProfile (``--profile-save``) the stats are written when the gateway stops.
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    cmd = [sys.executable, *prof, "-m", "gateway.cli", "serve"]
+    proc = spawn(cmd, env, workdir / "gateway.log")
     base = f"http://127.0.0.1:{port}"
     import aiohttp
 
@@ -196,7 +208,7 @@ async def import_once(
     res = Result(name)
     res.server_rss_start_mb = proc_status(gateway).get("VmRSS", 0) / 1024
     broker = broker_pid()
-    cpu0 = (cpu_tree(gateway), proc_cpu(broker))
+    cpu0 = (cpu_tree(gateway), proc_cpu(broker), proc_cpu(gateway))
     cmd = [
         sys.executable,
         "-m",
@@ -242,9 +254,11 @@ async def import_once(
     res.server_peak_mb = max(gw_sampler.peak_kb, proc_status(gateway).get("VmHWM", 0)) / 1024
     res.server_tree_peak_mb = gw_sampler.peak_tree_kb / 1024
     res.cli_peak_mb = cli_sampler.peak_kb / 1024
-    cpu1 = (cpu_tree(gateway), proc_cpu(broker))
+    cpu1 = (cpu_tree(gateway), proc_cpu(broker), proc_cpu(gateway))
     res.cpu = {
         "gateway": (cpu1[0] or 0) - (cpu0[0] or 0),
+        # the event loop's process alone (without its validation process)
+        "loop": (cpu1[2] or 0) - (cpu0[2] or 0),
         "broker": (cpu1[1] - cpu0[1]) if cpu1[1] is not None and cpu0[1] is not None else None,
     }
     res.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -269,9 +283,13 @@ def report(res: Result) -> None:
         f"({res.server_tree_peak_mb:,.0f} MB with its validation process)"
     )
     print(f"  CLI        peak RSS {res.cli_peak_mb:,.0f} MB")
+    read = max(c.get("read", 0), 1)
+    gateway, loop = res.cpu.get("gateway") or 0.0, res.cpu.get("loop") or 0.0
     print(
-        f"  CPU        gateway {res.cpu.get('gateway') or 0:,.0f} s (with its validation process)"
-        + (f", broker {broker:,.0f} s" if broker is not None else "")
+        f"  CPU        gateway {gateway:,.1f} s (with its validation process) = "
+        f"{gateway * 1e6 / read:,.0f} us per resource; its event loop's process "
+        f"{loop:,.1f} s = {loop * 1e6 / read:,.0f} us per resource"
+        + (f"; broker {broker:,.1f} s" if broker is not None else "")
     )
     print(f"  load       {res.load} (1, 5, 15 min, at the end)")
 
@@ -327,7 +345,7 @@ async def measure(args: Any) -> int:
             f"embedded store); data: {size / 1e6:,.0f} MB of NDJSON; chunks of "
             f"{args.chunk_size}, {args.in_flight} in flight"
         )
-        proc, base = await start_gateway(amqp, workdir)
+        proc, base = await start_gateway(amqp, workdir, args.profile_save)
         try:
             token = await new_provider(base)
             first = await import_once("first import", base, token, data, proc.pid, workdir, args)
@@ -364,7 +382,14 @@ def main() -> int:
     p.add_argument("--in-flight", type=int, default=2)
     p.add_argument("--once", action="store_true", help="skip the second (no change) import")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    p.add_argument(
+        "--profile-save",
+        metavar="FILE",
+        help="run the gateway under cProfile and keep its stats in FILE (its rate is no figure)",
+    )
     args = p.parse_args()
+    if args.profile_save:
+        args.profile_save = os.path.abspath(args.profile_save)  # the gateway runs elsewhere
     if args.generate:
         t = time.perf_counter()
         counts = write_dataset(Path(args.generate), appointments=args.appointments, seed=args.seed)

@@ -38,7 +38,8 @@ RabbitMQ).
 ``--profile`` adds a run of ``--profile-slots`` Slots (default 10,000) on
 ``--profile-backend`` (default rabbitmq) with the server under cProfile and
 prints its top 25 functions by cumulative time and top 20 by own time (the
-rate of that run is not a figure: cProfile slows Python code ~2x).
+rate of that run is not a figure: cProfile slows Python code ~2x);
+``--profile-save FILE`` keeps its stats for ``pstats`` (callers, callees).
 
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
@@ -60,6 +61,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -767,6 +769,8 @@ async def measure(args: argparse.Namespace, backends: list[str]) -> int:
                 flush=True,
             )
             profile = profile_report(out)
+            if args.profile_save:
+                shutil.copyfile(out, args.profile_save)
     print()
     print(table(runs, floor, args.slots))
     print(
@@ -819,6 +823,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="add a server run under cProfile")
     p.add_argument("--profile-slots", type=int, default=10_000)
     p.add_argument("--profile-backend", choices=["embedded", "rabbitmq"], default="rabbitmq")
+    p.add_argument(
+        "--profile-save", help="also keep the server's cProfile stats in this file (for pstats)"
+    )
     p.add_argument("--serve", choices=["embedded", "rabbitmq"], help=argparse.SUPPRESS)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", help=argparse.SUPPRESS)

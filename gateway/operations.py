@@ -367,6 +367,39 @@ async def prefetch_holders(ctx: WriteContext, ops: list[Op]) -> None:
     ctx.holders = holders
 
 
+@dataclass
+class BatchHolders:
+    """Who holds each business identifier a batch's entries carry, read once for the
+    batch (``by_key``: ident key -> ``{"rid"}``), then updated as each entry is written
+    so that a later entry sees what an earlier one did, as a read would."""
+
+    by_key: dict[str, Document]
+    by_resource: dict[str, str]  # "Type/id" -> the ident key it holds
+
+    @classmethod
+    async def read(cls, ctx: WriteContext, ops: list[Op]) -> BatchHolders | None:
+        if len(ops) < 2:
+            return None
+        await prefetch_holders(ctx, ops)
+        found, ctx.holders = ctx.holders or {}, None
+        by_key = {k: {"rid": d["rid"]} for k, d in found.items()}
+        by_resource = {f"{d['type']}/{d['rid']}": k for k, d in found.items()}
+        return cls(by_key, by_resource)
+
+    def written(self, ctx: WriteContext, op: Op) -> None:
+        if op.existing is not None:
+            return  # a conditional create that matched: nothing written
+        old = self.by_resource.pop(op.key, None)
+        if old is not None and self.by_key.get(old, {}).get("rid") == op.id:
+            del self.by_key[old]
+        if op.method == "DELETE" or op.central is None:
+            return
+        new = ident_key(ctx.tenant, op.type, op.central)
+        if new is not None:
+            self.by_key[new] = {"rid": op.id}
+            self.by_resource[op.key] = new
+
+
 async def check_slot(ctx: WriteContext, op: Op, central: dict[str, Any]) -> None:
     schedule = await referenced(ctx, "Schedule", central["schedule_id"])
     if schedule is None:
@@ -715,6 +748,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
     ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)
     if previous is not None and op.type in ("Location", "Schedule") and written.changed:
         await propagate_location(ctx, op, previous)
+        ctx.cache.clear()  # the slots it changed may be cached
     out = result(
         written.status, op.type, op.id, written.version, written.last_updated, written.resource
     )
@@ -894,16 +928,42 @@ async def run_write(
     )
     if mode == "batch":
         results: list[dict[str, Any]] = []
+        # Each entry is checked and applied on its own, but reads are shared: what the
+        # store holds (``ctx.cache``, kept current by ``apply``) and who holds each
+        # business identifier (``BatchHolders``: one query for the batch instead of one
+        # per entry, then kept current entry by entry).
+        holders = await BatchHolders.read(ctx, ops)
         for n, op in enumerate(ops, 1):
-            one = WriteContext(store, now, tenant, msg_id, correlation_id, channel, prefix="bundle")
+            one = WriteContext(
+                store,
+                now,
+                tenant,
+                msg_id,
+                correlation_id,
+                channel,
+                prefix="bundle",
+                take_holds=take_holds,
+                cache=ctx.cache,
+                holders=holders.by_key if holders else None,
+            )
             try:
                 await resolve(one, [op])
                 await check(one, op)
                 if op.problems:
                     raise problems_error([op], True)
-                results.append(await apply(one, op))
             except FhirError as err:
                 results.append(err.to_reply())
+            else:
+                try:
+                    results.append(await apply(one, op))
+                except FhirError as err:
+                    # Something may be half written: read again from now on.
+                    ctx.cache.clear()
+                    holders = None
+                    results.append(err.to_reply())
+                else:
+                    if holders is not None:
+                        holders.written(ctx, op)
             if progress is not None and n % 100 == 0:
                 await progress(n)
         if not representation:

@@ -124,3 +124,62 @@ async def test_unchanged_central_keys_stay_and_new_ones_appear(store: Store) -> 
     assert doc is not None
     assert doc["central"]["hold"] == {"by": "waiting-room", "since": "x"}
     assert doc["central"]["identifiers"] == [{"system": "urn:x", "value": "1"}]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def location_op(rid: str, ident: str) -> dict[str, Any]:
+    from gateway.http.fhir import prepare
+
+    resource = {
+        "resourceType": "Location",
+        "identifier": [{"system": "urn:loc", "value": ident}],
+        "status": "active",
+        "name": f"Poradnia {rid}",
+        "address": {"line": ["ul. Długa 1"], "city": "Kraków", "postalCode": "31-000"},
+    }
+    return prepare("PUT", "Location", rid, resource)
+
+
+async def batch(store: Store, msg: str, *ops: dict[str, Any]) -> list[dict[str, Any]]:
+    from gateway import operations
+
+    reply = await operations.run_write(
+        store,
+        now=NOW,
+        tenant="t1",
+        msg_id=msg,
+        correlation_id="c",
+        mode="batch",
+        ops_body=[{**op, "index": i} for i, op in enumerate(ops)],
+        representation=False,
+    )
+    results: list[dict[str, Any]] = reply["results"]
+    return results
+
+
+def statuses(results: list[dict[str, Any]]) -> list[int]:
+    return [r["error"]["status"] if "error" in r else r["status"] for r in results]
+
+
+async def test_a_batch_sees_the_identifiers_its_earlier_entries_took_and_freed(
+    store: Store,
+) -> None:
+    """A batch reads who holds each identifier once; what its entries write counts too."""
+    # Two new resources with one identifier: the second is refused, as a read would.
+    first = await batch(store, "m1", location_op("l1", "A"), location_op("l2", "A"))
+    assert statuses(first) == [201, 409]
+    # l1 moves to B, so A is free for l3 later in the same batch; l4 cannot take B.
+    second = await batch(
+        store,
+        "m2",
+        location_op("l1", "B"),
+        location_op("l3", "A"),
+        location_op("l4", "B"),
+        location_op("l1", "B"),
+    )
+    assert statuses(second) == [200, 201, 409, 200]
+    assert second[3].get("unchanged") is True
+    l3 = await store.get(c.RESOURCES, resources.doc_id("t1", "Location", "l3"))
+    assert l3 is not None and l3["ident_key"] == "t1|Location|urn:loc|A"
