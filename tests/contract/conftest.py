@@ -18,7 +18,8 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 
 # --------------------------------------------------------------------------- store
 #
-# ``store`` runs a test against every Store adapter: the embedded MemoryStore,
+# ``store`` runs a test against every Store adapter: the embedded MemoryStore (as
+# is, and with every collection packed as orjson bytes),
 # MongoStore on the in-process emulator (pymongo-async-mock, mongomock
 # underneath), and MongoStore on a real MongoDB when MONGODB_URL is set (a
 # throwaway database, dropped afterwards). A test module declares the indexes
@@ -26,9 +27,17 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 
 STORE_BACKENDS = [
     "memory",
+    "memory-packed",
     "mongo-emulator",
     pytest.param("mongo-real", marks=pytest.mark.mongodb),
 ]
+
+
+class _EveryName:
+    """Every collection packed (as orjson bytes; the default packs a few, see PACKED)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -40,6 +49,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     s: MemoryStore | MongoStore
     if kind == "memory":
         s = MemoryStore()
+    elif kind == "memory-packed":
+        s = MemoryStore(packed=_EveryName())
     elif kind == "mongo-emulator":
         s = MongoStore(None, db_name, client_factory=emulator_client)
     else:
