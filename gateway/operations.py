@@ -176,7 +176,14 @@ def plain_identifier(op: Op) -> str | None:
     """``system|value`` when ``If-None-Exist`` is exactly ``identifier=system|value``."""
     if op.method != "POST" or not op.if_none_exist:
         return None
-    params = parse_qsl(op.if_none_exist, keep_blank_values=True)
+    query = op.if_none_exist
+    if query.startswith("identifier=") and not any(ch in query for ch in "&%+"):
+        # What parse_qsl gives for a query without escapes, separators or "+" (a
+        # vendor's 500 conditional creates a bundle: 500 parses saved).
+        value = query[len("identifier=") :]
+        system, sep, code = value.partition("|")
+        return value if sep and system and code else None
+    params = parse_qsl(query, keep_blank_values=True)
     if len(params) != 1 or params[0][0] != "identifier":
         return None
     system, sep, value = params[0][1].partition("|")

@@ -521,3 +521,59 @@ async def test_conditional_creates_of_a_transaction_each_find_their_own_match(
     assert status == 412, outcome
     assert "Bundle.entry[1]" in expressions(outcome)
     assert (await fhir.search("Location", {"_count": "0"}))["total"] == 3
+
+
+async def test_large_bundles_go_through_the_validation_process(client: Any) -> None:
+    """Bundles from ``POOL_MIN_BYTES`` on are validated in the other process and their
+    ops reach the worker as that process serialised them: the same answers."""
+    import orjson
+
+    from gateway.http.bundles import POOL_MIN_BYTES
+
+    fhir = await Fhir.new(client)
+    seeded = await fhir.seed(slots=0)
+    sch = f"Schedule/{seeded['schedule']}"
+
+    def slots(kind: str) -> dict[str, Any]:
+        entries = []
+        for n in range(450):
+            ident = f"BIG-{n:04d}"
+            entries.append(
+                entry(
+                    slot(sch, MONDAY + timedelta(minutes=20 * n), ident=ident),
+                    if_none_exist=f"identifier={VENDOR}/slot|{ident}",
+                )
+            )
+        return transaction(*entries, kind=kind)
+
+    big = slots("transaction")
+    assert len(orjson.dumps(big)) >= POOL_MIN_BYTES
+    status, body, _ = await fhir.post_bundle(big)
+    assert status == 200, body
+    assert [e["response"]["status"] for e in body["entry"]] == ["201 Created"] * 450
+    # Idempotent: the same transaction again matches every entry and writes nothing.
+    status, again, _ = await fhir.post_bundle(big)
+    assert status == 200, again
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK"] * 450
+    assert [e["response"]["location"] for e in again["entry"]] == [
+        e["response"]["location"] for e in body["entry"]
+    ]
+    # A bad entry refuses the transaction, with its FHIRPath.
+    bad = copy.deepcopy(big)
+    bad["entry"][17]["resource"]["status"] = "maybe"
+    status, outcome, _ = await fhir.post_bundle(bad)
+    assert status in (400, 422), outcome
+    assert "Bundle.entry[17].resource.status" in expressions(outcome)
+    # A batch answers the entries the API refused in their places.
+    batch = slots("batch")
+    batch["entry"][3]["resource"]["status"] = "maybe"
+    batch["entry"][5] = entry(
+        slot("Schedule/unknown", MONDAY, ident="BIG-NEW"),
+        if_none_exist=f"identifier={VENDOR}/slot|BIG-NEW",
+    )
+    status, body, _ = await fhir.post_bundle(batch)
+    assert status == 200, body
+    got = [e["response"]["status"].split()[0] for e in body["entry"]]
+    assert got[3] in ("400", "422") and got[5] == "422"
+    assert set(got[:3] + got[6:]) == {"200"}
+    assert (await counts(fhir))["Slot"] == 450

@@ -48,8 +48,8 @@ async def both(pool: BundlePool, bundle: dict[str, Any] | bytes) -> tuple[Any, A
     got = []
     for p in (pool, BundlePool(0)):
         try:
-            btype, ops = await p.prepare(raw)
-            got.append((btype, normal(ops)))
+            prepared = await p.prepare(raw)
+            got.append((prepared.btype, normal(prepared.ops())))
         except FhirError as err:
             got.append((err.status, err.to_reply(), err.code))
     return got[0], got[1]
