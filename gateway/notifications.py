@@ -9,7 +9,9 @@ channel: provider, portal, SMS, waiting room) and to ``reminder.due``:
   assigned or proposed (R-NOT-1, R-NOT-3). A change that a patient does not
   see (a comment, a status the facility sets after the visit) sends nothing.
   Visits of the initial import (R-SCHED-5) and visits in the past get no
-  message (they still get reminders when in the future).
+  message (they still get reminders when in the future). The visit is read
+  once per event; the version before it only when the change may be told
+  (``TELLING``: a visit ``fulfilled``, say, tells nothing whatever it was).
 - **Channels** come from the visit's contact data (R-NOT-4, R-PAT-7): an SMS
   when it has a phone, an e-mail when it has an address, and a push message
   when the patient has an account in the patient channel (addressed by a
@@ -30,9 +32,10 @@ channel: provider, portal, SMS, waiting room) and to ``reminder.due``:
 
 **Reminders** 7 days and 1 day before the visit (R-NOT-2) are planned here
 on every Appointment event (``gateway.reminders``: re-timed when the visit
-moves, cancelled when it is cancelled) and come back as ``reminder.due``
-events; the visit's *current* state is checked at send time, so a cancelled
-or moved visit gets no stale reminder.
+moves, cancelled when it is cancelled; not for the waiting room's FHIR face
+of an entry, tenant ``cer-waiting-room``, which is never a booked visit) and
+come back as ``reminder.due`` events; the visit's *current* state is checked
+at send time, so a cancelled or moved visit gets no stale reminder.
 
 Every message about a booked visit carries the visit's short **reply
 reference** (``sms_refs``): ``ANULUJ <ref>`` in an SMS reply cancels that
@@ -60,6 +63,7 @@ from gateway.metrics import Metrics, Outcome
 from gateway.ports import (
     ChannelError,
     Clock,
+    Document,
     DuplicateKey,
     EmailSender,
     Envelope,
@@ -72,6 +76,7 @@ from gateway.ports import (
     Store,
 )
 from gateway.reminders import Reminders
+from gateway.resources import UNREAD, Unread
 from gateway.timeutil import from_store, to_store
 from mappings import appointment as appointment_map
 from mappings import notifications as templates
@@ -85,6 +90,8 @@ Channel = Literal["sms", "email", "push"]
 CHANNELS: tuple[Channel, ...] = ("sms", "email", "push")
 # Statuses of a visit that is booked and still ahead (messages and reminders).
 BOOKED = frozenset({"booked", "pending"})
+# The statuses a change to which may be told (``classify``); to any other, nothing is.
+TELLING = BOOKED | {"cancelled", "waitlist", "proposed"}
 # How long a claim on (event, channel) protects a send in progress (seconds).
 CLAIM_LEASE = 120.0
 REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed safely
@@ -202,11 +209,19 @@ def _appt_key(tenant: str, rid: str) -> str:
     return f"{tenant}/Appointment/{rid}"
 
 
-async def load_visit(store: Store, tenant: str, rid: str, version: int) -> Visit | None:
-    """Version ``version`` of an appointment: the current document or its history entry."""
+async def load_visit(
+    store: Store, tenant: str, rid: str, version: int, current: Document | Unread | None = UNREAD
+) -> Visit | None:
+    """Version ``version`` of an appointment: the current document or its history entry.
+
+    ``current``: the current document as the caller just read it (None: absent)."""
     if version < 1:
         return None
-    doc = await store.get(c.RESOURCES, _appt_key(tenant, rid))
+    doc = (
+        await store.get(c.RESOURCES, _appt_key(tenant, rid))
+        if isinstance(current, Unread)
+        else current
+    )
     if doc is not None and doc.get("version") == version and not doc.get("deleted"):
         return Visit.of(tenant, rid, version, doc["central"])
     hist = await store.get(c.HISTORY, f"{_appt_key(tenant, rid)}/{version}")
@@ -226,8 +241,14 @@ async def load_visit(store: Store, tenant: str, rid: str, version: int) -> Visit
     return Visit.of(tenant, rid, version, central)
 
 
-async def current_visit(store: Store, tenant: str, rid: str) -> Visit | None:
-    doc = await store.get(c.RESOURCES, _appt_key(tenant, rid))
+async def current_visit(
+    store: Store, tenant: str, rid: str, current: Document | Unread | None = UNREAD
+) -> Visit | None:
+    doc = (
+        await store.get(c.RESOURCES, _appt_key(tenant, rid))
+        if isinstance(current, Unread)
+        else current
+    )
     if doc is None or doc.get("deleted"):
         return None
     return Visit.of(tenant, rid, int(doc["version"]), doc["central"])
@@ -330,9 +351,14 @@ class Notifier:
         if tenant is None or not body.get("id"):
             raise Reject("an Appointment event without tenant or id")
         rid, version, verb = body["id"], int(body.get("version") or 0), msg.type.rsplit(".", 1)[1]
-        await self.sync_visit(tenant, rid)
-        cur = None if verb == "deleted" else await load_visit(self.store, tenant, rid, version)
-        prev = await load_visit(self.store, tenant, rid, version - 1)
+        doc = await self.store.get(c.RESOURCES, _appt_key(tenant, rid))
+        if tenant != c.WAITING_ROOM_TENANT:
+            # A waiting-room entry's face is never a booked visit: no reference, no reminder.
+            await self.sync_visit(tenant, rid, doc)
+        cur = None if verb == "deleted" else await load_visit(self.store, tenant, rid, version, doc)
+        if cur is not None and cur.status not in TELLING:
+            return  # nothing to tell whatever the version before (classify)
+        prev = await load_visit(self.store, tenant, rid, version - 1, doc)
         kind = classify(prev, cur, verb)
         if kind is None:
             return
@@ -546,9 +572,12 @@ class Notifier:
 
     # ------------------------------------------------------------------ visit state
 
-    async def sync_visit(self, tenant: str, rid: str) -> None:
-        """Bring the visit's reply reference and reminders in step with its current state."""
-        visit = await current_visit(self.store, tenant, rid)
+    async def sync_visit(
+        self, tenant: str, rid: str, current: Document | Unread | None = UNREAD
+    ) -> None:
+        """Bring the visit's reply reference and reminders in step with its current state
+        (``current``: the stored document as the caller just read it)."""
+        visit = await current_visit(self.store, tenant, rid, current)
         key = _appt_key(tenant, rid)
         active = visit is not None and visit.status in BOOKED and visit.start is not None
         if not active or visit is None or visit.start is None:
