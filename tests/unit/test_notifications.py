@@ -19,6 +19,7 @@ from gateway import constants as c
 from gateway.metrics import Metrics
 from gateway.notifications import (
     CLAIM_LEASE,
+    TELLING,
     Notifier,
     Visit,
     classify,
@@ -163,6 +164,33 @@ def v(status: str, slot: str = "s1", start: str = "2027-01-13T07:00:00.000Z", **
 )
 def test_classify(prev: Visit | None, cur: Visit | None, verb: str, kind: str | None) -> None:
     assert classify(prev, cur, verb) == kind
+
+
+# Every FHIR R4 Appointment status.
+STATUSES = (
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+)
+
+
+@pytest.mark.parametrize("status", [s for s in STATUSES if s not in TELLING])
+def test_a_change_to_a_status_outside_telling_tells_nothing_whatever_came_before(
+    status: str,
+) -> None:
+    # Notifier.on_appointment does not read the version before such a change.
+    for channel in ("provider", "waiting-room"):
+        cur = v(status, channel=channel)
+        for before in [None, *(v(s, channel=channel) for s in STATUSES)]:
+            for verb in ("created", "updated"):
+                assert classify(before, cur, verb) is None
 
 
 def test_reference_is_stable_short_and_avoids_the_phones_other_codes() -> None:
