@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,7 +19,8 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 # --------------------------------------------------------------------------- store
 #
 # ``store`` runs a test against every Store adapter: the embedded MemoryStore (as
-# is, and with every collection packed as orjson bytes),
+# is, with every collection packed as orjson bytes, and with every object or array
+# field frozen as orjson bytes),
 # MongoStore on the in-process emulator (pymongo-async-mock, mongomock
 # underneath), and MongoStore on a real MongoDB when MONGODB_URL is set (a
 # throwaway database, dropped afterwards). A test module declares the indexes
@@ -28,6 +29,7 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 STORE_BACKENDS = [
     "memory",
     "memory-packed",
+    "memory-frozen",
     "mongo-emulator",
     pytest.param("mongo-real", marks=pytest.mark.mongodb),
 ]
@@ -38,6 +40,13 @@ class _EveryName:
 
     def __contains__(self, name: object) -> bool:
         return True
+
+
+class _EveryField(dict[str, Container[str]]):
+    """Every object or array field of every collection frozen (kept as orjson bytes)."""
+
+    def get(self, name: str, default: Any = None) -> Container[str]:  # type: ignore[override]
+        return _EveryName()
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -51,6 +60,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         s = MemoryStore()
     elif kind == "memory-packed":
         s = MemoryStore(packed=_EveryName())
+    elif kind == "memory-frozen":
+        s = MemoryStore(packed=(), frozen=_EveryField())
     elif kind == "mongo-emulator":
         s = MongoStore(None, db_name, client_factory=emulator_client)
     else:
