@@ -324,22 +324,31 @@ async def assign_pair(
     msg_id: str,
     corr: str,
     slot: Document,
-    entry: Document,
+    entry_id: str,
 ) -> Outcome:
-    """Book ``slot`` for ``entry`` (R-WAIT-3): ``booked``, or who failed (``slot`` / ``entry``)."""
+    """Book ``slot`` for the entry ``entry_id`` (R-WAIT-3) if it waits and takes the slot:
+    ``booked``, or who failed (``slot`` / ``entry``).
+
+    The entry is read by its claim (a redelivered command finds its own claim), and
+    whether it takes the slot is decided on what the claim returned: whoever read it
+    before may have read it before a change of its criteria (R-WAIT-4).
+    """
     tenant = slot["tenant"]
     slot_gid = patients.global_id(tenant, slot["rid"])
-    claimed = await _claim(store, entry["_id"], msg_id, slot_gid)
+    claimed = await _claim(store, entry_id, msg_id, slot_gid)
     if claimed is None:
         return "entry"
-    rid = assignment_rid(entry["_id"], slot_gid)
+    if not rules.takes(rules.entry_facts(claimed), rules.slot_facts(slot)):
+        await _unclaim(store, now, entry_id, msg_id)
+        return "entry"
+    rid = assignment_rid(entry_id, slot_gid)
     gid = patients.global_id(tenant, rid)
     refused = await _claim_referral(store, claimed, gid, now)
     if refused is not None:
         if refused in ("in-use", "used", "unknown", "other-scope"):
-            await _close_entry(store, now, entry["_id"], msg_id, refused, corr)
+            await _close_entry(store, now, entry_id, msg_id, refused, corr)
         else:
-            await _unclaim(store, now, entry["_id"], msg_id)
+            await _unclaim(store, now, entry_id, msg_id)
         return "entry"
     try:
         await operations.run_write(
@@ -358,11 +367,11 @@ async def assign_pair(
     except FhirError as err:
         if claimed.get("referral"):
             await patients.release_referral(store, claimed["referral"]["key"], gid)
-        await _unclaim(store, now, entry["_id"], msg_id)
+        await _unclaim(store, now, entry_id, msg_id)
         log.info("waiting_room.assign_failed", status=err.status, code=err.code)
         return "slot" if err.status in (409, 412) else "entry"
-    await _assigned(store, now, entry["_id"], msg_id, gid, slot_gid, corr)
-    log.info("waiting_room.assigned", entry=entry["_id"], appointment=rid)
+    await _assigned(store, now, entry_id, msg_id, gid, slot_gid, corr)
+    log.info("waiting_room.assigned", entry=entry_id, appointment=rid)
     return "booked"
 
 
@@ -729,7 +738,9 @@ async def offer_slot(
             return "released"
         sub = f"{msg_id}/{n}"
         if rule == "assign":
-            out = await assign_pair(store, now, msg_id=sub, corr=corr, slot=slot, entry=found)
+            out = await assign_pair(
+                store, now, msg_id=sub, corr=corr, slot=slot, entry_id=found["_id"]
+            )
         else:
             out = await propose(store, now, settings, msg_id=sub, corr=corr, slot=slot, entry=found)
         if out in ("booked", "proposed"):
@@ -839,7 +850,6 @@ async def handle_assign(
         now = clock.now()
         sub = f"{msg.id}/{i}"
         slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
-        entry = await store.get(c.WAITING_ROOM, entry_id)
         if slot is None or slot.get("deleted"):
             continue
         s = slot["central"]
@@ -848,19 +858,10 @@ async def handle_assign(
         )
         if not usable:
             continue
-        if (
-            entry is not None
-            and (
-                entry["status"] == rules.WAITING
-                or (
-                    entry["status"] == rules.ASSIGNING
-                    and (entry.get("claim") or {}).get("by") == sub
-                )
-            )
-            and booking.lead_time_hours(s, now) > rules.ASSIGN_ABOVE_HOURS
-            and rules.takes(rules.entry_facts(entry), rules.slot_facts(slot))
-        ):
-            out = await assign_pair(store, now, msg_id=sub, corr=corr, slot=slot, entry=entry)
+        if booking.lead_time_hours(s, now) > rules.ASSIGN_ABOVE_HOURS:
+            # The planned entry, if it still waits (or this command claimed it before
+            # a redelivery) and still takes the slot; else the slot's best taker now.
+            out = await assign_pair(store, now, msg_id=sub, corr=corr, slot=slot, entry_id=entry_id)
             if out == "booked":
                 booked += 1
                 continue

@@ -45,6 +45,7 @@ from tests.e2e.waiting_support import (
     entry,
     entry_status,
     eventually,
+    fhir_slot,
     inbox_appointments,
     outbox,
     push_slot,
@@ -444,3 +445,47 @@ async def test_concurrent_offers_assign_a_slot_once(embedded: Any) -> None:
     assert p2 and p3
     entry_doc = await store_doc(client, c.WAITING_ROOM, e1)
     assert entry_doc is not None and entry_doc["status"] == "assigned"
+
+
+async def test_a_planned_pair_whose_entry_changed_since_is_not_booked(embedded: Any) -> None:
+    """R-WAIT-4: the unlock's plan pairs a slot with an entry; if the entry's criteria
+    changed since and it no longer takes the slot, it is not booked for it and waits
+    again in its place (claimed, then let go); the slot is not booked for it."""
+    from gateway.events import command
+    from gateway.http.keys import SERVICES
+
+    client = embedded
+    services = client.server.app[SERVICES]
+    await set_clock(client, NOW)
+    cl = await clinic(client, [])
+    p1 = await patient(client)
+    e1 = await entered(client, p1, await referral(client, p1), **{"from": "2027-02-01"})
+    await push_slot(client, cl, "x1", at("2027-02-20", 10))  # a Saturday, beyond the window
+    before = await store_doc(client, c.WAITING_ROOM, e1)
+    # The entry now wants weekdays only: it no longer takes x1.
+    status, _ = await call(
+        client,
+        "PATCH",
+        f"/patient/v1/waiting-room/{e1}",
+        p1,
+        {"criteria": {"weekdays": [1, 2, 3, 4, 5]}},
+    )
+    assert status == 200
+    reply = await services.bus.request(
+        command(
+            "waiting-room.assign",
+            {"pairs": [["x1", e1]]},  # planned before the change
+            tenant=cl.provider_id,
+            correlation_id="t",
+            now=services.clock.now(),
+            msg_id="m1",
+        ),
+        10,
+    )
+    assert reply == {"booked": 0}
+    after = await store_doc(client, c.WAITING_ROOM, e1)
+    assert after is not None and before is not None
+    assert after["status"] == "waiting" and "claim" not in after
+    assert after["rank"] == before["rank"]  # its place in the queue stays
+    assert [v for v in await mine(client, p1) if v["status"] == "booked"] == []
+    assert (await fhir_slot(client, cl, "x1"))["status"] == "free"
