@@ -1008,6 +1008,56 @@ class _Idx:
         return False
 
 
+def _compile_entries(
+    indexes: Sequence[_Idx],
+) -> Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]]:
+    """One function that computes every index's entries of a document, as
+    ``[idx.entries(doc) for idx in indexes]`` does, reading each path once: most of a
+    collection's indexes share their leading fields, and the loop over indexes and
+    fields was most of an insert. Generated Python: straight-line code per path (through
+    objects only; an array on a path leaves that index to ``_Idx._entries``)."""
+    paths: list[str] = []
+    for idx in indexes:
+        for path in idx.paths:
+            if path not in paths:
+                paths.append(path)
+    lines = ["def entries(doc):", "    get = doc.get"]
+    for i, path in enumerate(paths):
+        parts = path.split(".")
+        lines.append(f"    v = get({parts[0]!r}, M)")
+        for part in parts[1:]:
+            lines.append(f"    if type(v) is dict: v = v.get({part!r}, M)")
+            lines.append("    elif type(v) is list: v = A")
+            lines.append("    elif v is not A: v = M")
+        # b: missing (the sparse test); k: the key (null when missing), A with an array
+        lines.append(f"    b{i} = v is M")
+        lines.append(
+            f"    k{i} = N if v is M else A if (v is A or type(v) is list) "
+            f"else ({_R_STRING}, v) if type(v) is str else key(v)"
+        )
+    out = []
+    for j, idx in enumerate(indexes):
+        ks = [paths.index(p) for p in idx.paths]
+        arrays = " or ".join(f"k{i} is A" for i in ks)
+        prefix = "".join(f"k{i}, " for i in ks[:-1])
+        lines.append(f"    if {arrays}: e{j} = I[{j}]._entries(doc)")
+        if idx.sparse:
+            lines.append(f"    elif b{ks[0]}: e{j} = []")
+        lines.append(f"    else: e{j} = [(({prefix}), k{ks[-1]})]")
+        out.append(f"e{j}")
+    lines.append(f"    return [{', '.join(out)}]")
+    env: dict[str, Any] = {
+        "M": _MISSING,
+        "A": _ARRAY_ON_PATH,
+        "N": _NULL_KEY,
+        "key": _key,
+        "I": list(indexes),
+    }
+    exec("\n".join(lines), env)  # the names are the declared index paths, as repr literals
+    fn: Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]] = env["entries"]
+    return fn
+
+
 class _Plan:
     def __init__(
         self,
@@ -1143,6 +1193,7 @@ class _Coll:
         self.unfrozen: set[str] = set()
         self.docs: dict[str, Any] = {}
         self.indexes: list[_Idx] = []
+        self._entries = _compile_entries(self.indexes)
 
     def is_frozen(self, field: str) -> bool:
         return field in self.frozen and field not in self.unfrozen
@@ -1219,6 +1270,7 @@ class _Coll:
                 raise DuplicateKey(f"cannot build unique index {spec.name}: duplicates exist")
             idx.add(doc_id, entries)
         self.indexes.append(idx)
+        self._entries = _compile_entries(self.indexes)
 
     # --- reading
 
@@ -1320,8 +1372,8 @@ class _Coll:
                 raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
 
     def entries(self, doc: Document) -> list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
-        seen: dict[str, Any] = {}
-        return [idx.entries(doc, seen) for idx in self.indexes]
+        """Every index's entries of ``doc`` (``_compile_entries``: each path read once)."""
+        return self._entries(doc)
 
     def insert(self, doc: Document, raw: bytes | None = None) -> None:
         """Store ``doc`` (``raw``: its bytes, kept instead when the collection is packed)."""

@@ -97,3 +97,32 @@ async def test_the_store_answers_alike_with_and_without_indexes() -> None:
             assert [d["_id"] for d in a] == [d["_id"] for d in b], (flt, skip, limit)
         assert await store.count("idx", flt) == await store.count("plain", flt)
     assert memory_store._Bucket.LOAD == 2
+
+
+def test_the_compiled_entries_are_each_index_s_own() -> None:
+    """``_compile_entries`` (one generated function for every index of a collection)
+    gives what each index computes alone: missing, null, scalars crossed on a path,
+    arrays (multikey), objects, sparse indexes."""
+    rnd = random.Random(3)
+    specs = [
+        Index((("a", 1), ("b.c", 1))),
+        Index((("b.c", 1), ("b.d.e", 1), ("f", 1))),
+        Index((("f", 1),), unique=True, sparse=True),
+        Index((("a", 1), ("f", 1)), sparse=True),
+        Index((("b.d.e", 1),)),
+    ]
+    idxs = [memory_store._Idx(spec) for spec in specs]
+    compiled = memory_store._compile_entries(idxs)
+    values: list[Any] = [None, 1, 2.5, "x", "y", True, [], [1, "x"], {"k": 1}, "skip"]
+
+    def value(depth: int) -> Any:
+        if depth < 2 and rnd.random() < 0.4:
+            inner = {"c": value(depth + 1), "d": value(depth + 1), "e": value(depth + 1)}
+            made = {k: v for k, v in inner.items() if v != "skip"}
+            return [made, {"c": 1}] if rnd.random() < 0.2 else made
+        return rnd.choice(values)
+
+    for _ in range(2000):
+        doc = {k: value(0) for k in "abf"}
+        doc = {k: v for k, v in doc.items() if v != "skip"}
+        assert compiled(doc) == [idx.entries(doc) for idx in idxs], doc
