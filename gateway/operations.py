@@ -84,6 +84,14 @@ class Op:
     current: Document | None = None
     problems: list[Issue] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # the HTTP status of each problem
+    ident: str | None = field(default="", repr=False)  # "" until ``ident_key`` read it
+
+    def ident_key(self, tenant: str) -> str | None:
+        """``ident_key`` of its central model, worked out once (read thrice a write; the
+        identifiers do not change once the op is made)."""
+        if self.ident == "":
+            self.ident = ident_key(tenant, self.type, self.central) if self.central else None
+        return self.ident
 
     def problem(self, status: int, issue: Issue) -> None:
         self.problems.append(issue)
@@ -319,7 +327,7 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
     Checked here, not only by the store's unique index when writing, so that a
     transaction fails before anything of it is written.
     """
-    key = ident_key(ctx.tenant, op.type, central)
+    key = op.ident_key(ctx.tenant)
     if key is None:
         return
     where = [ctx.where(op, f"{op.type}.identifier[0]")]
@@ -364,7 +372,7 @@ async def prefetch_holders(ctx: WriteContext, ops: list[Op]) -> None:
         key
         for op in ops
         if op.existing is None and op.central is not None
-        for key in [ident_key(ctx.tenant, op.type, op.central)]
+        for key in [op.ident_key(ctx.tenant)]
         if key is not None
     }
     holders: dict[str, Document] = {}
@@ -401,7 +409,7 @@ class BatchHolders:
             del self.by_key[old]
         if op.method == "DELETE" or op.central is None:
             return
-        new = ident_key(ctx.tenant, op.type, op.central)
+        new = op.ident_key(ctx.tenant)
         if new is not None:
             self.by_key[new] = {"rid": op.id}
             self.by_resource[op.key] = new
@@ -747,7 +755,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
         if_match=None,  # checked in step 2; order is guaranteed per provider
         msg_id=sub,
         correlation_id=ctx.correlation_id,
-        ident_key=ident_key(ctx.tenant, op.type, op.central),
+        ident_key=op.ident_key(ctx.tenant),
         channel=ctx.channel,
         # What step 2 read (a deleted one reads as absent there: read it again).
         current=op.current if op.current is not None else resources.UNREAD,

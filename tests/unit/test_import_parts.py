@@ -95,6 +95,44 @@ async def test_bundle_entries_resolve_urn_uuid_references() -> None:
     assert slot["resource"]["schedule"]["reference"] == f"Schedule/{sch['id']}"
 
 
+async def test_the_validation_process_gives_the_same_writes_as_json() -> None:
+    """In the pool the writes come back as JSON and go on to the bus as they are: the
+    same writes (an Appointment without a booking channel gets ``import``) and the
+    same rejections as inline."""
+    from gateway.http.imports import ValidationPool
+
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "a1",
+        "status": "booked",
+        "slot": [{"reference": "Slot/s1"}],
+        "participant": [
+            {
+                "actor": {
+                    "type": "Patient",
+                    "identifier": {
+                        "system": "urn:oid:2.16.840.1.113883.3.4424.1.1.616",
+                        "value": "44051401359",
+                    },
+                },
+                "status": "accepted",
+            }
+        ],
+    }
+    body = lines(location(id="l1"), location(id="l2", status=7), appointment)
+    pool = ValidationPool(1)
+    try:
+        pooled = await build_ops(await store(), "t1", {}, body, 0, "ndjson", pool.run)
+    finally:
+        pool.close()
+    inline = await build_ops(await store(), "t1", {}, body, 0, "ndjson")
+    assert pooled.ops == [] and pooled.ops_json is not None
+    assert orjson.loads(orjson.dumps(pooled.for_command())) == inline.ops
+    assert [op["index"] for op in inline.ops] == [0, 2]
+    assert inline.ops[1]["central"]["channel"] == "import"
+    assert pooled.rejected == inline.rejected and [r["index"] for r in inline.rejected] == [1]
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
