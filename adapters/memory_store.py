@@ -27,7 +27,7 @@ It keeps MongoDB's guarantees as the gateway relies on them (``gateway.ports.Sto
   they live inside the document.
 
 Indexes. Every declared index ``(f1, ..., fn)`` is a dict from the values of
-``f1..f(n-1)`` to a list of ``(key(fn), _id)`` kept sorted with ``bisect``, in
+``f1..f(n-1)`` to a list of flat ``(*key(fn), _id)`` kept sorted with ``bisect``, in
 blocks of at most 2,000 (``_Bucket``: an insert moves one block, not half of a
 bucket of 100,000). A
 query with equality (or ``$in``) on the prefix fields reads only its buckets;
@@ -790,12 +790,35 @@ class _Constraints:
             self.eq[path] = keys
 
 
+class _Top:
+    """Sorts after every ``_id``: ``(*key, TOP)`` bounds the entries of ``key`` above."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return other is not self
+
+
+_TOP: Any = _Top()
+
+
 def _point(key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """Search bounds covering exactly the entries whose key equals ``key``."""
-    return (key,), ((*key, 1),)
+    return key, (*key, _TOP)
 
 
-_Entry = tuple[tuple[Any, ...], str]  # (key of the index's last field, _id)
+# An index entry: the key of the index's last field and the _id, in one flat tuple
+# ``(*key, _id)`` (a bisect compares one tuple and the value, not a pair of tuples).
+_Entry = tuple[Any, ...]
 _ABSENT: Any = ("absent",)  # markers of _scalar_key (compared by identity)
 _ARRAY_ON_PATH: Any = ("array",)
 
@@ -983,14 +1006,14 @@ class _Idx:
             bucket = self.buckets.get(prefix)
             if bucket is None:
                 bucket = self.buckets[prefix] = _Bucket()
-            bucket.insert((key, doc_id))
+            bucket.insert((*key, doc_id))
 
     def remove(
         self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]
     ) -> None:
         for prefix, key in entries:
             bucket = self.buckets[prefix]
-            bucket.remove((key, doc_id))
+            bucket.remove((*key, doc_id))
             if not bucket:
                 del self.buckets[prefix]
 
@@ -1001,8 +1024,8 @@ class _Idx:
             bucket = self.buckets.get(prefix)
             if not bucket:
                 continue
-            lo = bucket.bisect_left((key,))
-            for _, other in bucket.range(lo, bucket.bisect_left(((*key, 1),))):
+            lo = bucket.bisect_left(key)
+            for *_, other in bucket.range(lo, bucket.bisect_left((*key, _TOP))):
                 if other != doc_id:
                     return True
         return False
@@ -1074,7 +1097,8 @@ class _Plan:
         dedupe = self.idx.multikey or len(self.slices) > 1
         seen: set[str] = set()
         for bucket, lo, hi in self.slices:
-            for _, doc_id in bucket.range(lo, hi):
+            for e in bucket.range(lo, hi):
+                doc_id = e[-1]
                 if dedupe:
                     if doc_id in seen:
                         continue
@@ -1108,11 +1132,11 @@ def _plan_on(idx: _Idx, cons: _Constraints, sort_first: str | None) -> _Plan | N
         bounds = [_point(k) for k in cons.eq[last]]
     elif last in cons.ranges:
         (lo_key, lo_inc), (hi_key, hi_inc) = cons.ranges[last]
-        lo_b = (lo_key,) if lo_inc else ((*lo_key, 1),)
-        hi_b = ((*hi_key, 1),) if hi_inc else (hi_key,)
+        lo_b = lo_key if lo_inc else (*lo_key, _TOP)
+        hi_b = (*hi_key, _TOP) if hi_inc else hi_key
         bounds = [(lo_b, hi_b)]
     else:
-        bounds = [((), ((_R_OTHER + 1,),))]  # the whole bucket
+        bounds = [((), (_R_OTHER + 1,))]  # the whole bucket
     slices = []
     for prefix in prefixes:
         bucket = idx.buckets.get(prefix)
@@ -1301,11 +1325,12 @@ class _Coll:
         if sort and plan is not None and plan.ordered:
             out: list[Document] = []
             seen: set[str] = set()
-            last_key: Any = _MISSING
+            last: _Entry = ()
             single = len(sort) == 1
-            for key, doc_id in plan.ordered_entries(sort[0][1] < 0):
-                if want and len(out) >= want and (single or key != last_key):
+            for e in plan.ordered_entries(sort[0][1] < 0):
+                if want and len(out) >= want and (single or e[:-1] != last[:-1]):
                     break  # ties on the first key still matter to the later keys
+                doc_id = e[-1]
                 if doc_id in seen:
                     continue
                 seen.add(doc_id)
@@ -1313,7 +1338,7 @@ class _Coll:
                 if not pred(doc):
                     continue
                 out.append(doc)
-                last_key = key
+                last = e
             if len(sort) > 1:
                 _sort_docs(out, sort)
         else:
