@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import os
 import platform
@@ -439,13 +440,22 @@ async def watch_unlock(services: Services, t0: float, timeout: float) -> int:
             return n
 
 
-async def loop_lag(lags: list[float], period: float = 0.01) -> None:
+async def loop_lag(lags: list[float], cpu: list[tuple[float, float]], period: float = 0.01) -> None:
     """How late a task that sleeps ``period`` wakes up: what an API request waits for the
-    event loop while the unlock runs (appended to ``lags`` until cancelled)."""
+    event loop while the unlock runs (appended to ``lags`` until cancelled); and the
+    process's CPU time by then (``cpu``: (perf_counter, process_time) pairs)."""
     while True:
         t = time.perf_counter()
         await asyncio.sleep(period)
-        lags.append(time.perf_counter() - t - period)
+        now = time.perf_counter()
+        lags.append(now - t - period)
+        cpu.append((now, time.process_time()))
+
+
+def cpu_at(cpu: list[tuple[float, float]], when: float) -> float:
+    """The process's CPU time at ``when`` (perf_counter), from the samples of ``loop_lag``."""
+    i = bisect.bisect_left(cpu, (when, 0.0))
+    return cpu[min(i, len(cpu) - 1)][1] if cpu else time.process_time()
 
 
 async def assigned_times(services: Services) -> list[float]:
@@ -502,7 +512,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         await set_clock(services, clock, UNLOCK)
         lags: list[float] = []
-        lag_task = asyncio.create_task(loop_lag(lags))
+        cpu: list[tuple[float, float]] = []
+        lag_task = asyncio.create_task(loop_lag(lags, cpu))
         n = await watch_unlock(services, t0, args.timeout)
         lag_task.cancel()
         if profiler is not None:
@@ -513,6 +524,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         times = await assigned_times(services)
         out["unlock_s"] = max(times, default=0.0)
         out["rate"] = n / out["unlock_s"] if out["unlock_s"] > 0 else 0.0
+        # The CPU the process had until the last assignment: the rate per CPU-second is
+        # what the unlock does with a core of its own (the wall rate depends on the load).
+        out["window_cpu_s"] = cpu_at(cpu, t0 + out["unlock_s"]) - cpu0
         out["loop_lag"] = lags
         out["timeline"] = [
             (round(t, 2), i)
@@ -672,7 +686,10 @@ async def main(args: argparse.Namespace) -> int:
     print(
         f"[1] unlock at {UNLOCK.strftime('%H:%M:%S')} Warsaw: {r['assigned']:,} assignments in "
         f"{r['unlock_s']:.2f} s = {r['rate']:,.0f} assignments/s (target >= 2,000/s on the "
-        f"embedded default); gateway CPU {r['unlock_cpu_s']:.1f} s"
+        f"embedded default); gateway CPU {r['unlock_cpu_s']:.1f} s until everything it caused "
+        f"was done ({r['unlock_cpu_s'] / max(r['assigned'], 1) * 1e6:,.0f} us an assignment), "
+        f"{r['window_cpu_s']:.1f} s until the last assignment "
+        f"({r['assigned'] / max(r['window_cpu_s'], 1e-9):,.0f} assignments per CPU-second)"
     )
     lag = r["loop_lag"]
     print(
