@@ -622,6 +622,10 @@ class WaitingRoomService:
                 last[q] = found[-1]["rank"]
             if len(found) < PAGE:
                 done.add(q)
+            # The embedded store never suspends: a plan over 100,000 entries would hold
+            # the event loop for a second. Between pages the API, and the commands already
+            # sent, run.
+            await asyncio.sleep(0)
 
         for q in queues:
             await refill(q)
