@@ -570,7 +570,11 @@ def _in_pred(path: str, xs: Any) -> Pred:
 _UPDATE_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert", "$push"})
 
 
-def _check_update(update: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _check_update(
+    update: Mapping[str, Any], coll: _Coll | None = None
+) -> dict[str, dict[str, Any]]:
+    """The update, checked and copied (``coll``: a whole frozen field it sets is packed
+    straight from the caller's value, not copied and packed again)."""
     if not update:
         raise ValueError("empty update")
     for op, fields in update.items():
@@ -583,7 +587,20 @@ def _check_update(update: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         for path in fields:
             if path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS:
                 raise ValueError(f"{path} is reserved for the outbox")
-    ops: dict[str, dict[str, Any]] = _copy({op: dict(f) for op, f in update.items()})
+    cold: dict[tuple[str, str], _Frozen] = {}
+    if coll is not None and coll.frozen:
+        for op in ("$set", "$setOnInsert"):
+            for path, value in update.get(op, {}).items():
+                if type(value) not in (dict, list) or "." in path or not coll.is_frozen(path):
+                    continue
+                raw = _pack(value)
+                if raw is not None:
+                    cold[op, path] = _Frozen(raw)
+    ops: dict[str, dict[str, Any]] = _copy(
+        {op: {p: v for p, v in f.items() if (op, p) not in cold} for op, f in update.items()}
+    )
+    for (op, path), value in cold.items():
+        ops[op][path] = value
     return ops
 
 
@@ -1031,9 +1048,10 @@ class _Idx:
         return False
 
 
-def _compile_entries(
-    indexes: Sequence[_Idx],
-) -> Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]]:
+_EntriesFn = Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]]
+
+
+def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
     """One function that computes every index's entries of a document, as
     ``[idx.entries(doc) for idx in indexes]`` does, reading each path once: most of a
     collection's indexes share their leading fields, and the loop over indexes and
@@ -1077,7 +1095,7 @@ def _compile_entries(
         "I": list(indexes),
     }
     exec("\n".join(lines), env)  # the names are the declared index paths, as repr literals
-    fn: Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]] = env["entries"]
+    fn: _EntriesFn = env["entries"]
     return fn
 
 
@@ -1218,6 +1236,8 @@ class _Coll:
         self.docs: dict[str, Any] = {}
         self.indexes: list[_Idx] = []
         self._entries = _compile_entries(self.indexes)
+        # per set of paths an update changes: the indexes it can move, and their entries
+        self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn]] = {}
 
     def is_frozen(self, field: str) -> bool:
         return field in self.frozen and field not in self.unfrozen
@@ -1295,6 +1315,7 @@ class _Coll:
             idx.add(doc_id, entries)
         self.indexes.append(idx)
         self._entries = _compile_entries(self.indexes)
+        self._by_touched.clear()
 
     # --- reading
 
@@ -1419,15 +1440,18 @@ class _Coll:
         """Swap in a new version; ``touched`` are the update's paths (to skip other indexes);
         ``raw``: the new version's bytes, kept instead when the collection is packed."""
         doc_id = old["_id"]
+        hit = self._by_touched.get(touched)
+        if hit is None:
+            if len(self._by_touched) >= 1024:  # paths named from data: keep it bounded
+                self._by_touched.clear()
+            mine = [idx for idx in self.indexes if idx.touched_by(touched)]
+            hit = self._by_touched[touched] = (mine, _compile_entries(mine))
+        mine, entries = hit
         changed = []
-        seen_old: dict[str, Any] = {}
-        seen_new: dict[str, Any] = {}
-        for idx in self.indexes:
-            if not idx.touched_by(touched):
-                continue
-            o, n = idx.entries(old, seen_old), idx.entries(new, seen_new)
-            if o != n:
-                changed.append((idx, o, n))
+        if mine:
+            for idx, o, n in zip(mine, entries(old), entries(new), strict=True):
+                if o != n:
+                    changed.append((idx, o, n))
         for idx, _, n in changed:
             if idx.unique and idx.conflict(doc_id, n):
                 raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
@@ -1617,9 +1641,9 @@ class MemoryStore:
         events: Sequence[Document] = (),
         upsert: bool = False,
     ) -> Document | None:
-        ops = _check_update(update)
-        _check_events(events)
         c = self._coll(coll)
+        ops = _check_update(update, c)
+        _check_events(events)
         found = c.select(filter, None, 0, 1)
         if found:
             old = found[0]
@@ -1651,8 +1675,8 @@ class MemoryStore:
 
     async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int:
         """Update every match; returns how many matched (as ``matched_count``)."""
-        ops = _check_update(update)
         c = self._reading(coll)
+        ops = _check_update(update, c)
         matched = c.select(filter)
         touched = _touched(ops)
         for old in matched:

@@ -1038,3 +1038,29 @@ async def test_counts_match_a_scan_before_and_after_an_array_is_indexed(store: S
     await add({"_id": "arr-1", "g": "p", "h": 1, "v": [1, "a", None]})
     await add({"_id": "arr-2", "g": ["p", "q"], "h": 1, "v": 2.5})
     await compare()
+
+
+async def test_setting_whole_objects_and_arrays_then_reading_into_them(store: Store) -> None:
+    """Whole values set at the top and at a dotted path, then read, filtered, sorted and
+    updated into (the embedded store may keep such values packed)."""
+    await store.insert("upd", {"_id": "w1", "body": {"a": 1}, "nest": {"x": 1}})
+    await store.insert("upd", {"_id": "w2", "body": {"a": 2}, "nest": {"x": 2}})
+    got = await store.update_one(
+        "upd", {"_id": "w1"}, {"$set": {"body": {"a": 3, "l": [1, 2]}, "nest.y": {"z": [5]}}}
+    )
+    assert got == {"_id": "w1", "body": {"a": 3, "l": [1, 2]}, "nest": {"x": 1, "y": {"z": [5]}}}
+    got["body"]["a"] = 99  # the caller's copy
+    assert await store.count("upd", {"body.a": 3, "nest.y.z": 5}) == 1
+    await store.update_one("upd", {"_id": "w1"}, {"$push": {"body.l": 3}, "$inc": {"nest.y.n": 1}})
+    assert await store.get("upd", "w1") == {
+        "_id": "w1",
+        "body": {"a": 3, "l": [1, 2, 3]},
+        "nest": {"x": 1, "y": {"z": [5], "n": 1}},
+    }
+    found = await store.find("upd", {"body.a": {"$gte": 2}}, sort=[("body.a", -1)])
+    assert ids(found) == ["w1", "w2"]
+    await store.update_many("upd", {"body.a": {"$gte": 2}}, {"$set": {"body.b": True}})
+    assert [d["body"] for d in await store.find("upd", {"body.b": True}, sort=[("_id", 1)])] == [
+        {"a": 3, "l": [1, 2, 3], "b": True},
+        {"a": 2, "b": True},
+    ]

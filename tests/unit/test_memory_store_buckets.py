@@ -3,6 +3,7 @@ flat sorted list they replace, with blocks small enough here to split and empty 
 
 from __future__ import annotations
 
+import enum
 import random
 from bisect import bisect_left, insort
 from typing import Any
@@ -99,6 +100,10 @@ async def test_the_store_answers_alike_with_and_without_indexes() -> None:
     assert memory_store._Bucket.LOAD == 2
 
 
+class Kind(enum.StrEnum):
+    A = "y"
+
+
 def test_the_compiled_entries_are_each_index_s_own() -> None:
     """``_compile_entries`` (one generated function for every index of a collection)
     gives what each index computes alone: missing, null, scalars crossed on a path,
@@ -113,7 +118,7 @@ def test_the_compiled_entries_are_each_index_s_own() -> None:
     ]
     idxs = [memory_store._Idx(spec) for spec in specs]
     compiled = memory_store._compile_entries(idxs)
-    values: list[Any] = [None, 1, 2.5, "x", "y", True, [], [1, "x"], {"k": 1}, "skip"]
+    values: list[Any] = [None, 1, 2.5, "x", "y", Kind.A, True, [], [1, "x"], {"k": 1}, "skip"]
 
     def value(depth: int) -> Any:
         if depth < 2 and rnd.random() < 0.4:
