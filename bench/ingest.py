@@ -44,11 +44,12 @@ rate of that run is not a figure: cProfile slows Python code ~2x);
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
 
-Last figures (README, "Ingest benchmark"; 2 vCPUs, nothing else running):
-floor 9,787 Slots/s; embedded 2,245/s (23 %), RabbitMQ 2,398/s (24 %) until
-searchable and drained; target not met. The event loop's process needs
-~400-450 us of CPU per Slot, its core used in full (the embedded store's writes most of it) and the
-validation process beside it ~290 us (2.5 times the floor).
+Last figures (README, "Ingest benchmark"; 2 vCPUs, Intel Xeon, 2026-11-26 05:42 UTC,
+load average 3.5-4.1 from other work): floor 10,660 Slots/s (15,343 idle); embedded
+1,965/s, RabbitMQ 2,342/s until searchable and drained; target not met. The event
+loop's process needs 314 us of CPU per Slot embedded and 274 us on RabbitMQ (407-428 us
+that morning; the embedded store's writes are about a third of it), the validation
+process beside it ~160 us.
 """
 
 from __future__ import annotations
