@@ -738,6 +738,7 @@ async def apply(ctx: WriteContext, op: Op) -> dict[str, Any]:
             correlation_id=ctx.correlation_id,
             channel=ctx.channel,
         )
+        ctx.cache.pop(resources.doc_id(ctx.tenant, op.type, op.id), None)  # gone now
         return {"status": 204 if version is not None else 404, "type": op.type, "id": op.id}
     assert op.resource is not None and op.central is not None
     previous = op.current["central"] if op.current else None

@@ -183,3 +183,34 @@ async def test_a_batch_sees_the_identifiers_its_earlier_entries_took_and_freed(
     assert second[3].get("unchanged") is True
     l3 = await store.get(c.RESOURCES, resources.doc_id("t1", "Location", "l3"))
     assert l3 is not None and l3["ident_key"] == "t1|Location|urn:loc|A"
+
+
+async def test_a_batch_does_not_see_what_its_earlier_entry_deleted(store: Store) -> None:
+    """The batch's shared reads forget a resource an entry deleted: a later entry
+    referencing it finds it gone, as a read would."""
+    from gateway.http.fhir import prepare
+
+    assert statuses(await batch(store, "m1", location_op("l1", "A"))) == [201]
+    schedule = prepare(
+        "PUT",
+        "Schedule",
+        "s1",
+        {
+            "resourceType": "Schedule",
+            "active": True,
+            "serviceType": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://cer-gateway.org/fhir/CodeSystem/scope",
+                            "code": "cardiology",
+                        }
+                    ]
+                }
+            ],
+            "actor": [{"reference": "Location/l1"}],
+        },
+    )
+    delete = {"method": "DELETE", "type": "Location", "id": "l1"}
+    results = await batch(store, "m2", delete, schedule)
+    assert statuses(results) == [204, 422]
