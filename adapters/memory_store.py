@@ -1501,7 +1501,9 @@ class MemoryStore:
         self._colls: dict[str, _Coll] = {}
         self._seq = itertools.count(1)
         # the outbox: every pending event by sequence (dict order = write order) ...
-        self._pending: dict[int, OutboxItem] = {}
+        # (collection, _id, event id, the event as orjson bytes, or a private copy when
+        # JSON cannot carry it): decoded when handed out, so written and read in one copy
+        self._pending: dict[int, tuple[str, str, Any, Any]] = {}
         # ... and each document's pending sequences
         self._doc_events: dict[tuple[str, str], list[int]] = {}
 
@@ -1536,13 +1538,22 @@ class MemoryStore:
 
     # --- outbox helpers
 
-    def _write_events(self, coll: str, doc_id: str, events: Sequence[Document]) -> None:
+    @staticmethod
+    def _events_in(events: Sequence[Document]) -> list[tuple[Any, Any]]:
+        """The events' ids and private versions (bytes, or a copy), before any write."""
+        out = []
+        for ev in events:
+            raw = _pack(ev)
+            out.append((ev.get("id"), raw if raw is not None else _copy(ev)))
+        return out
+
+    def _write_events(self, coll: str, doc_id: str, events: list[tuple[Any, Any]]) -> None:
         if not events:
             return
         seqs = self._doc_events.setdefault((coll, doc_id), [])
-        for ev in events:
+        for ev_id, body in events:
             seq = next(self._seq)
-            self._pending[seq] = OutboxItem(coll, doc_id, ev)
+            self._pending[seq] = (coll, doc_id, ev_id, body)
             seqs.append(seq)
 
     def _drop_events(self, coll: str, doc_id: str) -> None:
@@ -1628,7 +1639,7 @@ class MemoryStore:
             raw = raw and _pack(new)
         elif type(new["_id"]) is not str:
             raise TypeError("_id must be a string")
-        evs = [_copy(e) for e in events]
+        evs = self._events_in(events)
         c.insert(new, raw)
         self._write_events(coll, new["_id"], evs)
 
@@ -1668,7 +1679,7 @@ class MemoryStore:
             c.insert(new, raw)
         else:
             return None
-        self._write_events(coll, new["_id"], [_copy(e) for e in events])
+        self._write_events(coll, new["_id"], self._events_in(events))
         # a packed version is stored as bytes: the new dict (built from a decoded copy
         # and the update's own copies) is nobody else's
         return new if raw is not None else _copy(new)
@@ -1709,10 +1720,11 @@ class MemoryStore:
 
     async def pending_events(self, limit: int = 500) -> list[OutboxItem]:
         out: list[OutboxItem] = []
-        for item in self._pending.values():
+        for coll, doc_id, _, body in self._pending.values():
             if limit and len(out) >= limit:
                 break
-            out.append(OutboxItem(item.collection, item.doc_id, _copy(item.event)))
+            event = orjson.loads(body) if type(body) is bytes else _copy(body)
+            out.append(OutboxItem(coll, doc_id, event))
         return out
 
     async def clear_events(self, items: Sequence[OutboxItem]) -> None:
@@ -1725,7 +1737,7 @@ class MemoryStore:
                 continue
             keep = []
             for seq in seqs:
-                if self._pending[seq].event.get("id") in ids:
+                if self._pending[seq][2] in ids:
                     del self._pending[seq]
                 else:
                     keep.append(seq)
