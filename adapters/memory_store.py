@@ -874,7 +874,7 @@ class _Bucket:
     def __init__(self) -> None:
         self.blocks: list[list[_Entry]] = []
         self.maxes: list[_Entry] = []  # the last entry of each block
-        self.starts: list[int] | None = [0]  # the global position of each block's first
+        self.starts: list[int] | None = None  # each block's first's global position (lazy)
         self.n = 0
 
     def __len__(self) -> int:
@@ -883,18 +883,21 @@ class _Bucket:
     def insert(self, e: _Entry) -> None:
         self.n += 1
         self.starts = None
-        if not self.blocks:
+        maxes = self.maxes
+        if not maxes:
             self.blocks.append([e])
-            self.maxes.append(e)
+            maxes.append(e)
             return
-        i = bisect_left(self.maxes, e)
-        if i == len(self.maxes):
-            i -= 1
-            self.blocks[i].append(e)
+        if e > maxes[-1]:  # increasing keys (times, counters): the common case
+            i = len(maxes) - 1
+            block = self.blocks[i]
+            block.append(e)
+            maxes[i] = e
         else:
-            insort(self.blocks[i], e)
-        block = self.blocks[i]
-        self.maxes[i] = block[-1]
+            i = bisect_left(maxes, e)
+            block = self.blocks[i]
+            insort(block, e)
+            maxes[i] = block[-1]
         if len(block) > 2 * self.LOAD:
             self.blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
             self.maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
