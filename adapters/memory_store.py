@@ -15,14 +15,16 @@ It keeps MongoDB's guarantees as the gateway relies on them (``gateway.ports.Sto
   Collections written far more than read (``PACKED``: the resources' history,
   the delivery and audit logs) keep each document as its orjson bytes, decoded
   on every read (a fresh dict, handed out without a second copy): a history
-  version takes 1.8 kB with its index entry instead of 4.0 kB. Likewise, some
+  version takes 1.7 kB with its index entries instead of 4.5 kB. Likewise, some
   fields of other collections (``FROZEN``: a resource's FHIR body) keep an object
   or array value as its orjson bytes inside the document, which a copy out writes
   as it is (``orjson.Fragment``), decoded only for a filter, sort or update path
-  that reads into it: a resource takes 4.6 kB instead of 6.6 kB. A field an index
-  reads is never frozen.
+  that reads into it: a resource takes 4.9 kB instead of 7.9 kB (with its ten
+  indexes' entries; both figures traced over the import benchmark's documents). A
+  field an index reads is never frozen.
 * The outbox: events are kept with their document and written in the same
-  step as the change; a global sequence orders them for ``pending_events``.
+  step as the change (as orjson bytes); a global sequence orders them for
+  ``pending_events``.
   Deleting a document drops its pending events, exactly as on MongoDB where
   they live inside the document.
 
@@ -39,6 +41,16 @@ with the full filter, so an index only ever narrows the scan. The one exception 
 ``count``: when an index answers the filter exactly (scalar equality or ``$in`` on
 its leading fields, equality, a number or string range or nothing on its last; not
 sparse, and no array ever indexed in it), the count is the length of its slices.
+
+An insert computes every index's entries with one function generated per collection
+(``_compile_entries``: straight-line code reading each indexed path once), an update
+with one per set of paths it changes (only the indexes those can move).
+
+Figures (2026-11-26, 2 shared cores, load average 2-3; before -> after this layout):
+``bench.store`` 17,000-33,000 -> 55,000-57,000 inserts/s and 12,000-26,000 ->
+38,000-39,000 conditional updates/s; the import benchmark's gateway grew 18.5 -> 10.0
+kB (RSS) per resource imported; an insert into ``resources`` (ten indexes) 46 -> 33 us,
+an update of one 50 -> 41 us.
 
 Values order as MongoDB orders them for sort and index (BSON type order: empty
 array, null/missing, numbers, strings, objects, arrays, booleans, other);
