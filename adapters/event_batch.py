@@ -4,7 +4,8 @@ The outbox relay publishes what one transaction wrote (hundreds of events) as
 a few messages instead of one per event (``MessageBus.publish_batch``). On the
 queue a batch is an ``Envelope`` of the events' type and tenant whose body
 lists the events and whose header ``BATCH_HEADER`` counts them; the bus unpacks
-it before any handler runs, so consumers only ever see single events.
+it before any handler runs, so consumers only ever see single events. (The
+embedded bus keeps a batch in a more compact form of its own, after ``check``.)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from gateway.ports import Envelope
 BATCH_HEADER = "cer-batch"
 
 
-def pack(msgs: Sequence[Envelope]) -> Envelope:
-    """One envelope carrying ``msgs`` (same type and tenant, no reply, first attempt)."""
+def check(msgs: Sequence[Envelope]) -> None:
+    """``ValueError`` unless ``msgs`` can make a batch: one type and one tenant, new events."""
     if not msgs:
         raise ValueError("an empty batch")
     first = msgs[0]
@@ -27,6 +28,12 @@ def pack(msgs: Sequence[Envelope]) -> Envelope:
             raise ValueError("a batch carries events of one type and one tenant")
         if m.reply_to is not None or m.attempt:
             raise ValueError("a batch carries new events only (no reply_to, attempt 0)")
+
+
+def pack(msgs: Sequence[Envelope]) -> Envelope:
+    """One envelope carrying ``msgs`` (same type and tenant, no reply, first attempt)."""
+    check(msgs)
+    first = msgs[0]
     events: list[dict[str, Any]] = []
     for m in msgs:
         item: dict[str, Any] = {

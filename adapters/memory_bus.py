@@ -9,6 +9,15 @@ stored; a message in flight when the bus closes goes back to the front of its
 queue. The state lives in this object, so ``close()`` then ``start()`` behaves
 like a consumer restart against a broker that kept its queues.
 
+Copies as a broker makes them: a message is serialised to JSON once, when it is
+sent (a body that is not JSON fails there; the sender's later changes do not
+leak in), and decoded afresh for each delivery (a handler that changes its
+envelope changes no retry, redelivery, dead letter or other group's copy). An
+event batch is one JSON array, decoded once per delivery to a group. On an
+Intel Xeon (2 cores, load average 2) this bus costs 3.7 us of CPU per event of
+a batch delivered to a no-op handler (9.7 us when each message was copied
+through JSON twice) and 14.5 us per command (20 us).
+
 Retry delays follow the application's ``Clock``: advancing a sandbox clock
 makes waiting retries due at once.
 """
@@ -16,6 +25,7 @@ makes waiting retries due at once.
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import heapq
 import itertools
 import logging
@@ -82,24 +92,115 @@ def _match(pat: list[str], words: list[str]) -> bool:
     return (head in ("*", words[0])) and _match(rest, words[1:])
 
 
-def _copy(env: Envelope) -> Envelope:
-    """A detached copy through JSON, as a broker would deliver it (and failing as it would)."""
-    return replace(
-        env,
-        body=orjson.loads(orjson.dumps(env.body)),
-        headers=orjson.loads(orjson.dumps(dict(env.headers))),
+class _Message:
+    """A message as a queue holds it: the envelope's fields, its body and headers as JSON.
+
+    Serialised once when sent (so the sender's later changes do not leak in, and a
+    body that is not JSON fails at the sender, as on RabbitMQ) and decoded afresh for
+    each delivery (a handler that changes its envelope cannot change what a retry, a
+    redelivery or another consumer group gets). Never changed once made, so every
+    queue a published event is routed to shares one. A batch (``publish_batch``) is
+    one message whose ``body`` is the JSON list ``[[id, body, correlation_id,
+    created_at, headers], ...]`` of its events, all of ``type`` and ``tenant``.
+    """
+
+    __slots__ = (
+        "attempt",
+        "batch",
+        "body",
+        "correlation_id",
+        "created_at",
+        "headers",
+        "id",
+        "reply_to",
+        "tenant",
+        "type",
     )
+
+    def __init__(
+        self,
+        env: Envelope,
+        body: bytes,
+        headers: bytes,
+        *,
+        batch: bool = False,
+    ) -> None:
+        self.id = env.id
+        self.type = env.type
+        self.tenant = env.tenant
+        self.correlation_id = env.correlation_id
+        self.attempt = env.attempt
+        self.reply_to = env.reply_to
+        self.created_at = env.created_at
+        self.body = body
+        self.headers = headers  # b"" for none
+        self.batch = batch
+
+    @classmethod
+    def of(cls, env: Envelope) -> _Message:
+        return cls(
+            env, orjson.dumps(env.body), orjson.dumps(dict(env.headers)) if env.headers else b""
+        )
+
+    @classmethod
+    def of_batch(cls, msgs: Sequence[Envelope]) -> _Message:
+        event_batch.check(msgs)
+        body = orjson.dumps(
+            [
+                (m.id, m.body, m.correlation_id, m.created_at, dict(m.headers) if m.headers else {})
+                for m in msgs
+            ]
+        )
+        return cls(msgs[0], body, b"", batch=True)
+
+    def with_attempt(self, attempt: int) -> _Message:
+        copy = copy_module.copy(self)
+        copy.attempt = attempt
+        return copy
+
+    def with_headers(self, headers: bytes) -> _Message:
+        copy = copy_module.copy(self)
+        copy.headers = headers
+        return copy
+
+    def envelope(self) -> Envelope:
+        """A fresh copy of the message (not of a batch)."""
+        return Envelope(
+            self.id,
+            self.type,
+            orjson.loads(self.body),
+            self.tenant,
+            self.correlation_id,
+            self.attempt,
+            self.reply_to,
+            self.created_at,
+            orjson.loads(self.headers) if self.headers else {},
+        )
+
+    def events(self) -> list[Envelope]:
+        """Fresh copies of a batch's events, as their publisher made them."""
+        type_, tenant = self.type, self.tenant
+        return [
+            Envelope(id_, type_, body, tenant, correlation_id, 0, None, created_at, headers)
+            for id_, body, correlation_id, created_at, headers in orjson.loads(self.body)
+        ]
+
+    def event(self, index: int) -> _Message:
+        """Event ``index`` of a batch as a message of its own (for its retry or dead letter)."""
+        id_, body, correlation_id, created_at, headers = orjson.loads(self.body)[index]
+        env = Envelope(id_, self.type, body, self.tenant, correlation_id, 0, None, created_at)
+        return _Message(env, orjson.dumps(body), orjson.dumps(headers) if headers else b"")
 
 
 @dataclass
 class _Queue:
     name: str
-    items: deque[tuple[int, Envelope]] = field(default_factory=deque)
-    unacked: dict[int, Envelope] = field(default_factory=dict)
+    items: deque[tuple[int, _Message]] = field(default_factory=deque)
+    unacked: dict[int, _Message] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def put(self, seq: int, env: Envelope) -> None:
-        self.items.append((seq, env))
+    def put(self, seq: int, msg: _Message) -> None:
+        self.items.append((seq, msg))
         self.ready.set()
 
     def requeue_unacked(self) -> None:
@@ -143,7 +244,7 @@ class MemoryBus:
         self._bindings: dict[str, set[str]] = {}  # event queue -> patterns
         self._routes: dict[str, list[str]] = {}  # routing key -> event queues
         # (due, seq, queue, tier name, envelope): the retry tiers' wait queues in one heap
-        self._delayed: list[tuple[datetime, int, str, str, Envelope]] = []
+        self._delayed: list[tuple[datetime, int, str, str, _Message]] = []
         # Client state: reset by start().
         self._running = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -207,12 +308,14 @@ class MemoryBus:
 
     async def send(self, msg: Envelope) -> None:
         name = f"{COMMAND_QUEUE_PREFIX}{partition_of(msg.tenant, self._partitions)}"
-        self._queues[name].put(next(self._seq), _copy(msg))
+        self._queues[name].put(next(self._seq), _Message.of(msg))
 
     async def publish(self, msg: Envelope) -> None:
-        copy = _copy(msg)
+        self._publish(_Message.of(msg))
+
+    def _publish(self, msg: _Message) -> None:
         for name in self._route(msg.type):
-            self._queues[name].put(next(self._seq), copy)
+            self._queues[name].put(next(self._seq), msg)
 
     def _route(self, key: str) -> list[str]:
         """The event queues bound to ``key`` (remembered until the bindings change)."""
@@ -226,7 +329,7 @@ class MemoryBus:
         return names
 
     async def publish_batch(self, msgs: Sequence[Envelope]) -> None:
-        await self.publish(event_batch.pack(msgs))
+        self._publish(_Message.of_batch(msgs))
 
     async def request(self, msg: Envelope, timeout: float) -> Document:
         fut: asyncio.Future[Document] = asyncio.get_running_loop().create_future()
@@ -244,7 +347,9 @@ class MemoryBus:
         self._queue(name)
         wait = next((t for t in self._tiers if t >= delay), self._tiers[-1])
         due = self._clock.now() + timedelta(seconds=wait)
-        heapq.heappush(self._delayed, (due, next(self._seq), name, _tier_name(wait), _copy(msg)))
+        heapq.heappush(
+            self._delayed, (due, next(self._seq), name, _tier_name(wait), _Message.of(msg))
+        )
         self._delayed_changed.set()
 
     # ------------------------------------------------------------------ consuming
@@ -275,32 +380,32 @@ class MemoryBus:
             while not q.items:
                 q.ready.clear()
                 await q.ready.wait()
-            seq, env = q.items.popleft()
-            q.unacked[seq] = env
+            seq, msg = q.items.popleft()
+            q.unacked[seq] = msg
             # The tenant's chain is extended here, in delivery order.
-            key = (q.name, env.tenant)
+            key = (q.name, msg.tenant)
             prev = self._tails.get(key)
             done = asyncio.Event()
             self._tails[key] = done
-            self._spawn(self._deliver(q, handler, seq, env, prev, done, slots), self._inflight)
+            self._spawn(self._deliver(q, handler, seq, msg, prev, done, slots), self._inflight)
 
     async def _deliver(
         self,
         q: _Queue,
         handler: MessageHandler,
         seq: int,
-        env: Envelope,
+        msg: _Message,
         prev: asyncio.Event | None,
         done: asyncio.Event,
         slots: asyncio.Semaphore,
     ) -> None:
-        key = (q.name, env.tenant)
+        key = (q.name, msg.tenant)
         try:
             if prev is not None:
                 await prev.wait()
             if not self._running:
                 return  # left unacked: requeued by close()
-            if await self._process(q, handler, env):
+            if await self._process(q, handler, msg):
                 q.unacked.pop(seq, None)  # ack
         finally:
             done.set()
@@ -308,60 +413,68 @@ class MemoryBus:
                 del self._tails[key]
             slots.release()
 
-    async def _process(self, q: _Queue, handler: MessageHandler, env: Envelope) -> bool:
-        """Handle ``env``; False when the bus closed half way through a batch (not acked:
+    async def _process(self, q: _Queue, handler: MessageHandler, msg: _Message) -> bool:
+        """Handle ``msg``; False when the bus closed half way through a batch (not acked:
         the whole batch comes again, and consumers dedupe what they had seen)."""
-        if event_batch.is_batch(env):
+        if msg.batch:
             # One by one, as if published so: a failure retries its own event only.
-            for given, kept in zip(
-                event_batch.unpack(_copy(env)), event_batch.unpack(env), strict=True
-            ):
+            for index, event in enumerate(msg.events()):
                 if not self._running:
                     return False
-                await self._process_one(q, handler, given, kept)
+                await self._process_one(q, handler, event, msg, index)
             return True
-        await self._process_one(q, handler, _copy(env), env)
+        await self._process_one(q, handler, msg.envelope(), msg)
         return True
 
     async def _process_one(
-        self, q: _Queue, handler: MessageHandler, given: Envelope, env: Envelope
+        self,
+        q: _Queue,
+        handler: MessageHandler,
+        given: Envelope,
+        msg: _Message,
+        index: int | None = None,
     ) -> None:
-        """``given``: the handler's copy; ``env``: the stored message (for retry copies)."""
+        """``given``: the handler's copy of ``msg`` (of its event ``index`` for a batch)."""
         try:
             result = await handler(given)
         except Retry as exc:
-            self._retry(q.name, env, str(exc) or "retry", exc.delay)
+            self._retry(q.name, self._stored(msg, index), str(exc) or "retry", exc.delay)
         except Reject as exc:
-            self._dead(q.name, env, f"rejected: {exc}")
+            self._dead(q.name, self._stored(msg, index), f"rejected: {exc}")
         except Exception as exc:
-            log.exception("bus.handler_failed queue=%s id=%s type=%s", q.name, env.id, env.type)
-            self._retry(q.name, env, f"{type(exc).__name__}: {exc}")
+            log.exception("bus.handler_failed queue=%s id=%s type=%s", q.name, given.id, given.type)
+            self._retry(q.name, self._stored(msg, index), f"{type(exc).__name__}: {exc}")
         else:
-            if env.reply_to:
-                self._reply(env, result)
+            if msg.reply_to:
+                self._reply(msg, result)
 
-    def _retry(self, queue: str, env: Envelope, reason: str, delay: float | None = None) -> None:
-        if env.attempt >= len(self._delays):
-            self._dead(queue, env, f"retries exhausted: {reason}")
+    @staticmethod
+    def _stored(msg: _Message, index: int | None) -> _Message:
+        return msg if index is None else msg.event(index)
+
+    def _retry(self, queue: str, msg: _Message, reason: str, delay: float | None = None) -> None:
+        if msg.attempt >= len(self._delays):
+            self._dead(queue, msg, f"retries exhausted: {reason}")
             return
         if delay is None:
-            wait = self._delays[env.attempt]
+            wait = self._delays[msg.attempt]
         else:
             wait = next((t for t in self._tiers if t >= delay), self._tiers[-1])
         due = self._clock.now() + timedelta(seconds=wait)
-        copy = replace(env, attempt=env.attempt + 1)
+        copy = msg.with_attempt(msg.attempt + 1)
         heapq.heappush(self._delayed, (due, next(self._seq), queue, _tier_name(wait), copy))
         self._delayed_changed.set()
 
-    def _dead(self, queue: str, env: Envelope, reason: str) -> None:
-        log.warning("bus.dead_letter queue=%s id=%s reason=%s", queue, env.id, reason)
-        copy = replace(env, headers={**env.headers, DEAD_REASON: reason, DEAD_QUEUE_HEADER: queue})
-        self._queues[DEAD_QUEUE].put(next(self._seq), copy)
+    def _dead(self, queue: str, msg: _Message, reason: str) -> None:
+        log.warning("bus.dead_letter queue=%s id=%s reason=%s", queue, msg.id, reason)
+        headers = orjson.loads(msg.headers) if msg.headers else {}
+        headers.update({DEAD_REASON: reason, DEAD_QUEUE_HEADER: queue})
+        self._queues[DEAD_QUEUE].put(next(self._seq), msg.with_headers(orjson.dumps(headers)))
 
-    def _reply(self, env: Envelope, result: Document | None) -> None:
-        if env.reply_to != self._reply_queue:
+    def _reply(self, msg: _Message, result: Document | None) -> None:
+        if msg.reply_to != self._reply_queue:
             return  # another process's reply queue: gone with it (nothing to route to)
-        fut = self._pending.get(env.id)
+        fut = self._pending.get(msg.id)
         if fut is not None and not fut.done():
             fut.set_result(orjson.loads(orjson.dumps(result or {})))
 
@@ -371,8 +484,8 @@ class MemoryBus:
             self._delayed_changed.clear()
             now = self._clock.now()
             while self._delayed and self._delayed[0][0] <= now:
-                _, seq, name, _, env = heapq.heappop(self._delayed)
-                self._queue(name).put(seq, env)
+                _, seq, name, _, msg = heapq.heappop(self._delayed)
+                self._queue(name).put(seq, msg)
             timeout = (
                 max((self._delayed[0][0] - now).total_seconds(), 0.001) if self._delayed else 3600.0
             )
@@ -394,7 +507,7 @@ class MemoryBus:
         q = self._queues[DEAD_QUEUE]
         out: list[Envelope] = []
         while q.items and len(out) < limit:
-            out.append(_copy(q.items.popleft()[1]))
+            out.append(q.items.popleft()[1].envelope())
         return out
 
     async def queue_depths(self) -> dict[str, int]:

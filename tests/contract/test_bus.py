@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import time
 from collections import Counter, defaultdict
@@ -371,6 +372,123 @@ async def test_per_tenant_order_for_events(bus: Any) -> None:
         await bus.publish(env("slot.updated", tenant="prov-1", body={"i": i}))
     await until(lambda: len(got) == 50)
     assert got == list(range(50))
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def _nested(i: int) -> dict[str, Any]:
+    return {"i": i, "deep": {"list": [1, {"x": "ż"}]}}
+
+
+async def test_a_sender_changing_its_message_after_sending_changes_nothing_delivered(
+    bus: Any,
+) -> None:
+    """What is delivered is what was sent, as a broker copied it when it confirmed."""
+    got: list[Envelope] = []
+    await bus.consume_events("audit", ["copy.#"], lambda m: _record(got, m))
+    event = env("copy.single", body=_nested(0), headers={"h": {"n": 1}})
+    batch = [env("copy.batch", body=_nested(i), headers={"h": {"n": i}}) for i in (1, 2)]
+    deferred = env("copy.deferred", body=_nested(3))
+    command = env("copy.command", body=_nested(4), headers={"h": {"n": 4}})
+    sent = [event, *batch, deferred, command]
+    before = [(m.body, dict(m.headers)) for m in copy.deepcopy(sent)]
+    await bus.publish(event)
+    await bus.publish_batch(batch)
+    await bus.defer(deferred, RETRY_DELAYS[0], "audit")
+    await bus.send(command)
+    for m in sent:  # the sender reuses its objects at once
+        m.body["i"] = -1
+        m.body["deep"]["list"].append("later")
+        if m.headers:
+            m.headers["h"]["n"] = -1  # type: ignore[index]
+            m.headers["added"] = True  # type: ignore[index]
+    await until(lambda: len(got) == 4)
+    await bus.consume_commands(lambda m: _record(got, m))
+    await until(lambda: len(got) == 5)
+    by_id = {m.id: m for m in got}
+    for m, (body, headers) in zip(sent, before, strict=True):
+        assert by_id[m.id].body == body, m.type
+        assert dict(by_id[m.id].headers) == headers, m.type
+
+
+async def test_a_handler_changing_its_message_changes_nothing_else_delivered(
+    bus: Any, request: pytest.FixtureRequest
+) -> None:
+    """A retry, a dead letter and another group get the message as it was published,
+    whatever a handler did to its own copy."""
+    if isinstance(bus, rabbit_bus.RabbitBus):
+        # Strict: passes again once fixed, and then this mark must go.
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="the RabbitMQ bus publishes a retry or dead-letter copy encoded from "
+                "the envelope the handler got (its changes included), not from the delivery",
+            )
+        )
+    seen: dict[str, list[tuple[int, Any, Any]]] = defaultdict(list)
+
+    def changing(name: str, fail: Callable[[Envelope], None]) -> Any:
+        async def handler(msg: Envelope) -> None:
+            seen[name].append(
+                (msg.attempt, copy.deepcopy(msg.body), copy.deepcopy(dict(msg.headers)))
+            )
+            msg.body["i"] = -1
+            msg.body["deep"]["list"].clear()
+            if msg.headers:
+                msg.headers["h"]["n"] = -1  # type: ignore[index]
+            fail(msg)
+
+        return handler
+
+    def retry_once(msg: Envelope) -> None:
+        if msg.attempt == 0:
+            raise Retry("once more")
+
+    def reject_once(msg: Envelope) -> None:
+        if msg.attempt == 0:
+            raise Reject("no")
+
+    await bus.consume_events("webhooks", ["change.#"], changing("webhooks", retry_once))
+    await bus.consume_events("audit", ["change.#"], changing("audit", lambda m: None))
+    await bus.consume_commands(changing("commands", retry_once))
+    single = env("change.single", body=_nested(0), headers={"h": {"n": 0}})
+    batch = [env("change.batch", body=_nested(i), headers={"h": {"n": i}}) for i in (1, 2)]
+    command = env("change.command", body=_nested(3), headers={"h": {"n": 3}})
+    await bus.publish(single)
+    await bus.publish_batch(batch)
+    await bus.send(command)
+    await until(lambda: len(seen["webhooks"]) == 6 and len(seen["commands"]) == 2)
+    await until(lambda: len(seen["audit"]) == 3)
+    original = {m.body["i"]: (m.body, dict(m.headers)) for m in [single, *batch, command]}
+    for name, expect in (
+        ("webhooks", [0, 0, 0, 1, 1, 1]),
+        ("audit", [0, 0, 0]),
+        ("commands", [0, 1]),
+    ):
+        assert sorted(a for a, _, _ in seen[name]) == expect, name
+        for _, body, headers in seen[name]:
+            assert (body, headers) == original[body["i"]], name
+    await bus.consume_events("ordering", ["dead.#"], changing("ordering", reject_once))
+    await bus.publish(env("dead.one", body=_nested(7), headers={"h": {"n": 7}}))
+    [dead] = await take_dead(bus, 1)
+    assert dead.body == _nested(7) and dead.headers["h"] == {"n": 7}
+
+
+async def test_a_message_that_is_not_json_is_refused_at_once(bus: Any) -> None:
+    """As on the broker: the sender learns it, no consumer ever gets half a message."""
+    got: list[Envelope] = []
+    await bus.consume_events("audit", ["json.#"], lambda m: _record(got, m))
+    with pytest.raises(TypeError):
+        await bus.publish(env("json.single", body={"x": object()}))
+    with pytest.raises(TypeError):
+        await bus.publish_batch([env("json.batch"), env("json.batch", body={"x": {1, 2}})])
+    with pytest.raises(TypeError):
+        await bus.send(env(headers={"x": object()}))
+    await bus.publish(env("json.fine"))
+    await until(lambda: len(got) == 1)
+    await asyncio.sleep(0.2)
+    assert [m.type for m in got] == ["json.fine"]
 
 
 # --------------------------------------------------------------------------- batches
