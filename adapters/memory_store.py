@@ -580,6 +580,7 @@ def _in_pred(path: str, xs: Any) -> Pred:
 # --------------------------------------------------------------------------- updates
 
 _UPDATE_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert", "$push"})
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 def _check_update(
@@ -608,6 +609,11 @@ def _check_update(
                 raw = _pack(value)
                 if raw is not None:
                     cold[op, path] = _Frozen(raw)
+    if not cold and all(
+        type(v) in _IMMUTABLE for fields in update.values() for v in fields.values()
+    ):
+        # scalars only (most updates: a status, a time, a counter): nothing to copy
+        return {op: dict(fields) for op, fields in update.items()}
     ops: dict[str, dict[str, Any]] = _copy(
         {op: {p: v for p, v in f.items() if (op, p) not in cold} for op, f in update.items()}
     )
