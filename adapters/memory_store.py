@@ -1244,6 +1244,14 @@ def _covered_paths(filter: Filter) -> dict[str, str] | None:
 # --------------------------------------------------------------------------- collections
 
 
+def _plain(filter: Filter) -> bool:
+    """Only string equalities on top-level fields (MongoDB's equality is ``==`` there)."""
+    for key, x in filter.items():
+        if type(x) is not str or "." in key or key.startswith("$"):
+            return False
+    return True
+
+
 class _Coll:
     def __init__(self, packed: bool = False, frozen: Container[str] = ()) -> None:
         # a packed collection keeps each document as its orjson bytes (a dict only when
@@ -1360,6 +1368,18 @@ class _Coll:
         self, filter: Filter, sort: Sort | None = None, skip: int = 0, limit: int = 0
     ) -> list[Document]:
         """Matching stored documents (not copies), sorted and sliced."""
+        direct = filter.get("_id")
+        if type(direct) is str and not skip and _plain(filter):
+            # a document by _id, with string equalities on top-level fields (a guarded
+            # update's usual filter): no predicate to compile
+            if direct not in self.docs:
+                return []
+            doc = self.readable(filter)[direct]
+            for key, x in filter.items():
+                v = doc.get(key)
+                if not (v == x or (type(v) is list and x in v)):
+                    return []
+            return [doc]
         pred = _compile(filter)
         want = skip + limit if limit else 0
         ids, plan = self.candidates(filter, sort, want)

@@ -1064,3 +1064,16 @@ async def test_setting_whole_objects_and_arrays_then_reading_into_them(store: St
         {"a": 3, "l": [1, 2, 3], "b": True},
         {"a": 2, "b": True},
     ]
+
+
+async def test_a_guard_on_id_and_strings_matches_as_a_query_does(store: Store) -> None:
+    """``{_id, field: "x"}``: an array holding "x" matches, a missing field or another
+    type does not (the usual filter of a guarded update)."""
+    await store.insert("upd", {"_id": "g1", "tags": ["a", "x"], "n": 1, "s": "x"})
+    assert await store.find_one("upd", {"_id": "g1", "tags": "x", "s": "x"}) is not None
+    assert await store.find_one("upd", {"_id": "g1", "n": "1"}) is None
+    assert await store.find_one("upd", {"_id": "g1", "gone": "x"}) is None
+    assert await store.update_one("upd", {"_id": "g1", "s": "y"}, {"$set": {"n": 2}}) is None
+    done = await store.update_one("upd", {"_id": "g1", "tags": "a"}, {"$set": {"n": 2}})
+    assert done is not None and done["n"] == 2
+    assert await store.count("upd", {"_id": "g1", "tags": "b"}) == 0
