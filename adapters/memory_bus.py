@@ -14,7 +14,7 @@ sent (a body that is not JSON fails there; the sender's later changes do not
 leak in), and decoded afresh for each delivery (a handler that changes its
 envelope changes no retry, redelivery, dead letter or other group's copy). An
 event batch is one JSON array, decoded once per delivery to a group. On an
-Intel Xeon (2 cores, load average 2) this bus costs 3.7 us of CPU per event of
+Intel Xeon (2 cores, load average 2) this bus costs 3.5 us of CPU per event of
 a batch delivered to a no-op handler (9.7 us when each message was copied
 through JSON twice) and 14.5 us per command (20 us).
 
@@ -421,36 +421,36 @@ class MemoryBus:
             for index, event in enumerate(msg.events()):
                 if not self._running:
                     return False
-                await self._process_one(q, handler, event, msg, index)
+                try:
+                    await handler(event)
+                except Exception as exc:
+                    self._failed(q.name, event, msg.event(index), exc)
             return True
-        await self._process_one(q, handler, msg.envelope(), msg)
-        return True
-
-    async def _process_one(
-        self,
-        q: _Queue,
-        handler: MessageHandler,
-        given: Envelope,
-        msg: _Message,
-        index: int | None = None,
-    ) -> None:
-        """``given``: the handler's copy of ``msg`` (of its event ``index`` for a batch)."""
+        given = msg.envelope()
         try:
             result = await handler(given)
-        except Retry as exc:
-            self._retry(q.name, self._stored(msg, index), str(exc) or "retry", exc.delay)
-        except Reject as exc:
-            self._dead(q.name, self._stored(msg, index), f"rejected: {exc}")
         except Exception as exc:
-            log.exception("bus.handler_failed queue=%s id=%s type=%s", q.name, given.id, given.type)
-            self._retry(q.name, self._stored(msg, index), f"{type(exc).__name__}: {exc}")
+            self._failed(q.name, given, msg, exc)
         else:
             if msg.reply_to:
                 self._reply(msg, result)
+        return True
 
-    @staticmethod
-    def _stored(msg: _Message, index: int | None) -> _Message:
-        return msg if index is None else msg.event(index)
+    def _failed(self, queue: str, given: Envelope, msg: _Message, exc: Exception) -> None:
+        """The handler raised ``exc`` on ``given``, its copy of ``msg``."""
+        if isinstance(exc, Retry):
+            self._retry(queue, msg, str(exc) or "retry", exc.delay)
+        elif isinstance(exc, Reject):
+            self._dead(queue, msg, f"rejected: {exc}")
+        else:
+            log.error(
+                "bus.handler_failed queue=%s id=%s type=%s",
+                queue,
+                given.id,
+                given.type,
+                exc_info=exc,
+            )
+            self._retry(queue, msg, f"{type(exc).__name__}: {exc}")
 
     def _retry(self, queue: str, msg: _Message, reason: str, delay: float | None = None) -> None:
         if msg.attempt >= len(self._delays):
