@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -460,7 +461,9 @@ class RabbitBus:
             await self._process_batch(queue, handler, message, env, release)
             return
         try:
-            forward, result = await self._handle_one(queue, handler, env)
+            forward, result = await self._handle_one(
+                queue, handler, env, lambda: self._decode(message)[0]
+            )
         finally:
             release()
         if forward is not None:
@@ -474,19 +477,29 @@ class RabbitBus:
         await self._ack(message)
 
     async def _handle_one(
-        self, queue: str, handler: MessageHandler, env: Envelope
+        self,
+        queue: str,
+        handler: MessageHandler,
+        env: Envelope,
+        as_delivered: Callable[[], Envelope],
     ) -> tuple[Awaitable[None] | None, Document | None]:
         """Run the handler: ``(retry or dead-letter copy to publish, None)`` or
-        ``(None, the handler's result)``."""
+        ``(None, the handler's result)``.
+
+        The copy is made from ``as_delivered()`` (the message decoded again), not
+        from ``env``: a handler may have changed its envelope before it failed, and
+        the retry must be the message as it was sent (the embedded bus's contract
+        too). Decoding again costs only on failure.
+        """
         try:
             return None, await handler(env)
         except Retry as exc:
-            return self._retry(queue, env, str(exc) or "retry", exc.delay), None
+            return self._retry(queue, as_delivered(), str(exc) or "retry", exc.delay), None
         except Reject as exc:
-            return self._dead(queue, env, f"rejected: {exc}"), None
+            return self._dead(queue, as_delivered(), f"rejected: {exc}"), None
         except Exception as exc:
             log.exception("bus.handler_failed queue=%s id=%s type=%s", queue, env.id, env.type)
-            return self._retry(queue, env, f"{type(exc).__name__}: {exc}"), None
+            return self._retry(queue, as_delivered(), f"{type(exc).__name__}: {exc}"), None
 
     async def _process_batch(
         self,
@@ -508,10 +521,12 @@ class RabbitBus:
             except (KeyError, TypeError, ValueError) as exc:
                 await self._settle(message, self._dead(queue, env, f"undecodable batch: {exc}"))
                 return
-            for one in events:
+            for i, one in enumerate(events):
                 if self._closing:
                     return  # unacked: back to the queue when the connection closes
-                forward, _ = await self._handle_one(queue, handler, one)
+                forward, _ = await self._handle_one(
+                    queue, handler, one, functools.partial(self._batch_event, message, i)
+                )
                 if forward is not None:
                     try:
                         await forward
@@ -523,6 +538,10 @@ class RabbitBus:
         finally:
             release()
         await self._ack(message)
+
+    def _batch_event(self, message: AbstractIncomingMessage, i: int) -> Envelope:
+        """The ``i``-th event of a batch as it was delivered (decoded again)."""
+        return event_batch.unpack(self._decode(message)[0])[i]
 
     async def _settle(self, message: AbstractIncomingMessage, forward: Awaitable[None]) -> None:
         """Publish the retry or dead copy, then ack; if the copy failed, requeue instead."""
