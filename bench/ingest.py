@@ -44,12 +44,12 @@ rate of that run is not a figure: cProfile slows Python code ~2x);
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
 
-Last figures (README, "Ingest benchmark"; 2 vCPUs, Intel Xeon, 2026-11-26 05:42 UTC,
-load average 3.5-4.1 from other work): floor 10,660 Slots/s (15,343 idle); embedded
-1,965/s, RabbitMQ 2,342/s until searchable and drained; target not met. The event
-loop's process needs 314 us of CPU per Slot embedded and 274 us on RabbitMQ (407-428 us
-that morning; the embedded store's writes are about a third of it), the validation
-process beside it ~160 us.
+Last figures (README, "Ingest benchmark"; 2 vCPUs, Intel Xeon, 2026-11-26 06:14 UTC,
+nothing else running, load average 0.29): floor 15,993 Slots/s; embedded 4,386/s (27 %),
+RabbitMQ 4,003/s (25 %) until searchable and drained; target (50 %) not met. The event
+loop's process uses its core in full at 218 us of CPU per Slot embedded and 232 us on
+RabbitMQ (407-428 us that morning before the store, bus and write-path changes), the
+validation process beside it ~150 us.
 """
 
 from __future__ import annotations
