@@ -35,11 +35,11 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
 
 ``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
-Xeon, 2 cores shared with other benchmarks, load average 3.4; the README has the
-table): embedded, 656 assignments/s, 920 assignments per CPU-second, 1.4 ms of CPU an
-assignment with everything it causes, cancellation -> provider's event p99 93 ms at
-5/s; RabbitMQ, 492 assignments/s (664 per CPU-second), p99 126 ms at 5/s (load average
-2.5); earlier, on an AMD EPYC: p99 67 ms at 20/s, saturated at 30/s (one process).
+Xeon, 2 cores, nothing else running, load average 0.04-0.64; the README has the table):
+embedded, 997 assignments/s, 1,003 assignments per CPU-second, 1.5 ms of CPU an
+assignment with everything it causes, cancellation -> provider's event p99 26 ms at
+5/s; RabbitMQ, 646 assignments/s (671 per CPU-second), p99 50 ms at 5/s; earlier, on
+an AMD EPYC: p99 67 ms at 20/s, saturated at 30/s (one process).
 """
 
 from __future__ import annotations
