@@ -29,8 +29,8 @@ the embedded one, or RabbitMQ with ``--bus rabbitmq``):
 ``--events 5000`` is a quick look.
 
 Last run (2 vCPUs, Intel Xeon, Python 3.11.7; 2026-11-26): embedded, nothing
-else running (load average 0.71), 2,113 deliveries/s, 469 us of gateway CPU per
-delivery (the event loop's one core used in full), receivers 143 us; RabbitMQ,
+else running (load average 0.38), 2,296 deliveries/s, 431 us of gateway CPU per
+delivery (the event loop's one core used in full), receivers 98 us; RabbitMQ,
 with other work on the machine (load 1.4-3.1), 321/s, 1,553 us (bound by the
 events' own confirmed publishes and three consumer groups); loss run on both: 0
 of 6,000 events lost, 0 duplicates. On an AMD EPYC machine of the same size the
