@@ -32,6 +32,7 @@ from gateway.schema import INDEXES
 from gateway.sms_replies import Parsed, parse
 from gateway.timeutil import to_store
 from mappings import notifications as templates
+from mappings.appointment import STATUSES  # every FHIR R4 Appointment status
 from mappings.notifications import VisitFacts
 
 WARSAW = ZoneInfo("Europe/Warsaw")
@@ -164,21 +165,6 @@ def v(status: str, slot: str = "s1", start: str = "2027-01-13T07:00:00.000Z", **
 )
 def test_classify(prev: Visit | None, cur: Visit | None, verb: str, kind: str | None) -> None:
     assert classify(prev, cur, verb) == kind
-
-
-# Every FHIR R4 Appointment status.
-STATUSES = (
-    "proposed",
-    "pending",
-    "booked",
-    "arrived",
-    "fulfilled",
-    "cancelled",
-    "noshow",
-    "entered-in-error",
-    "checked-in",
-    "waitlist",
-)
 
 
 @pytest.mark.parametrize("status", [s for s in STATUSES if s not in TELLING])
