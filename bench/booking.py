@@ -54,7 +54,8 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from bench.common import broker_pid, cpu_model, proc_cpu, write_ready
+from bench.common import broker_pid, cpu_model, proc_cpu, purge, write_ready
+from gateway.settings import Settings
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 NOW = datetime(2027, 1, 4, 8, 0, tzinfo=WARSAW)  # the sandbox clock: a Monday
@@ -212,34 +213,6 @@ async def stop_server(server: Server) -> None:
     except TimeoutError:
         server.proc.kill()
         await server.proc.wait()
-
-
-async def fresh_vhost(amqp_url: str) -> None:
-    """Delete the gateway's queues in the bench vhost so the run starts from an empty broker."""
-    import aio_pika
-
-    from gateway import constants as c
-    from gateway.settings import Settings
-
-    try:
-        conn = await aio_pika.connect(amqp_url, timeout=5)
-    except Exception as exc:
-        vhost = amqp_url.rsplit("/", 1)[-1] or "/"
-        raise SystemExit(
-            f"RabbitMQ is not reachable at {amqp_url} ({exc!r}). The bench uses its own vhost:\n"
-            f"  rabbitmqctl add_vhost {vhost} && "
-            f"rabbitmqctl set_permissions -p {vhost} guest '.*' '.*' '.*'\nor pass --amqp-url."
-        ) from exc
-    defaults = Settings()
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(defaults.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in defaults.retry_delays]
-    names += [c.DEAD_QUEUE]
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
 
 
 # --------------------------------------------------------------------------- the patients
@@ -454,7 +427,7 @@ async def double_bookings(
 
 async def one_backend(backend: str, args: argparse.Namespace, workdir: Path) -> Run:
     if backend == "rabbitmq":
-        await fresh_vhost(args.amqp_url)
+        await purge(Settings(amqp_url=args.amqp_url))
     server = await start_server(backend, args.amqp_url, workdir)
     run = Run(backend)
     try:

@@ -63,19 +63,36 @@ def ensure_vhost(url: str, vhost: str) -> None:
         )
 
 
-async def purge(settings: Settings, vhost: str, extra_groups: Iterable[str] = ()) -> None:
-    """Delete the gateway's queues in the bench vhost so a run starts from an empty broker."""
-    if not settings.amqp_url:
+async def purge(
+    settings: Settings, vhost: str | None = None, extra_groups: Iterable[str] = ()
+) -> None:
+    """Delete the gateway's queues in the bench vhost so a run starts from an empty broker.
+
+    ``vhost`` (default: the last part of ``settings.amqp_url``) is made first when the
+    URL points at it (a fresh machine has none); an unreachable broker stops the bench
+    with the commands that make the vhost.
+    """
+    url = settings.amqp_url
+    if not url:
         return
     import aio_pika
 
-    ensure_vhost(settings.amqp_url, vhost)
+    vhost = vhost or url.rsplit("/", 1)[-1] or "/"
+    ensure_vhost(url, vhost)
     groups = (c.WEBHOOK_GROUP, c.WEBHOOK_DELIVERY_GROUP, "notifications", "waiting-room")
     names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
     names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
     names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in (*groups, *extra_groups)]
     names.append(c.DEAD_QUEUE)
-    conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+    try:
+        conn = await aio_pika.connect(url, timeout=5)
+    except Exception as exc:
+        raise SystemExit(
+            f"RabbitMQ is not reachable at {url} ({exc!r}). The bench uses its own vhost:\n"
+            f"  rabbitmqctl add_vhost {vhost} && "
+            f"rabbitmqctl set_permissions -p {vhost} guest '.*' '.*' '.*'\n"
+            "or pass --amqp-url."
+        ) from exc
     try:
         channel = await conn.channel()
         for name in names:

@@ -49,11 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import broker_pid, cpu_model, ensure_vhost, proc_cpu
+from bench.common import broker_pid, cpu_model, proc_cpu, purge
 from bench.import_data import write_dataset
+from gateway.settings import Settings
 
 REPO = str(Path(__file__).resolve().parent.parent)
-# A vhost of its own, made with rabbitmqctl when missing (bench.common.ensure_vhost).
+# A vhost of its own, made with rabbitmqctl when missing (bench.common.purge).
 BENCH_VHOST = "cer-bench-import"
 DEFAULT_AMQP = os.environ.get("BENCH_AMQP_URL", f"amqp://guest:guest@127.0.0.1/{BENCH_VHOST}")
 TARGET_SECONDS = 600.0
@@ -141,14 +142,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.counts.get("read", 0) / self.seconds if self.seconds else 0.0
-
-
-async def fresh_vhost(amqp_url: str) -> None:
-    """Make the bench's vhost if it is missing (a fresh machine), then empty its queues."""
-    from bench.ingest import fresh_vhost as empty
-
-    ensure_vhost(amqp_url, BENCH_VHOST)
-    await empty(amqp_url)
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -335,7 +328,7 @@ async def measure(args: Any) -> int:
         size = sum(f.stat().st_size for f in data.glob("*.ndjson"))
         amqp = None if args.backend == "embedded" else args.amqp_url
         if amqp:
-            await fresh_vhost(amqp)
+            await purge(Settings(amqp_url=amqp), BENCH_VHOST)
         print(
             f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
             f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"

@@ -81,7 +81,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
-from bench.common import broker_pid, cpu_model, write_ready
+from bench.common import broker_pid, cpu_model, purge, write_ready
+from gateway.settings import Settings
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 FIRST_MONDAY = date(2027, 1, 11)
@@ -419,35 +420,6 @@ def private_vhost(amqp_url: str | None) -> Iterator[str]:
         ctl("delete_vhost", vhost)
 
 
-async def fresh_vhost(amqp_url: str) -> None:
-    """Delete the gateway's queues in the bench vhost, so a run starts from an empty broker."""
-    import aio_pika
-
-    from gateway import constants as c
-    from gateway.settings import Settings
-
-    try:
-        conn = await aio_pika.connect(amqp_url, timeout=5)
-    except Exception as exc:
-        vhost = amqp_url.rsplit("/", 1)[-1] or "/"
-        raise SystemExit(
-            f"RabbitMQ is not reachable at {amqp_url} ({exc!r}). The bench uses its own vhost:\n"
-            f"  rabbitmqctl add_vhost {vhost} && "
-            f"rabbitmqctl set_permissions -p {vhost} guest '.*' '.*' '.*'\n"
-            "or pass --amqp-url."
-        ) from exc
-    defaults = Settings()
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(defaults.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in defaults.retry_delays]
-    names.append(c.DEAD_QUEUE)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
-
-
 # --------------------------------------------------------------------------- the client
 
 
@@ -594,7 +566,7 @@ async def one_backend(
     profile_out: Path | None = None,
 ) -> Run:
     if backend == "rabbitmq":
-        await fresh_vhost(args.amqp_url)
+        await purge(Settings(amqp_url=args.amqp_url))
     server = await start_server(backend, args.amqp_url, workdir, profile_out)
     try:
         return await ingest(backend, server, work, args.concurrency, args.wait_relay)
