@@ -33,7 +33,7 @@ import os
 import socket
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -92,6 +92,27 @@ def partition_of(tenant: str | None, partitions: int) -> int:
 
 def tier_name(delay: float) -> str:
     return str(round(delay * 1000))
+
+
+def queue_names(partitions: int, retry_delays: Sequence[float], groups: Iterable[str]) -> list[str]:
+    """The durable queues of a topology: command partitions, retry tiers, the consumer
+    groups' event queues and the dead letters (what a fresh start deletes)."""
+    names = [f"{COMMAND_QUEUE_PREFIX}{n}" for n in range(partitions)]
+    names += [f"{RETRY_QUEUE_PREFIX}{tier_name(d)}" for d in retry_delays]
+    names += [f"{EVENT_QUEUE_PREFIX}{g}" for g in groups]
+    names.append(DEAD_QUEUE)
+    return names
+
+
+async def delete_queues(url: str, names: Iterable[str]) -> None:
+    """Delete these queues (with their messages; a missing one is no error)."""
+    conn = await aio_pika.connect(url, timeout=5)
+    try:
+        channel = await conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await conn.close()
 
 
 class _PublishInterrupted(Exception):

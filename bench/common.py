@@ -75,17 +75,16 @@ async def purge(
     url = settings.amqp_url
     if not url:
         return
-    import aio_pika
+    from adapters.rabbit_bus import delete_queues, queue_names
 
     vhost = vhost or url.rsplit("/", 1)[-1] or "/"
     ensure_vhost(url, vhost)
     groups = (c.WEBHOOK_GROUP, c.WEBHOOK_DELIVERY_GROUP, "notifications", "waiting-room")
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
-    names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in (*groups, *extra_groups)]
-    names.append(c.DEAD_QUEUE)
+    names = queue_names(
+        settings.command_partitions, settings.bus_retry_delays, (*groups, *extra_groups)
+    )
     try:
-        conn = await aio_pika.connect(url, timeout=5)
+        await delete_queues(url, names)
     except Exception as exc:
         raise SystemExit(
             f"RabbitMQ is not reachable at {url} ({exc!r}). The bench uses its own vhost:\n"
@@ -93,9 +92,3 @@ async def purge(
             f"rabbitmqctl set_permissions -p {vhost} guest '.*' '.*' '.*'\n"
             "or pass --amqp-url."
         ) from exc
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()

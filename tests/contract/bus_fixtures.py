@@ -22,13 +22,7 @@ import pytest
 
 from adapters.clock import SandboxClock
 from adapters.memory_bus import MemoryBus
-from adapters.rabbit_bus import RabbitBus
-from gateway.constants import (
-    COMMAND_QUEUE_PREFIX,
-    DEAD_QUEUE,
-    EVENT_QUEUE_PREFIX,
-    RETRY_QUEUE_PREFIX,
-)
+from adapters.rabbit_bus import RabbitBus, delete_queues, queue_names
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1/")
 PARTITIONS = 4
@@ -38,14 +32,6 @@ RETRY_DELAYS = [0.05, 0.1]
 EVENT_GROUPS = ("audit", "slots", "webhooks", "ordering")
 
 _swept = False
-
-
-def _topology_queues() -> list[str]:
-    names = [f"{COMMAND_QUEUE_PREFIX}{n}" for n in range(PARTITIONS)]
-    names += [f"{RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in RETRY_DELAYS]
-    names += [f"{EVENT_QUEUE_PREFIX}{g}" for g in EVENT_GROUPS]
-    names.append(DEAD_QUEUE)
-    return names
 
 
 def _leftover_queues() -> list[str]:
@@ -65,16 +51,6 @@ def _leftover_queues() -> list[str]:
         for n in out.splitlines()
         if n.strip().startswith("cer.") and not n.strip().startswith("cer.reply.")
     ]
-
-
-async def _delete_queues(names: list[str]) -> None:
-    conn = await aio_pika.connect(AMQP_URL, timeout=5)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
 
 
 async def _rabbit_reachable() -> str | None:
@@ -148,11 +124,11 @@ async def make_harness(kind: str) -> AsyncIterator[BusHarness]:
         if reason is not None:
             print(reason)
             pytest.skip(reason)
-        names = _topology_queues()
+        names = queue_names(PARTITIONS, RETRY_DELAYS, EVENT_GROUPS)
         if not _swept:
             names = sorted(set(names) | set(_leftover_queues()))
             _swept = True
-        await _delete_queues(names)
+        await delete_queues(AMQP_URL, names)
     harness = BusHarness(kind, None, clock)
     harness.bus = harness.new_bus()
     await harness.bus.start()
@@ -162,7 +138,7 @@ async def make_harness(kind: str) -> AsyncIterator[BusHarness]:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(harness.bus.close(), 15)
         if kind == "rabbitmq":
-            await _delete_queues(_topology_queues())
+            await delete_queues(AMQP_URL, queue_names(PARTITIONS, RETRY_DELAYS, EVENT_GROUPS))
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])

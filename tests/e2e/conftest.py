@@ -14,10 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient
 
+from adapters.rabbit_bus import delete_queues, queue_names
 from gateway.http.app import create_app
 from gateway.settings import Settings
 
@@ -28,22 +28,11 @@ E2E_GROUPS = ("test-slice", "webhooks", "webhook-deliveries", "notifications", "
 
 async def purge_rabbit(settings: Settings, groups: tuple[str, ...] = E2E_GROUPS) -> None:
     """Delete the gateway's queues so each test starts from an empty broker."""
-    from gateway import constants as c
-
-    names = [f"{c.COMMAND_QUEUE_PREFIX}{n}" for n in range(settings.command_partitions)]
-    names += [f"{c.RETRY_QUEUE_PREFIX}{round(d * 1000)}" for d in settings.bus_retry_delays]
-    names += [f"{c.EVENT_QUEUE_PREFIX}{g}" for g in groups]
-    names.append(c.DEAD_QUEUE)
+    names = queue_names(settings.command_partitions, settings.bus_retry_delays, groups)
     try:
-        conn = await aio_pika.connect(AMQP_URL, timeout=5)
+        await delete_queues(AMQP_URL, names)
     except Exception as exc:  # pragma: no cover - the broker must run where tests run
         pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: {exc!r}")
-    try:
-        channel = await conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await conn.close()
 
 
 def settings_for(backend: str, **overrides: Any) -> Settings:
