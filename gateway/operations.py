@@ -26,7 +26,7 @@ twice (``resources.apply_put``). A batch applies each entry on its own.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -950,16 +950,14 @@ async def run_write(
         # per entry, then kept current entry by entry).
         holders = await BatchHolders.read(ctx, ops)
         for n, op in enumerate(ops, 1):
-            one = WriteContext(
-                store,
-                now,
-                tenant,
-                msg_id,
-                correlation_id,
-                channel,
-                prefix="bundle",
-                take_holds=take_holds,
-                cache=ctx.cache,
+            # The entry's own plan (references, deletes, identifiers, claims), the
+            # batch's shared reads.
+            one = replace(
+                ctx,
+                planned={},
+                deleting={},
+                idents={},
+                claims={},
                 holders=holders.by_key if holders else None,
             )
             try:
