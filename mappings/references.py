@@ -115,12 +115,17 @@ def read_reference(el: Any, rtype: str, path: str, issues: list[Issue]) -> str |
 
 
 def rewrite_references(obj: Any, mapping: Mapping[str, str]) -> Any:
-    """A copy of ``obj`` with every ``reference`` found in ``mapping`` replaced.
+    """``obj`` with every ``reference`` found in ``mapping`` replaced: a copy, or ``obj``
+    itself when none of its references is in ``mapping`` (so not to be changed in place).
 
     For transactions: ``{"urn:uuid:...": "Schedule/abc"}`` once ids are assigned.
-    Iterative, so that a body nested deeper than Python's recursion limit (a
-    client's junk, refused later by validation) cannot crash it.
+    Most resources of a transaction name none of its entries (500 slots of existing
+    schedules): looking first is cheaper than copying each. Both walks are iterative,
+    so that a body nested deeper than Python's recursion limit (a client's junk,
+    refused later by validation) cannot crash them.
     """
+    if not mapping or not _names_any(obj, mapping):
+        return obj
     root: list[Any] = [None]
     stack: list[tuple[Any, Any, Any]] = [(obj, root, 0)]
     while stack:
@@ -141,6 +146,23 @@ def rewrite_references(obj: Any, mapping: Mapping[str, str]) -> Any:
         else:
             parent[key] = src
     return root[0]
+
+
+def _names_any(obj: Any, mapping: Mapping[str, str]) -> bool:
+    """Does any ``reference`` in ``obj`` (at any depth) name a key of ``mapping``?"""
+    level = [obj]
+    while level:
+        inner: list[Any] = []
+        for value in level:
+            if isinstance(value, dict):
+                ref = value.get("reference")
+                if isinstance(ref, str) and ref in mapping:
+                    return True
+                inner.extend(value.values())
+            elif isinstance(value, list):
+                inner.extend(value)
+        level = inner
+    return False
 
 
 def read_instant(value: Any, path: str, issues: list[Issue]) -> datetime | None:

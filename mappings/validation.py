@@ -48,8 +48,33 @@ def fhirpath(root: str, loc: tuple[Any, ...]) -> str:
 def too_deep(data: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
     """The FHIRPath of the first element nested deeper than ``limit``, or ``None``.
 
-    Iterative (the point is not to recurse on a client's nesting).
+    Iterative (the point is not to recurse on a client's nesting). The depth is
+    measured a level at a time without paths, and stops one level past ``limit``;
+    the path is worked out only for a body that is too deep (``_deep_path``): every
+    resource is checked, and building a path for each of its elements was a tenth
+    of a large Bundle's validation.
     """
+    level = [data]
+    depth = 1
+    while level:
+        inner: list[Any] = []
+        nested = False
+        for value in level:
+            if isinstance(value, dict):
+                nested = True
+                inner.extend(value.values())
+            elif isinstance(value, list):
+                nested = True
+                inner.extend(value)
+        if nested and depth > limit:
+            return _deep_path(data, root, limit)
+        depth += 1
+        level = inner
+    return None
+
+
+def _deep_path(data: Any, root: str, limit: int) -> str | None:
+    """``too_deep`` with the path of each element: the first one (depth first) too deep."""
     stack: list[tuple[Any, str, int]] = [(data, root, 1)]
     while stack:
         value, where, depth = stack.pop()
