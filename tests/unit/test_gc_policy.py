@@ -24,12 +24,43 @@ async def test_survivors_are_frozen_then_thawed() -> None:
                 break
             await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > 0
+        # the timer is the only collector while the policy runs
+        assert not gc.isenabled()
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
     # thawing every time: nothing stays frozen across a round
     task = asyncio.create_task(gc_policy.freeze_survivors(0.01, 0))
     await asyncio.sleep(0.05)
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     gc.unfreeze()
+
+
+async def test_cyclic_garbage_is_collected_by_the_timer() -> None:
+    """Automatic collections are off while the policy runs: the timer collects cycles."""
+    import weakref
+
+    class Node:
+        other: object = None
+
+    task = asyncio.create_task(gc_policy.freeze_survivors(0.01, 3600))
+    try:
+        await asyncio.sleep(0.02)
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b
+        assert ref() is not None  # a cycle: reference counting alone does not free it
+        for _ in range(200):
+            if ref() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert ref() is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.unfreeze()
