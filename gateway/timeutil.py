@@ -20,9 +20,17 @@ def utc(dt: datetime) -> datetime:
 # some 1,500 times): the text of recent instants is kept.
 @lru_cache(maxsize=1024)
 def to_store(dt: datetime) -> str:
-    """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store."""
+    """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store.
+
+    Formatted field by field: ``strftime`` took 2.5 us of it, and a Bundle of slots
+    (two distinct instants a slot) misses the cache. The same text as ``strftime``
+    (whose ``%Y`` is not zero-padded either).
+    """
     d = utc(dt)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    return (
+        f"{d.year}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}."
+        f"{d.microsecond // 1000:03d}Z"
+    )
 
 
 def from_store(s: str) -> datetime:
