@@ -195,7 +195,7 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
             continue
         if btype == "transaction" and data is not None:
             data = rewrite_references(data, renames)
-        if isinstance(data, dict) and method == "POST":
+        if isinstance(data, dict) and method == "POST" and ("id" in data or "meta" in data):
             data = {k: v for k, v in data.items() if k not in ("id", "meta")}
         where = f"Bundle.entry[{i}].request"
         try:

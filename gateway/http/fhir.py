@@ -7,8 +7,8 @@ FHIR clients get ordinary answers (201 + Location + ETag, 409, 412, 422).
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -40,7 +40,14 @@ def check_id(rid: str, rtype: str) -> str:
 
 
 def new_resource_id() -> str:
-    return uuid.uuid4().hex
+    """``uuid.uuid4().hex``, without building a ``UUID`` (one for each created entry)."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & _UUID4_CLEAR) | _UUID4_SET  # the version (4) and variant (RFC 4122) bits
+    return f"{n:032x}"
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 async def read_body(request: web.Request) -> Any:
@@ -89,7 +96,12 @@ def parse_if_none_exist(value: Any, where: str | None = None) -> str | None:
         return None
     expr = [where] if where else []
     query = value.strip().lstrip("?") if isinstance(value, str) else ""
-    params = parse_qsl(query, keep_blank_values=True)
+    if "%" in query or "+" in query:
+        params = parse_qsl(query, keep_blank_values=True)
+    else:
+        # What parse_qsl gives for a query without escapes (a vendor's bundle of 500
+        # slots is 500 conditional creates): a tenth of the cost.
+        params = [(name, val) for name, _, val in (f.partition("=") for f in query.split("&") if f)]
     if not params:
         raise FhirError(400, [Issue("value", "If-None-Exist must be a search query", expr)])
     for name, val in params:
