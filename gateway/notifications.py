@@ -352,9 +352,10 @@ class Notifier:
             raise Reject("an Appointment event without tenant or id")
         rid, version, verb = body["id"], int(body.get("version") or 0), msg.type.rsplit(".", 1)[1]
         doc = await self.store.get(c.RESOURCES, _appt_key(tenant, rid))
+        ref: str | None = None
         if tenant != c.WAITING_ROOM_TENANT:
             # A waiting-room entry's face is never a booked visit: no reference, no reminder.
-            await self.sync_visit(tenant, rid, doc)
+            ref = await self.sync_visit(tenant, rid, doc)
         cur = None if verb == "deleted" else await load_visit(self.store, tenant, rid, version, doc)
         if cur is not None and cur.status not in TELLING:
             return  # nothing to tell whatever the version before (classify)
@@ -380,7 +381,9 @@ class Notifier:
         if visit.start and from_store(visit.start) <= self.clock.now():
             log.info("notification.skipped", kind=kind, why="visit in the past")
             return
-        await self.notify(msg.id, kind, visit)
+        # The reply reference sync_visit just wrote (the appointment's, whatever the
+        # version) is not read again; one it left alone (a cancelled visit's) is read.
+        await self.notify(msg.id, kind, visit, ref=ref)
 
     async def on_reminder(self, msg: Envelope) -> None:
         rem_id = str(msg.body.get("reminder_id") or "")
@@ -421,22 +424,27 @@ class Notifier:
             out.append(("push", pesel_rules.pseudonym(visit.pesel, self.push_secret)[:32]))
         return out
 
-    async def facts(self, visit: Visit) -> VisitFacts:
+    async def facts(self, visit: Visit, ref: str | None = None) -> VisitFacts:
+        """What the messages say; ``ref``: the visit's reply reference when the caller knows it."""
         place, address = await place_of(self.store, visit)
-        ref_doc = await self.store.get(c.SMS_REFS, _appt_key(visit.tenant, visit.id))
+        if ref is None:
+            ref_doc = await self.store.get(c.SMS_REFS, _appt_key(visit.tenant, visit.id))
+            ref = (ref_doc or {}).get("ref")
         return VisitFacts(
             start=from_store(visit.start) if visit.start else None,
             scope=visit.scope,
             category=visit.category,
             place=place,
             address=address,
-            ref=(ref_doc or {}).get("ref"),
+            ref=ref,
             cancel_reason=visit.cancel_reason,
         )
 
-    async def notify(self, event_id: str, kind: str, visit: Visit) -> None:
+    async def notify(
+        self, event_id: str, kind: str, visit: Visit, *, ref: str | None = None
+    ) -> None:
         """Send ``kind`` about ``visit`` on each of its channels, once per event and channel."""
-        facts = await self.facts(visit)
+        facts = await self.facts(visit, ref)
         temporary: list[str] = []
         permanent: list[str] = []
         for channel, to in await self.addresses(visit):
@@ -574,9 +582,10 @@ class Notifier:
 
     async def sync_visit(
         self, tenant: str, rid: str, current: Document | Unread | None = UNREAD
-    ) -> None:
+    ) -> str | None:
         """Bring the visit's reply reference and reminders in step with its current state
-        (``current``: the stored document as the caller just read it)."""
+        (``current``: the stored document as the caller just read it). The reference of
+        a booked visit with a phone, else None."""
         visit = await current_visit(self.store, tenant, rid, current)
         key = _appt_key(tenant, rid)
         active = visit is not None and visit.status in BOOKED and visit.start is not None
@@ -585,13 +594,14 @@ class Notifier:
                 c.SMS_REFS, {"_id": key, "active": True}, {"$set": {"active": False}}
             )
             await self.reminders.cancel(tenant, rid)
-            return
-        await self._sync_ref(key, visit)
+            return None
+        ref = await self._sync_ref(key, visit)
         await self.reminders.plan(tenant, rid, visit.start)
+        return ref
 
-    async def _sync_ref(self, key: str, visit: Visit) -> None:
+    async def _sync_ref(self, key: str, visit: Visit) -> str | None:
         if not visit.phone:
-            return
+            return None
         existing = await self.store.get(c.SMS_REFS, key)
         if existing is not None and existing.get("phone") == visit.phone:
             ref = existing["ref"]
@@ -613,6 +623,7 @@ class Notifier:
             },
             upsert=True,
         )
+        return ref
 
 
 class ChannelsRetry(Retry):

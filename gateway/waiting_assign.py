@@ -200,6 +200,24 @@ async def _claim_referral(
     ref = entry.get("referral")
     if not ref:
         return None
+    # Usually the referral is the entry's own, issued and free: claimed in one conditional
+    # update that asks what ``check_referral`` would (no read first). Otherwise the read
+    # below tells why not, or frees it from a visit the facility cancelled.
+    if await store.update_one(
+        c.REFERRALS,
+        {
+            "_id": ref["key"],
+            "code": ref["code"],
+            "pesel": entry["pesel"],
+            "scope": entry["scope"],
+            "$or": [
+                {"status": patients.REFERRAL_ISSUED},
+                {"status": patients.REFERRAL_BOOKED, "appointment_id": gid},
+            ],
+        },
+        {"$set": {"status": patients.REFERRAL_BOOKED, "appointment_id": gid}},
+    ):
+        return None
     doc = await store.get(c.REFERRALS, ref["key"])
     holder = doc.get("appointment_id") if doc else None
     if doc is not None and doc.get("status") == patients.REFERRAL_BOOKED and holder != gid:
