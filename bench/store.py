@@ -26,7 +26,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.memory_store import MemoryStore
+from gateway import constants as c
+from gateway.events import event
 from gateway.ports import Index
+from gateway.schema import INDEXES as GATEWAY_INDEXES
 from gateway.timeutil import to_store
 
 SLOTS = "slots"
@@ -90,11 +93,104 @@ def ms(times: list[float]) -> str:
     return f"median {statistics.median(times):.3f} ms, p99 {q[98]:.3f} ms, max {max(times):.3f} ms"
 
 
-async def main(n: int, updates: int) -> None:
+def slot_resource(
+    i: int, rng: random.Random
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A created Slot as ``resources.apply_put`` writes it (as ``bench.ingest`` posts
+    them: one provider, schedule after schedule of 960 slots, random ids): the resource
+    document, its outbox event and its first history version."""
+    tenant, rid, sch = "bench-provider", f"{rng.getrandbits(128):032x}", f"sch-{i // 960:04d}"
+    start = BASE + timedelta(days=(i % 960) // 24, minutes=20 * (i % 24))
+    at = to_store(BASE + timedelta(microseconds=i))
+    ident = {"system": "http://example-vendor.pl/fhir/sid/slot", "value": f"SLOT-{i:07d}"}
+    resource = {
+        "resourceType": "Slot",
+        "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": at},
+        "identifier": [ident],
+        "serviceType": [{"coding": [{"system": "urn:scope", "code": "cardiology"}]}],
+        "appointmentType": {"coding": [{"system": "urn:category", "code": "first-stable"}]},
+        "schedule": {"reference": f"Schedule/{sch}"},
+        "status": "free",
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=20)).isoformat(),
+    }
+    central = {
+        "schedule_id": sch,
+        "scope": "cardiology",
+        "category": "first-stable",
+        "start": to_store(start),
+        "end": to_store(start + timedelta(minutes=20)),
+        "status": "free",
+        "overbooked": False,
+        "comment": None,
+        "identifiers": [ident],
+        "location_id": "loc-1",
+        "postal_code": "00-001",
+        "city": "Warszawa",
+    }
+    key = f"{tenant}/Slot/{rid}"
+    fields = {
+        "tenant": tenant,
+        "type": "Slot",
+        "rid": rid,
+        "version": 1,
+        "last_updated": at,
+        "deleted": False,
+        "resource": resource,
+        "central": central,
+        "ident_keys": [f"{ident['system']}|{ident['value']}"],
+        "last_msg": f"msg-{i}",
+        "folded": {},
+        "ident_key": f"{tenant}|Slot|{ident['system']}|{ident['value']}",
+    }
+    ev = event(
+        "resource.Slot.created",
+        {"type": "Slot", "id": rid, "version": 1, "channel": "fhir"},
+        tenant=tenant,
+        correlation_id=f"corr-{i}",
+        now=BASE,
+    )
+    hist = {
+        "_id": f"{key}/1",
+        **{k: fields[k] for k in ("tenant", "type", "rid", "version", "last_updated")},
+        "deleted": False,
+        "resource": resource,
+        "msg": f"msg-{i}",
+    }
+    return {"_id": key, **fields, "created": at}, ev, hist
+
+
+async def resource_inserts(n: int) -> None:
+    """CPU per insert of a created Slot into ``resources`` (the gateway's indexes) and of
+    its history version, as the write path does them."""
+    rng = random.Random(1)
+    made = [slot_resource(i, rng) for i in range(n)]
+    store = MemoryStore()
+    await store.start(GATEWAY_INDEXES)
+    t0 = time.process_time()
+    for doc, ev, _ in made:
+        await store.insert(c.RESOURCES, doc, events=[ev])
+    dt = time.process_time() - t0
+    t0 = time.process_time()
+    for _, _, hist in made:
+        await store.insert(c.HISTORY, hist)
+    dh = time.process_time() - t0
+    print(
+        f"resources: {n} Slots ({len(GATEWAY_INDEXES[c.RESOURCES])} indexes, one event each): "
+        f"{dt / n * 1e6:.1f} us CPU per insert; their history versions: "
+        f"{dh / n * 1e6:.1f} us CPU per insert"
+    )
+
+
+async def main(n: int, updates: int, resources: int) -> None:
     print(
         f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
         f"({platform.python_implementation()}) {platform.system()} {platform.machine()}"
     )
+    if resources:
+        await resource_inserts(resources)
+        return
     rng = random.Random(1)
     docs = [slot(i, rng) for i in range(n)]
 
@@ -163,5 +259,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=50_000)
     parser.add_argument("--updates", type=int, default=20_000)
+    parser.add_argument(
+        "--resources",
+        type=int,
+        default=0,
+        help="instead: insert this many created Slots with the gateway's indexes "
+        "(gateway/schema.py) and print the CPU per insert",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.docs, args.updates)))
+    sys.exit(asyncio.run(main(args.docs, args.updates, args.resources)))
