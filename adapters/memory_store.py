@@ -40,7 +40,9 @@ candidates (``_id`` equality wins outright); candidates are always re-checked
 with the full filter, so an index only ever narrows the scan. The one exception is
 ``count``: when an index answers the filter exactly (scalar equality or ``$in`` on
 its leading fields, equality, a number or string range or nothing on its last; not
-sparse, and no array ever indexed in it), the count is the length of its slices.
+sparse, and no array ever indexed in it), the count is the length of its slices. A
+partial index (``Index.partial``) holds only the documents that meet its equalities and
+serves only a query that has the same equalities, as on MongoDB.
 
 An insert computes every index's entries with one function generated per collection
 (``_compile_entries``: straight-line code reading each indexed path once), an update
@@ -983,6 +985,14 @@ class _Idx:
         self.parts = [_split(p) for p in self.paths]
         self.unique = spec.unique
         self.sparse = spec.sparse
+        # partial: only the documents meeting these equalities are indexed (MongoDB's
+        # partialFilterExpression); the planner takes the index only for a query that
+        # has the same equalities (``_plan_on``)
+        self.partial = spec.partial
+        self.partial_keys = [(path, [_key(value)]) for path, value in spec.partial]
+        self.partial_pred: Pred | None = _compile(dict(spec.partial)) if spec.partial else None
+        # the paths whose change can move the document's entries (touched_by)
+        self.reads = self.paths + tuple(p for p, _ in spec.partial if p not in self.paths)
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.multikey = False
         # touched_by's answers by set of paths: updates repeat a few shapes, and the
@@ -997,7 +1007,7 @@ class _Idx:
         answer = any(
             path == mine or mine.startswith(path + ".") or path.startswith(mine + ".")
             for path in key
-            for mine in self.paths
+            for mine in self.reads
         )
         if len(self._touched) >= 4096:  # paths named from data: keep it bounded
             self._touched.clear()
@@ -1012,6 +1022,8 @@ class _Idx:
         ``seen``: the keys of paths already read from this document by other indexes
         (most of a collection's indexes start with the same fields).
         """
+        if self.partial_pred is not None and not self.partial_pred(doc):
+            return []
         # The common case without the general path resolution: every field a scalar
         # (or missing) reached through objects only.
         keys: list[tuple[Any, ...]] = []
@@ -1075,12 +1087,23 @@ class _Idx:
 _EntriesFn = Callable[[Document], list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]]
 
 
+def _list_keys(v: list[Any]) -> list[tuple[Any, ...]]:
+    """The index keys of an array value (``_index_keys([v])``): its elements', once each."""
+    if not v:
+        return [_EMPTY_KEY]
+    if len(v) == 1:
+        return [_key(v[0])]
+    return list(dict.fromkeys(_key(e) for e in v))
+
+
 def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
     """One function that computes every index's entries of a document, as
     ``[idx.entries(doc) for idx in indexes]`` does, reading each path once: most of a
     collection's indexes share their leading fields, and the loop over indexes and
     fields was most of an insert. Generated Python: straight-line code per path (through
-    objects only; an array on a path leaves that index to ``_Idx._entries``)."""
+    objects only; an array as the last field's value is indexed here, any other array on
+    a path leaves that index to ``_Idx._entries``), each partial index's filter tested
+    once per distinct filter."""
     paths: list[str] = []
     for idx in indexes:
         for path in idx.paths:
@@ -1094,30 +1117,61 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
             lines.append(f"    if type(v) is dict: v = v.get({part!r}, M)")
             lines.append("    elif type(v) is list: v = A")
             lines.append("    elif v is not A: v = M")
-        # b: missing (the sparse test); k: the key (null when missing), A with an array
+        # b: missing (the sparse test); k: the key (null when missing), A with an array;
+        # l: an array's keys when the array is the value itself (reached through objects)
         lines.append(f"    b{i} = v is M")
+        lines.append(f"    l{i} = LK(v) if type(v) is list else None")
         lines.append(
             f"    k{i} = N if v is M else A if (v is A or type(v) is list) "
             f"else ({_R_STRING}, v) if type(v) is str else key(v)"
         )
-    out = []
-    for j, idx in enumerate(indexes):
-        ks = [paths.index(p) for p in idx.paths]
-        arrays = " or ".join(f"k{i} is A" for i in ks)
-        prefix = "".join(f"k{i}, " for i in ks[:-1])
-        lines.append(f"    if {arrays}: e{j} = I[{j}]._entries(doc)")
-        if idx.sparse:
-            lines.append(f"    elif b{ks[0]}: e{j} = []")
-        lines.append(f"    else: e{j} = [(({prefix}), k{ks[-1]})]")
-        out.append(f"e{j}")
-    lines.append(f"    return [{', '.join(out)}]")
     env: dict[str, Any] = {
         "M": _MISSING,
         "A": _ARRAY_ON_PATH,
         "N": _NULL_KEY,
         "key": _key,
+        "LK": _list_keys,
         "I": list(indexes),
     }
+    filters: list[tuple[tuple[str, Any], ...]] = []  # the distinct partial filters
+    for idx in indexes:
+        if not idx.partial or idx.partial in filters:
+            continue
+        m = len(filters)
+        filters.append(idx.partial)
+        env[f"P{m}"] = idx.partial_pred
+        tests = []
+        for c, (path, value) in enumerate(idx.partial):
+            if path in paths and type(value) is str:
+                # a string equality on an indexed path: its key, unless an array is on it
+                i = paths.index(path)
+                env[f"PK{m}_{c}"] = _key(value)
+                tests.append(f"(k{i} == PK{m}_{c} if k{i} is not A else P{m}(doc))")
+            else:
+                tests = [f"P{m}(doc)"]
+                break
+        lines.append(f"    p{m} = {' and '.join(tests)}")
+    out = []
+    for j, idx in enumerate(indexes):
+        ks = [paths.index(p) for p in idx.paths]
+        last = ks[-1]
+        prefix = "".join(f"k{i}, " for i in ks[:-1])
+        cond = "if"
+        if idx.partial:
+            lines.append(f"    if not p{filters.index(idx.partial)}: e{j} = []")
+            cond = "elif"
+        if idx.sparse:
+            lines.append(f"    {cond} b{ks[0]}: e{j} = []")
+            cond = "elif"
+        scalar_prefix = " and ".join(f"k{i} is not A" for i in ks[:-1]) or "True"
+        lines.append(f"    {cond} l{last} is not None and {scalar_prefix}:")
+        lines.append(f"        if len(l{last}) > 1: I[{j}].multikey = True")
+        lines.append(f"        e{j} = [(({prefix}), x) for x in l{last}]")
+        arrays = " or ".join(f"k{i} is A" for i in ks)
+        lines.append(f"    elif {arrays}: e{j} = I[{j}]._entries(doc)")
+        lines.append(f"    else: e{j} = [(({prefix}), k{last})]")
+        out.append(f"e{j}")
+    lines.append(f"    return [{', '.join(out)}]")
     exec("\n".join(lines), env)  # the names are the declared index paths, as repr literals
     fn: _EntriesFn = env["entries"]
     return fn
@@ -1160,6 +1214,9 @@ def _plan_on(idx: _Idx, cons: _Constraints, sort_first: str | None) -> _Plan | N
     prefix_paths, last = paths[:-1], paths[-1]
     if any(p not in cons.eq for p in prefix_paths):
         return None
+    for path, want in idx.partial_keys:  # the query must say what the index's filter says
+        if cons.eq.get(path) != want:
+            return None
     if idx.sparse:
         first = paths[0]
         if first in cons.eq:

@@ -47,6 +47,11 @@ _RESERVED = (OUTBOX, OUTBOX_AT)
 _COLLECTIONS_TTL = 5.0  # seconds between re-reading the collection names for the relay
 
 
+# IndexOptionsConflict, IndexKeySpecsConflict: an index of that name exists, made otherwise
+_INDEX_CONFLICTS = (85, 86)
+_INDEX_NOT_FOUND = 27
+
+
 def _is_duplicate(exc: PyMongoError) -> bool:
     if isinstance(exc, DuplicateKeyError):
         return True
@@ -155,12 +160,7 @@ class MongoStore:
         for name, specs in indexes.items():
             coll = self._db[name]
             for spec in specs:
-                await coll.create_index(
-                    [(p, int(d)) for p, d in spec.fields],
-                    name=spec.name,
-                    unique=spec.unique,
-                    sparse=spec.sparse,
-                )
+                await self._create_index(coll, spec)
             await self._ensure_outbox_index(name)
 
     async def close(self) -> None:
@@ -177,6 +177,29 @@ class MongoStore:
         except (PyMongoError, TimeoutError, OSError):
             return False
         return True
+
+    @staticmethod
+    async def _create_index(coll: Any, spec: Index) -> None:
+        """Create a declared index; one of the same name declared with other options
+        before (say, made partial since) is dropped and built again."""
+        keys = [(p, int(d)) for p, d in spec.fields]
+        opts: dict[str, Any] = {"name": spec.name, "unique": spec.unique, "sparse": spec.sparse}
+        if spec.partial:
+            # The in-process emulator (mongomock) keeps the expression and applies it to
+            # unique indexes only; a non-unique partial index there is a plain one, which
+            # changes no answer (its queries scan).
+            opts["partialFilterExpression"] = dict(spec.partial)
+        try:
+            await coll.create_index(keys, **opts)
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_CONFLICTS:
+                raise
+            try:
+                await coll.drop_index(spec.name)
+            except OperationFailure as again:
+                if again.code != _INDEX_NOT_FOUND:  # another process starting dropped it
+                    raise
+            await coll.create_index(keys, **opts)
 
     # --- helpers
 

@@ -29,11 +29,22 @@ class Index:
     """A store index: ``fields`` are ``(path, 1 | -1)``; ``unique`` makes it a guard.
 
     ``sparse`` (unique only): documents missing the first field are not indexed.
+
+    ``partial``: equality conditions ``(path, value)``; only the documents that meet
+    all of them are indexed (MongoDB's ``partialFilterExpression``, equalities only).
+    As on MongoDB, such an index serves only a query whose filter has the same
+    equalities (e.g. ``"type": "Appointment"``): other queries read another index or
+    scan. Not together with ``sparse`` (MongoDB refuses both).
     """
 
     fields: tuple[tuple[str, int], ...]
     unique: bool = False
     sparse: bool = False
+    partial: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.partial and self.sparse:
+            raise ValueError("an index is either sparse or partial (as on MongoDB)")
 
     @property
     def name(self) -> str:

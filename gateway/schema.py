@@ -9,6 +9,10 @@ from __future__ import annotations
 from gateway import constants as c
 from gateway.ports import Index
 
+# Indexes only Appointments have values for: a Slot, a Schedule or a Location is not in
+# them (MongoDB's partialFilterExpression). Every query that reads one names the type.
+APPOINTMENTS = (("type", "Appointment"),)
+
 INDEXES: dict[str, list[Index]] = {
     c.RESOURCES: [
         Index((("tenant", 1), ("type", 1), ("last_updated", 1))),
@@ -16,8 +20,9 @@ INDEXES: dict[str, list[Index]] = {
         # business identifier within a tenant and type.
         Index((("ident_key", 1),), unique=True, sparse=True),
         Index((("tenant", 1), ("type", 1), ("central.schedule_id", 1), ("central.start", 1))),
-        Index((("tenant", 1), ("type", 1), ("central.slot_ids", 1))),
-        Index((("tenant", 1), ("type", 1), ("central.patient_pesel", 1))),
+        # An appointment by its slot (search ``slot``), a patient's (``patient:identifier``).
+        Index((("tenant", 1), ("type", 1), ("central.slot_ids", 1)), partial=APPOINTMENTS),
+        Index((("tenant", 1), ("type", 1), ("central.patient_pesel", 1)), partial=APPOINTMENTS),
         Index((("tenant", 1), ("type", 1), ("ident_keys", 1))),
         # One provider's free slots of a scope by date: a patient's search for one facility
         # (R-CRIT-1). Before the next index: the embedded store takes the first of equals.
@@ -34,7 +39,10 @@ INDEXES: dict[str, list[Index]] = {
         # The patients' search across providers (R-CRIT-1): free slots of a scope by date.
         Index((("type", 1), ("central.status", 1), ("central.scope", 1), ("central.start", 1))),
         # A patient's own visits across providers (GET /patient/v1/appointments).
-        Index((("type", 1), ("central.patient_pesel", 1), ("central.start", 1))),
+        Index(
+            (("type", 1), ("central.patient_pesel", 1), ("central.start", 1)),
+            partial=APPOINTMENTS,
+        ),
     ],
     c.JOBS: [Index((("tenant", 1), ("created", 1)))],
     c.HISTORY: [Index((("tenant", 1), ("type", 1), ("rid", 1), ("version", 1)))],
