@@ -78,9 +78,6 @@ PAGE = 2000  # entries read at a time while planning
 LEASE_SECONDS = 120.0
 STALE_CLAIM_SECONDS = 120.0
 PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
-# How long a "some entry is waiting" answer is taken as still true by ``on_slot`` (a
-# stale "yes" only costs the slot's read and the exact look that follows it).
-WAITING_SEEN_SECONDS = 5.0
 # What matching reads of entries and slots (rules.entry_facts / slot_facts): not the
 # FHIR resource or the contact data, which a copy out of the store would carry.
 ENTRY_FACTS = ("queue", "rank", "criteria", "gave_up")
@@ -224,7 +221,6 @@ class WaitingRoomService:
         self.retry_tiers = len(settings.retry_delays)
         self.wake = asyncio.Event()
         self.token = uuid.uuid4().hex
-        self.waiting_seen_until = 0.0  # time.monotonic(): see ``anyone_waiting``
 
     async def start(self) -> None:
         await self.backfill_location_keys()
@@ -318,8 +314,6 @@ class WaitingRoomService:
             return  # bookings, cancellations and holds have their own events
         if msg.type.endswith(".deleted"):
             return
-        if not await self.anyone_waiting():
-            return  # nobody to offer it to (a vendor's import, an empty waiting room)
         doc = await self.store.get(c.RESOURCES, resources.doc_id(msg.tenant, "Slot", b["id"]))
         if doc is None or doc.get("deleted") or doc.get("version") != b.get("version"):
             return  # changed since: its own event follows
@@ -340,33 +334,6 @@ class WaitingRoomService:
             f"wro-{msg.id}",
             msg.correlation_id,
         )
-
-    async def anyone_waiting(self) -> bool:
-        """Is any entry waiting in a scope with a waiting room? Asked by ``on_slot`` before
-        it reads the slot: with nobody waiting, a vendor pushing 100,000 slots costs no read.
-
-        A "no" is never kept: it is asked after the slot was stored (its event follows
-        the write), so an entry that starts waiting later looks for a free slot itself
-        (``on_waiting``) and finds this one. It is a wider look than the exact one
-        ``on_slot`` makes after the read (any queue, any category), so it never turns
-        away a slot that one would offer. A "yes" is kept ``WAITING_SEEN_SECONDS``: a
-        stale one costs only the read and the exact look, as before.
-        """
-        if time.monotonic() < self.waiting_seen_until:
-            return True
-        for code, info in codes.scopes().items():
-            if not info.waiting_room:
-                continue
-            found = await self.store.find(
-                c.WAITING_ROOM,
-                {"scope": code, "status": rules.WAITING},
-                limit=1,
-                fields=("_id",),
-            )
-            if found:
-                self.waiting_seen_until = time.monotonic() + WAITING_SEEN_SECONDS
-                return True
-        return False
 
     async def on_released(self, msg: Envelope) -> None:
         b = msg.body

@@ -17,7 +17,6 @@ from gateway import constants as c
 from gateway import waiting_assign as assign
 from gateway import waiting_rules as rules
 from gateway.metrics import Metrics
-from gateway.ports import Envelope
 from gateway.schema import INDEXES
 from gateway.settings import Settings
 from gateway.timeutil import to_store
@@ -109,43 +108,3 @@ async def test_entries_stored_without_a_location_key_get_one_at_start() -> None:
     assert e2 is not None and e2["loc_key"] == ""
     found = await assign.find_best(store, facts, "cardiology")
     assert isinstance(found, dict) and found["_id"] == "e0001"
-
-
-class CountingStore(MemoryStore):
-    """Counts the reads of resources (``get``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.resource_reads = 0
-
-    async def get(self, coll: str, doc_id: str) -> dict[str, Any] | None:
-        if coll == c.RESOURCES:
-            self.resource_reads += 1
-        return await super().get(coll, doc_id)
-
-
-async def test_a_new_slot_is_not_read_while_nobody_waits() -> None:
-    # A vendor pushing slots with an empty waiting room: no read of the slot per event.
-    store = CountingStore()
-    await store.start(INDEXES)
-    clock = SandboxClock()
-    bus = MemoryBus(clock, partitions=1, retry_delays=(), prefetch=1)  # never started
-    service = WaitingRoomService(store, bus, clock, Settings(), Metrics())
-    msg = Envelope(
-        id="ev1",
-        type="resource.Slot.created",
-        body={"type": "Slot", "id": "s1", "version": 1, "channel": "provider"},
-        tenant="p1",
-    )
-    await service.on_slot(msg)
-    assert store.resource_reads == 0
-    # Someone waits (a "no" is never kept): the slot is read and looked at as before.
-    await store.insert(c.WAITING_ROOM, entry_doc(1, {}))
-    await service.on_slot(msg)
-    assert store.resource_reads == 1
-    # An entry that is not waiting does not count.
-    store2 = CountingStore()
-    await store2.start(INDEXES)
-    await store2.insert(c.WAITING_ROOM, {**entry_doc(2, {}), "status": rules.ASSIGNED})
-    service2 = WaitingRoomService(store2, bus, clock, Settings(), Metrics())
-    assert not await service2.anyone_waiting()
