@@ -916,11 +916,10 @@ class _Bucket:
             block = self.blocks[i]
             block.append(e)
             maxes[i] = e
-        else:
+        else:  # below the block's last: its last stays
             i = bisect_left(maxes, e)
             block = self.blocks[i]
             insort(block, e)
-            maxes[i] = block[-1]
         if len(block) > 2 * self.LOAD:
             self.blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
             self.maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
@@ -1101,30 +1100,31 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
     ``[idx.entries(doc) for idx in indexes]`` does, reading each path once: most of a
     collection's indexes share their leading fields, and the loop over indexes and
     fields was most of an insert. Generated Python: straight-line code per path (through
-    objects only; an array as the last field's value is indexed here, any other array on
-    a path leaves that index to ``_Idx._entries``), each partial index's filter tested
-    once per distinct filter."""
+    objects only, each object on the way read once; an array as the last field's value is
+    indexed here, any other array on a path leaves that index to ``_Idx._entries``). Each
+    partial index's filter is tested once per distinct filter, and the paths only such
+    indexes read are read only when it holds."""
     paths: list[str] = []
     for idx in indexes:
         for path in idx.paths:
             if path not in paths:
                 paths.append(path)
-    lines = ["def entries(doc):", "    get = doc.get"]
-    for i, path in enumerate(paths):
-        parts = path.split(".")
-        lines.append(f"    v = get({parts[0]!r}, M)")
-        for part in parts[1:]:
-            lines.append(f"    if type(v) is dict: v = v.get({part!r}, M)")
-            lines.append("    elif type(v) is list: v = A")
-            lines.append("    elif v is not A: v = M")
-        # b: missing (the sparse test); k: the key (null when missing), A with an array;
-        # l: an array's keys when the array is the value itself (reached through objects)
-        lines.append(f"    b{i} = v is M")
-        lines.append(f"    l{i} = LK(v) if type(v) is list else None")
-        lines.append(
-            f"    k{i} = N if v is M else A if (v is A or type(v) is list) "
-            f"else ({_R_STRING}, v) if type(v) is str else key(v)"
-        )
+    lasts = {idx.paths[-1] for idx in indexes}
+    firsts = {idx.paths[0] for idx in indexes if idx.sparse}
+    filters: list[tuple[tuple[str, Any], ...]] = []  # the distinct partial filters
+    for idx in indexes:
+        if idx.partial and idx.partial not in filters:
+            filters.append(idx.partial)
+    # the filter each path is read for, when only one filter's indexes read it (lazily)
+    group: dict[str, int | None] = {}
+    for idx in indexes:
+        g = filters.index(idx.partial) if idx.partial else None
+        for path in idx.paths:
+            group[path] = g if group.get(path, g) == g else None
+    for f in filters:
+        for path, _ in f:
+            if path in group:
+                group[path] = None  # the filter's test reads it
     env: dict[str, Any] = {
         "M": _MISSING,
         "A": _ARRAY_ON_PATH,
@@ -1133,15 +1133,67 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
         "LK": _list_keys,
         "I": list(indexes),
     }
-    filters: list[tuple[tuple[str, Any], ...]] = []  # the distinct partial filters
-    for idx in indexes:
-        if not idx.partial or idx.partial in filters:
-            continue
-        m = len(filters)
-        filters.append(idx.partial)
-        env[f"P{m}"] = idx.partial_pred
+    lines = ["def entries(doc):", "    get = doc.get"]
+    heads: dict[str, str] = {}  # a path's leading parts -> the variable holding its value
+
+    def read(path: str, pad: str) -> None:
+        i = paths.index(path)
+        parts = path.split(".")
+        var = "get"
+        for n in range(1, len(parts)):
+            sub = ".".join(parts[:n])
+            if sub not in heads:
+                heads[sub] = h = f"h{len(heads)}"
+                if n == 1:
+                    lines.append(f"{pad}{h} = get({parts[0]!r}, M)")
+                else:
+                    lines.append(
+                        f"{pad}{h} = {var}.get({parts[n - 1]!r}, M) if type({var}) is dict "
+                        f"else A if (type({var}) is list or {var} is A) else M"
+                    )
+            var = heads[sub]
+        if len(parts) == 1:
+            lines.append(f"{pad}v = get({parts[0]!r}, M)")
+        else:
+            lines.append(
+                f"{pad}v = {var}.get({parts[-1]!r}, M) if type({var}) is dict "
+                f"else A if (type({var}) is list or {var} is A) else M"
+            )
+        # b: missing (the sparse test); l: an array's keys when the array is the value
+        # itself (reached through objects); k: the key (null when missing), A with an array
+        if path in firsts:
+            lines.append(f"{pad}b{i} = v is M")
+        if path in lasts:
+            lines.append(f"{pad}l{i} = LK(v) if type(v) is list else None")
+        lines.append(
+            f"{pad}k{i} = ({_R_STRING}, v) if type(v) is str else N if v is M "
+            f"else A if (v is A or type(v) is list) else key(v)"
+        )
+
+    def index_code(j: int, idx: _Idx, pad: str) -> None:
+        ks = [paths.index(p) for p in idx.paths]
+        last = ks[-1]
+        prefix = "".join(f"k{i}, " for i in ks[:-1])
+        cond = "if"
+        if idx.sparse:
+            lines.append(f"{pad}if b{ks[0]}: e{j} = []")
+            cond = "elif"
+        scalar_prefix = " and ".join(f"k{i} is not A" for i in ks[:-1]) or "True"
+        lines.append(f"{pad}{cond} l{last} is not None and {scalar_prefix}:")
+        lines.append(f"{pad}    if len(l{last}) > 1: I[{j}].multikey = True")
+        lines.append(f"{pad}    e{j} = [(({prefix}), x) for x in l{last}]")
+        arrays = " or ".join(f"k{i} is A" for i in ks)
+        lines.append(f"{pad}elif {arrays}: e{j} = I[{j}]._entries(doc)")
+        lines.append(f"{pad}else: e{j} = [(({prefix}), k{last})]")
+
+    heads_outside = heads
+    for path in paths:
+        if group[path] is None:
+            read(path, "    ")
+    for m, f in enumerate(filters):
+        env[f"P{m}"] = next(idx.partial_pred for idx in indexes if idx.partial == f)
         tests = []
-        for c, (path, value) in enumerate(idx.partial):
+        for c, (path, value) in enumerate(f):
             if path in paths and type(value) is str:
                 # a string equality on an indexed path: its key, unless an array is on it
                 i = paths.index(path)
@@ -1151,27 +1203,22 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
                 tests = [f"P{m}(doc)"]
                 break
         lines.append(f"    p{m} = {' and '.join(tests)}")
-    out = []
     for j, idx in enumerate(indexes):
-        ks = [paths.index(p) for p in idx.paths]
-        last = ks[-1]
-        prefix = "".join(f"k{i}, " for i in ks[:-1])
-        cond = "if"
-        if idx.partial:
-            lines.append(f"    if not p{filters.index(idx.partial)}: e{j} = []")
-            cond = "elif"
-        if idx.sparse:
-            lines.append(f"    {cond} b{ks[0]}: e{j} = []")
-            cond = "elif"
-        scalar_prefix = " and ".join(f"k{i} is not A" for i in ks[:-1]) or "True"
-        lines.append(f"    {cond} l{last} is not None and {scalar_prefix}:")
-        lines.append(f"        if len(l{last}) > 1: I[{j}].multikey = True")
-        lines.append(f"        e{j} = [(({prefix}), x) for x in l{last}]")
-        arrays = " or ".join(f"k{i} is A" for i in ks)
-        lines.append(f"    elif {arrays}: e{j} = I[{j}]._entries(doc)")
-        lines.append(f"    else: e{j} = [(({prefix}), k{last})]")
-        out.append(f"e{j}")
-    lines.append(f"    return [{', '.join(out)}]")
+        if not idx.partial:
+            index_code(j, idx, "    ")
+    for m, f in enumerate(filters):
+        mine = [(j, idx) for j, idx in enumerate(indexes) if idx.partial == f]
+        lines.append(f"    if p{m}:")
+        heads = dict(heads_outside)  # a branch's reads stay in the branch
+        for path in paths:
+            if group[path] == m:
+                read(path, "        ")
+        for j, idx in mine:
+            index_code(j, idx, "        ")
+        lines.append("    else:")
+        for j, _ in mine:
+            lines.append(f"        e{j} = []")
+    lines.append(f"    return [{', '.join(f'e{j}' for j in range(len(indexes)))}]")
     exec("\n".join(lines), env)  # the names are the declared index paths, as repr literals
     fn: _EntriesFn = env["entries"]
     return fn
@@ -1324,7 +1371,9 @@ class _Coll:
         self.unfrozen: set[str] = set()
         self.docs: dict[str, Any] = {}
         self.indexes: list[_Idx] = []
+        self._unique: list[tuple[int, _Idx]] = []  # the unique indexes, by position
         self._entries = _compile_entries(self.indexes)
+        self._cold = self._cold_fields()
         # per set of paths an update changes: the indexes it can move, and their entries
         self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn]] = {}
 
@@ -1340,21 +1389,38 @@ class _Coll:
             return _Thawing(self.docs)
         return self.docs
 
+    def _cold_fields(self) -> frozenset[str] | None:
+        """The frozen fields by name, when ``frozen`` can list them (a set)."""
+        if isinstance(self.frozen, set | frozenset):
+            return frozenset(k for k in self.frozen if k not in self.unfrozen)
+        return None
+
     def copy_in(self, doc: Document) -> Document:
-        """``_copy`` of a document on its way in, its frozen fields packed straight away."""
+        """``_copy`` of a document on its way in, its frozen fields packed straight away
+        (``freeze``d: ``insert(..., frozen=True)``)."""
         if not self.frozen:
             return _copy(doc)
         cold: dict[str, _Frozen] = {}
-        for k, v in doc.items():
+        names: Iterable[str] = doc if self._cold is None else self._cold
+        for k in names:
+            v = doc.get(k)
             if (type(v) is dict or type(v) is list) and self.is_frozen(k):
                 raw = _pack(v)
                 if raw is None:
-                    return _copy(doc)
+                    new = _copy(doc)
+                    self.freeze(new)
+                    return new
                 cold[k] = _Frozen(raw)
         if not cold:
             return _copy(doc)
-        rest = _copy({k: v for k, v in doc.items() if k not in cold})
-        return {k: cold[k] if k in cold else rest[k] for k in doc}
+        # the frozen fields' places kept with a None while the rest is copied
+        rest = dict(doc)
+        for k in cold:
+            rest[k] = None
+        new = _copy(rest)
+        for k, f in cold.items():
+            new[k] = f
+        return new
 
     def freeze(self, doc: Document) -> None:
         """Pack the frozen fields of a new version (the store's own, not yet stored)."""
@@ -1403,7 +1469,9 @@ class _Coll:
                 raise DuplicateKey(f"cannot build unique index {spec.name}: duplicates exist")
             idx.add(doc_id, entries)
         self.indexes.append(idx)
+        self._unique = [(j, i) for j, i in enumerate(self.indexes) if i.unique]
         self._entries = _compile_entries(self.indexes)
+        self._cold = self._cold_fields()
         self._by_touched.clear()
 
     # --- reading
@@ -1514,26 +1582,37 @@ class _Coll:
     def check_unique(
         self, doc_id: str, entries: list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]
     ) -> None:
-        for idx, ents in zip(self.indexes, entries, strict=True):
-            if idx.unique and idx.conflict(doc_id, ents):
+        for j, idx in self._unique:
+            if idx.conflict(doc_id, entries[j]):
                 raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
 
     def entries(self, doc: Document) -> list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
         """Every index's entries of ``doc`` (``_compile_entries``: each path read once)."""
         return self._entries(doc)
 
-    def insert(self, doc: Document, raw: bytes | None = None) -> None:
-        """Store ``doc`` (``raw``: its bytes, kept instead when the collection is packed)."""
+    def insert(self, doc: Document, raw: bytes | None = None, frozen: bool = False) -> None:
+        """Store ``doc`` (``raw``: its bytes, kept instead when the collection is packed;
+        ``frozen``: its frozen fields are packed already, by ``copy_in``)."""
         doc_id = doc["_id"]
-        if doc_id in self.docs:
+        docs = self.docs
+        if doc_id in docs:
             raise DuplicateKey(f"duplicate _id {doc_id!r}")
-        entries = self.entries(doc)
-        self.check_unique(doc_id, entries)
-        if self.frozen:
+        entries = self._entries(doc)
+        for j, idx in self._unique:
+            if idx.conflict(doc_id, entries[j]):
+                raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
+        if self.frozen and not frozen:
             self.freeze(doc)
-        self.docs[doc_id] = raw if raw is not None and self.packed else doc
+        docs[doc_id] = raw if raw is not None and self.packed else doc
+        # _Idx.add, inline: an insert adds one entry to most of the indexes
         for idx, ents in zip(self.indexes, entries, strict=True):
-            idx.add(doc_id, ents)
+            if ents:
+                buckets = idx.buckets
+                for prefix, key in ents:
+                    bucket = buckets.get(prefix)
+                    if bucket is None:
+                        bucket = buckets[prefix] = _Bucket()
+                    bucket.insert((*key, doc_id))
 
     def replace(
         self, old: Document, new: Document, touched: frozenset[str], raw: bytes | None = None
@@ -1741,7 +1820,7 @@ class MemoryStore:
         elif type(new["_id"]) is not str:
             raise TypeError("_id must be a string")
         evs = self._events_in(events)
-        c.insert(new, raw)
+        c.insert(new, raw, frozen=True)
         self._write_events(coll, new["_id"], evs)
 
     async def update_one(
