@@ -608,21 +608,21 @@ class Notifier:
         else:
             others = await self.store.find(c.SMS_REFS, {"phone": visit.phone, "active": True})
             ref = reference(key, {d["ref"] for d in others if d["_id"] != key})
-        await self.store.update_one(
-            c.SMS_REFS,
-            {"_id": key},
-            {
-                "$set": {
-                    "phone": visit.phone,
-                    "ref": ref,
-                    "start": visit.start,
-                    "active": True,
-                    "tenant": visit.tenant,
-                    "appointment_id": visit.id,
-                }
-            },
-            upsert=True,
-        )
+        fields = {
+            "phone": visit.phone,
+            "ref": ref,
+            "start": visit.start,
+            "active": True,
+            "tenant": visit.tenant,
+            "appointment_id": visit.id,
+        }
+        if existing is None:
+            # A new visit's first reference: an insert (the embedded store's upsert of a
+            # missing document costs twice as much); someone else's meanwhile: the upsert.
+            with contextlib.suppress(DuplicateKey):
+                await self.store.insert(c.SMS_REFS, {"_id": key, **fields})
+                return ref
+        await self.store.update_one(c.SMS_REFS, {"_id": key}, {"$set": fields}, upsert=True)
         return ref
 
 

@@ -22,6 +22,7 @@ service, which checks the visit's current state at send time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ import structlog
 from gateway import constants as c
 from gateway.events import event, new_id
 from gateway.metrics import Metrics
-from gateway.ports import Clock, Store
+from gateway.ports import Clock, DuplicateKey, Store
 from gateway.timeutil import WARSAW, from_store, to_store
 
 log = structlog.get_logger("gateway.reminders")
@@ -80,21 +81,25 @@ class Reminders:
                 continue  # already planned for this date (pending, queued or done)
             due = due_time(begins, days)
             status = "pending" if due > now else "too-late"
-            await self.store.update_one(
-                c.REMINDERS,
-                {"_id": rem_id},
-                {
-                    "$set": {
-                        "tenant": tenant,
-                        "appointment_id": appointment_id,
-                        "kind": kind,
-                        "start": start,
-                        "due": to_store(due),
-                        "status": status,
-                    }
-                },
-                upsert=True,
-            )
+            fields = {
+                "tenant": tenant,
+                "appointment_id": appointment_id,
+                "kind": kind,
+                "start": start,
+                "due": to_store(due),
+                "status": status,
+            }
+            inserted = False
+            if existing is None:
+                # A new visit's reminder: an insert (the embedded store's upsert of a
+                # missing document costs twice as much); one written meanwhile: the upsert.
+                with contextlib.suppress(DuplicateKey):
+                    await self.store.insert(c.REMINDERS, {"_id": rem_id, **fields})
+                    inserted = True
+            if not inserted:
+                await self.store.update_one(
+                    c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True
+                )
             self.metrics.reminders_total.labels(
                 kind, "scheduled" if status == "pending" else "skipped"
             ).inc()
