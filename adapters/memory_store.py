@@ -940,6 +940,26 @@ class _Bucket:
                 del self.blocks[i]
                 del self.maxes[i]
 
+    def held_by_other(self, key: tuple[Any, ...], doc_id: str) -> bool:
+        """Whether an entry of ``key`` belongs to another document than ``doc_id`` (a
+        unique index's check: by blocks, without the global positions, which every insert
+        drops and which take a walk over the blocks to rebuild)."""
+        n = len(key)
+        blocks = self.blocks
+        i = bisect_left(self.maxes, key)
+        j = bisect_left(blocks[i], key) if i < len(blocks) else 0
+        while i < len(blocks):
+            block = blocks[i]
+            while j < len(block):
+                e = block[j]
+                if e[:n] != key:
+                    return False
+                if e[n] != doc_id:
+                    return True
+                j += 1
+            i, j = i + 1, 0
+        return False
+
     def _starts(self) -> list[int]:
         if self.starts is None:
             starts = [0] * len(self.blocks)
@@ -1074,12 +1094,8 @@ class _Idx:
     ) -> bool:
         for prefix, key in entries:
             bucket = self.buckets.get(prefix)
-            if not bucket:
-                continue
-            lo = bucket.bisect_left(key)
-            for *_, other in bucket.range(lo, bucket.bisect_left((*key, _TOP))):
-                if other != doc_id:
-                    return True
+            if bucket and bucket.held_by_other(key, doc_id):
+                return True
         return False
 
 

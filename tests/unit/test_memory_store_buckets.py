@@ -46,6 +46,23 @@ def test_a_bucket_is_a_sorted_list() -> None:
         assert list(bucket.range(lo, hi, descending=True)) == flat[lo:hi][::-1]
 
 
+def test_held_by_other_reads_every_entry_of_the_key() -> None:
+    """A unique index's check: another document's entry of the key, across blocks."""
+    rnd = random.Random(8)
+    bucket, flat = _Bucket(), []
+    for _ in range(400):
+        e = (3, f"k{rnd.randrange(6)}", f"id{rnd.randrange(30):02d}")
+        if e not in flat:
+            bucket.insert(e)
+            insort(flat, e)
+    for k in range(7):
+        key = (3, f"k{k}")
+        for i in range(31):
+            doc_id = f"id{i:02d}"
+            want = any(e[:2] == key and e[2] != doc_id for e in flat)
+            assert bucket.held_by_other(key, doc_id) is want, (key, doc_id)
+
+
 async def test_the_store_answers_alike_with_and_without_indexes() -> None:
     rnd = random.Random(9)
     store = MemoryStore()
@@ -107,7 +124,7 @@ class Kind(enum.StrEnum):
 def test_the_compiled_entries_are_each_index_s_own() -> None:
     """``_compile_entries`` (one generated function for every index of a collection)
     gives what each index computes alone: missing, null, scalars crossed on a path,
-    arrays (multikey), objects, sparse indexes."""
+    arrays (multikey), objects, sparse and partial indexes, paths sharing objects."""
     rnd = random.Random(3)
     specs = [
         Index((("a", 1), ("b.c", 1))),
@@ -115,6 +132,10 @@ def test_the_compiled_entries_are_each_index_s_own() -> None:
         Index((("f", 1),), unique=True, sparse=True),
         Index((("a", 1), ("f", 1)), sparse=True),
         Index((("b.d.e", 1),)),
+        Index((("a", 1), ("b.d.f", 1)), partial=(("f", "x"),)),
+        Index((("b.d.f", 1), ("b.c", 1)), partial=(("f", "x"),)),
+        Index((("b.d.e", 1),), partial=(("a", 1), ("f", "y"))),
+        Index((("f", 1), ("b.d.e", 1)), partial=(("b.c", "x"),)),
     ]
     idxs = [memory_store._Idx(spec) for spec in specs]
     compiled = memory_store._compile_entries(idxs)
@@ -122,7 +143,7 @@ def test_the_compiled_entries_are_each_index_s_own() -> None:
 
     def value(depth: int) -> Any:
         if depth < 2 and rnd.random() < 0.4:
-            inner = {"c": value(depth + 1), "d": value(depth + 1), "e": value(depth + 1)}
+            inner = {k: value(depth + 1) for k in "cdef"}
             made = {k: v for k, v in inner.items() if v != "skip"}
             return [made, {"c": 1}] if rnd.random() < 0.2 else made
         return rnd.choice(values)
