@@ -22,14 +22,19 @@ def utc(dt: datetime) -> datetime:
 def to_store(dt: datetime) -> str:
     """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store.
 
-    Formatted field by field: ``strftime`` took 2.5 us of it, and a Bundle of slots
-    (two distinct instants a slot) misses the cache. The same text as ``strftime``
-    (whose ``%Y`` is not zero-padded either).
+    Formatted with ``%``: ``strftime`` (or an f-string of the fields) took twice as
+    long, and a Bundle of slots (two distinct instants a slot) misses the cache. The
+    same text as ``strftime`` (whose ``%Y`` is not zero-padded either).
     """
     d = utc(dt)
-    return (
-        f"{d.year}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}."
-        f"{d.microsecond // 1000:03d}Z"
+    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (the faster)
+        d.year,
+        d.month,
+        d.day,
+        d.hour,
+        d.minute,
+        d.second,
+        d.microsecond // 1000,
     )
 
 

@@ -13,6 +13,7 @@ limit here or the serialiser's later; real resources nest a dozen levels.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Container
 from typing import Any
 
 import orjson
@@ -73,6 +74,37 @@ def too_deep(data: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
     return None
 
 
+def nesting(data: Any, names: Container[str], limit: int = MAX_DEPTH) -> tuple[bool, bool]:
+    """``(too deep, names one)``: ``too_deep``'s question and whether a ``reference``
+    in ``data`` is one of ``names``, in one walk (for a transaction's entries, which
+    are looked through for references to the others before they are validated).
+
+    The walk stops one level past ``limit``: the second answer holds only for a
+    resource that is not too deep (one that is will be refused anyway).
+    """
+    level = [data]
+    depth = 1
+    named = False
+    while level:
+        inner: list[Any] = []
+        nested = False
+        for value in level:
+            if isinstance(value, dict):
+                nested = True
+                if not named:
+                    ref = value.get("reference")
+                    named = isinstance(ref, str) and ref in names
+                inner.extend(value.values())
+            elif isinstance(value, list):
+                nested = True
+                inner.extend(value)
+        if nested and depth > limit:
+            return True, named
+        depth += 1
+        level = inner
+    return False, named
+
+
 def _deep_path(data: Any, root: str, limit: int) -> str | None:
     """``too_deep`` with the path of each element: the first one (depth first) too deep."""
     stack: list[tuple[Any, str, int]] = [(data, root, 1)]
@@ -97,9 +129,13 @@ def parse_json(body: bytes) -> Any:
 
 
 def validate_resource(
-    data: Any, expected: str | None = None, path: str | None = None
+    data: Any, expected: str | None = None, path: str | None = None, *, shallow: bool = False
 ) -> dict[str, Any]:
-    """Check ``data`` is a structurally valid R4 resource (of type ``expected``)."""
+    """Check ``data`` is a structurally valid R4 resource (of type ``expected``).
+
+    ``shallow``: the caller has found ``data`` no deeper than ``MAX_DEPTH``
+    (``nesting``), so that is not checked again.
+    """
     root = path or expected or "Resource"
     if not isinstance(data, dict):
         raise FhirError(400, [Issue("structure", "a FHIR resource must be a JSON object", [root])])
@@ -119,7 +155,7 @@ def validate_resource(
                 )
             ],
         )
-    deep = too_deep(data, root)
+    deep = None if shallow else too_deep(data, root)
     if deep is not None:
         raise FhirError(
             400,

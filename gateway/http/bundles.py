@@ -44,12 +44,13 @@ from gateway.http.keys import BUNDLE_POOL, CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
 from gateway.timeutil import from_store, to_fhir, to_store
 from mappings.references import rewrite_references
-from mappings.validation import parse_json
+from mappings.validation import nesting, parse_json
 
 # Bundles from this size on are validated in the pool (when there is one): smaller ones
 # cost less inline than the trip to another process.
 POOL_MIN_BYTES = 128 * 1024
 REASON = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 404: "404 Not Found"}
+REQUEST_ELEMENTS = frozenset(("method", "url", "ifNoneExist", "ifMatch"))
 URL_RE = re.compile(rf"^(?P<type>{'|'.join(resources.RESOURCE_TYPES)})(?:/(?P<id>[^/?]+))?$")
 
 
@@ -92,8 +93,8 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
     if not isinstance(req, dict):
         raise FhirError(400, [Issue("required", "entry.request is required", [f"{where}.request"])])
     method = req.get("method")
-    unknown = sorted(set(req) - {"method", "url", "ifNoneExist", "ifMatch"})
-    if unknown:
+    if not REQUEST_ELEMENTS.issuperset(req):
+        unknown = sorted(set(req) - REQUEST_ELEMENTS)
         raise FhirError(
             400,
             [
@@ -193,8 +194,13 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
             issues.extend(missing.issues)
             ops.append(missing)
             continue
+        shallow = False
         if btype == "transaction" and data is not None:
-            data = rewrite_references(data, renames)
+            # One walk for the depth limit and for references to other entries.
+            deep, named = nesting(data, renames)
+            shallow = not deep
+            if named and shallow:  # one too deep is refused as it is
+                data = rewrite_references(data, renames)
         if isinstance(data, dict) and method == "POST" and ("id" in data or "meta" in data):
             data = {k: v for k, v in data.items() if k not in ("id", "meta")}
         where = f"Bundle.entry[{i}].request"
@@ -212,6 +218,7 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
                 ),
                 root=f"Bundle.entry[{i}].resource",
                 full_url=full_url,
+                shallow=shallow,
             )
             op["index"] = i
             ops.append(op)

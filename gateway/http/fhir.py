@@ -152,8 +152,12 @@ def prepare(
     if_none_exist: str | None = None,
     root: str | None = None,
     full_url: str | None = None,
+    shallow: bool = False,
 ) -> dict[str, Any]:
-    """Validate and map one write for the worker; raises 400/422 with FHIRPaths."""
+    """Validate and map one write for the worker; raises 400/422 with FHIRPaths.
+
+    ``shallow``: ``data`` is known to be within the depth limit (``validate_resource``).
+    """
     op: dict[str, Any] = {
         "method": method,
         "type": rtype,
@@ -164,7 +168,7 @@ def prepare(
     }
     if method == "DELETE":
         return op
-    res = validate_resource(data, rtype, path=root)
+    res = validate_resource(data, rtype, path=root, shallow=shallow)
     if method == "PUT" and res.get("id") not in (None, rid):
         raise FhirError(
             400,
