@@ -69,6 +69,15 @@ class Reminders:
         self.outbox_signal = outbox_signal
         self.poll_seconds = poll_seconds
         self.wake = asyncio.Event()
+        self._planned: dict[tuple[str, str], Any] = {}
+
+    def planned_counter(self, kind: str, outcome: str) -> Any:
+        """``reminders_total`` for (kind, outcome), looked up once (labels() ~4 us)."""
+        key = (kind, outcome)
+        counter = self._planned.get(key)
+        if counter is None:
+            counter = self._planned[key] = self.metrics.reminders_total.labels(kind, outcome)
+        return counter
 
     async def plan(self, tenant: str, appointment_id: str, start: str) -> None:
         """Reminders for a booked visit starting at ``start`` (store instant)."""
@@ -100,9 +109,7 @@ class Reminders:
                 await self.store.update_one(
                     c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True
                 )
-            self.metrics.reminders_total.labels(
-                kind, "scheduled" if status == "pending" else "skipped"
-            ).inc()
+            self.planned_counter(kind, "scheduled" if status == "pending" else "skipped").inc()
         self.wake.set()
 
     async def cancel(self, tenant: str, appointment_id: str) -> None:
