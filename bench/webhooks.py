@@ -11,11 +11,12 @@ the embedded one, or RabbitMQ with ``--bus rabbitmq``):
    numbers). ``--events`` (default 20,000) ``resource.Slot.updated`` events
    with channel ``portal`` are published on the bus, as the outbox relay
    publishes them after a patient's change, round-robin over the providers;
-   the Slot versions they name are in the store (notifications carry the
-   resource). Timed from the first publish until the receivers have counted
-   every event notification: deliveries/s (target at least 2,000/s). This
-   measures the webhook path (dispatch, numbering, delivery, signing, HTTP);
-   the FHIR write path in front of it is ``bench/ingest.py``'s subject.
+   the Slot versions they name are the Slots' current documents in the store
+   (notifications carry the resource). Timed from the first publish until the
+   receivers have counted every event notification: deliveries/s (target at
+   least 2,000/s). This measures the webhook path (dispatch, numbering,
+   delivery, signing, HTTP); the FHIR write path in front of it is
+   ``bench/ingest.py``'s subject.
 
 2. **Loss.** The same wiring on the sandbox clock. One provider's receiver
    (in this process) is stopped; for ``--down-minutes`` of sandbox clock
@@ -60,7 +61,7 @@ from aiohttp import web
 from adapters.clock import SandboxClock
 from bench import common
 from bench.common import cpu_model
-from gateway import bootstrap, gc_policy
+from gateway import bootstrap, gc_policy, resources
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.bootstrap import Services
@@ -203,6 +204,19 @@ async def purge(settings: Settings) -> None:
     await common.purge(settings, BENCH_VHOST)
 
 
+def slot_central(n: int) -> dict[str, Any]:
+    return {
+        "status": "busy",
+        "scope": "cardiology",
+        "category": "first-stable",
+        "schedule_id": "s1",
+        "start": f"2027-01-11T{7 + n % 8:02d}:00:00.000000Z",
+        "end": f"2027-01-11T{7 + n % 8:02d}:20:00.000000Z",
+        "appointment_id": None,
+        "identifiers": [],
+    }
+
+
 def slot_resource(rid: str, n: int) -> dict[str, Any]:
     return {
         "resourceType": "Slot",
@@ -260,10 +274,12 @@ async def setup_providers(
         out[tenant] = (doc["_id"], secret)
         for n in range(slots_per_provider):
             rid = f"slot-{n}"
+            # Version 1 is the current one: the Slot's document, as a write leaves it
+            # (``resources.apply_put``; no event in its outbox: the run publishes them).
             await services.store.insert(
-                c.HISTORY,
+                c.RESOURCES,
                 {
-                    "_id": f"{tenant}/Slot/{rid}/1",
+                    "_id": resources.doc_id(tenant, "Slot", rid),
                     "tenant": tenant,
                     "type": "Slot",
                     "rid": rid,
@@ -271,7 +287,10 @@ async def setup_providers(
                     "last_updated": "2026-11-25T08:00:00.000Z",
                     "deleted": False,
                     "resource": slot_resource(rid, n),
-                    "msg": "bench",
+                    "central": slot_central(n),
+                    "ident_keys": [],
+                    "last_msg": "bench",
+                    "created": "2026-11-25T08:00:00.000Z",
                 },
             )
     return out

@@ -16,7 +16,9 @@ REPLY_QUEUE_PREFIX = "cer.reply."  # + process id; exclusive, auto-delete
 
 # MongoDB collections
 RESOURCES = "resources"  # current version of every FHIR resource, per tenant
-HISTORY = "resource_history"  # every version (vread, _history)
+# The versions a resource's later writes superseded (vread, _history read the current
+# one in RESOURCES first): an update or a deletion archives the version it replaces.
+HISTORY = "resource_history"
 PROCESSED = "processed_messages"  # message ids already applied, with their replies
 PROVIDERS = "providers"  # tenants with their client credentials (public keys)
 PATIENTS = "patients"  # sandbox / known patients (pseudonymous)

@@ -4,7 +4,7 @@ The ``notifications`` consumer group listens to ``resource.Appointment.*`` (any
 channel: provider, portal, SMS, waiting room) and to ``reminder.due``:
 
 - **What happened** is read from the store, not guessed from the event: the
-  event's version and the one before it (``resource_history``) say whether a
+  event's version and the one before it (``resources.version_doc``) say whether a
   visit was booked, moved, cancelled, entered or left the waiting room, was
   assigned or proposed (R-NOT-1, R-NOT-3). A change that a patient does not
   see (a comment, a status the facility sets after the visit) sends nothing.
@@ -76,7 +76,7 @@ from gateway.ports import (
     Store,
 )
 from gateway.reminders import Reminders
-from gateway.resources import UNREAD, Unread
+from gateway.resources import UNREAD, Unread, version_doc
 from gateway.timeutil import from_store, to_store
 from mappings import appointment as appointment_map
 from mappings import notifications as templates
@@ -224,7 +224,7 @@ async def load_visit(
     )
     if doc is not None and doc.get("version") == version and not doc.get("deleted"):
         return Visit.of(tenant, rid, version, doc["central"])
-    hist = await store.get(c.HISTORY, f"{_appt_key(tenant, rid)}/{version}")
+    hist = await version_doc(store, tenant, "Appointment", rid, version, current=doc)
     if hist is None or hist.get("deleted") or not hist.get("resource"):
         return None
     try:

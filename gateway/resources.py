@@ -1,11 +1,31 @@
 """Versioned FHIR resources of one provider (tenant), kept with their central model.
 
+The current version of a resource lives only in its document in ``resources``
+(``_id`` ``tenant/type/id``); the history collection keeps the versions it
+superseded (``_id`` ``tenant/type/id/version``). A resource written once is
+stored once, and a create writes one document.
+
 Every write is one command applied by a worker (``apply_put`` / ``apply_delete``):
-it claims the next version in the history collection (the ``_id``
-``tenant/type/id/version`` is the guard against two writers), then moves the
-current document forward with a condition on the version it read, writing the
-domain event into the same document's outbox. A redelivered command finds its
-own message id on the document or the history entry and changes nothing twice.
+
+- a **create** inserts the document; its unique ``_id`` (and the unique
+  ``ident_key``) is the guard against a second writer;
+- an **update** or a **deletion** first archives the current version (a copy of
+  the stored document as a history entry, ``archive``), then moves the document
+  forward with a condition on the version it read: that condition is the guard.
+  The archived copy of version n is the same whoever writes it (a version's
+  resource, time, deletion mark and message never change), so a ``DuplicateKey``
+  on it means another writer, or an interrupted earlier try, archived it already.
+
+The domain event goes into the document's outbox in that same single-document
+write. So while the document is at version n, versions 1..n-1 are in the
+history: each was archived before the write that superseded it. Readers of a
+version (``version_doc``, ``versions``) look at the current document first, then
+the history. A redelivered command finds its own message id on the document
+(``last_msg``) and changes nothing twice; one interrupted between its archive
+and its update finds the archive there and finishes. A write refused after its
+archive (another resource took the identifier meanwhile: 409) leaves a copy of
+the current version in the history, which readers never consult (the document
+answers for it) and the next update finds there.
 """
 
 from __future__ import annotations
@@ -138,11 +158,98 @@ async def read(store: Store, tenant: str, rtype: str, rid: str) -> Document:
     return doc
 
 
+async def version_doc(
+    store: Store,
+    tenant: str,
+    rtype: str,
+    rid: str,
+    version: int,
+    current: Document | Unread | None = UNREAD,
+) -> Document | None:
+    """Version ``version`` of ``rtype/rid``: the current document when it is that
+    version, else its history entry; None when there is no such version.
+
+    Either has ``version``, ``last_updated``, ``deleted`` and ``resource`` (None for a
+    deletion: a deleted document keeps the resource it had, the version does not).
+    ``current``: the document as the caller just read it (None: absent), to save
+    reading it again; it is read again when it is older than ``version``.
+    """
+    if version < 1:
+        return None
+    key = doc_id(tenant, rtype, rid)
+    doc = await store.get(c.RESOURCES, key) if isinstance(current, Unread) else current
+    if not isinstance(current, Unread) and (doc is None or doc["version"] < version):
+        doc = await store.get(c.RESOURCES, key)
+    if doc is None or doc["version"] < version:
+        return None
+    if doc["version"] == version:
+        return {**doc, "resource": None} if doc.get("deleted") else doc
+    return await store.get(c.HISTORY, f"{key}/{version}")
+
+
+async def versions(store: Store, tenant: str, rtype: str, rid: str, limit: int) -> list[Document]:
+    """The newest ``limit`` versions of ``rtype/rid``, newest first (as ``version_doc``
+    gives them); empty if the resource is unknown."""
+    doc = await store.get(c.RESOURCES, doc_id(tenant, rtype, rid))
+    if doc is None or limit < 1:
+        return []
+    newest = {**doc, "resource": None} if doc.get("deleted") else doc
+    # Versions the document superseded only: a refused write may have archived the
+    # current one as well (see the module's docstring).
+    older = (
+        await store.find(
+            c.HISTORY,
+            {"tenant": tenant, "type": rtype, "rid": rid, "version": {"$lt": doc["version"]}},
+            sort=[("version", -1)],
+            limit=limit - 1,
+        )
+        if limit > 1
+        else []
+    )
+    return [newest, *older]
+
+
 async def read_version(store: Store, tenant: str, rtype: str, rid: str, version: int) -> Document:
-    doc = await store.get(c.HISTORY, f"{doc_id(tenant, rtype, rid)}/{version}")
+    """Version ``version`` (``version_doc``); 404 if there is no such version."""
+    doc = await version_doc(store, tenant, rtype, rid, version)
     if doc is None:
         raise not_found(f"{rtype}/{rid}/_history/{version}")
     return doc
+
+
+def archived(doc: Document) -> Document:
+    """The history entry of the stored document's version: what an update or a
+    deletion archives before it supersedes it."""
+    deleted = bool(doc.get("deleted"))
+    return {
+        "_id": f"{doc['_id']}/{doc['version']}",
+        "tenant": doc["tenant"],
+        "type": doc["type"],
+        "rid": doc["rid"],
+        "version": doc["version"],
+        "last_updated": doc["last_updated"],
+        "deleted": deleted,
+        "resource": None if deleted else doc["resource"],
+        "msg": doc.get("last_msg"),
+    }
+
+
+async def archive(store: Store, doc: Document) -> None:
+    """Keep the stored document's version in the history before a write supersedes it."""
+    try:
+        await store.insert(c.HISTORY, archived(doc))
+    except DuplicateKey:
+        pass  # the same version, archived by another writer or an interrupted earlier try
+
+
+def _is_stored_copy(doc: Document) -> bool:
+    """Is ``doc`` (a caller's ``current``) a copy of a stored version, as far as a cheap
+    look tells? A caller's own edit of it (a new version number on the old resource)
+    must not be archived as that version."""
+    if doc.get("deleted"):
+        return True
+    meta = (doc.get("resource") or {}).get("meta") or {}
+    return bool(meta.get("versionId") == str(doc["version"]))
 
 
 async def apply_put(
@@ -166,7 +273,8 @@ async def apply_put(
 
     ``current``: the stored document as the caller just read it (None: absent), to
     save reading it again; a stale one costs a retry, never a wrong write (the
-    update is conditioned on its version, the insert on its ``_id``).
+    update is conditioned on its version, the insert on its ``_id``; the version
+    it archives is the same in every copy).
     """
     key = doc_id(tenant, rtype, rid)
     known = current
@@ -206,28 +314,13 @@ async def apply_put(
             return Written(
                 200, cur_version, found["last_updated"], found["resource"], changed=False
             )
+        if found is not None and not fresh and not _is_stored_copy(found):
+            continue  # not as stored: read it
         version = cur_version + 1
         stored = with_meta(resource, rid, version, now)
         at = to_store(now)
-        hist = {
-            "_id": f"{key}/{version}",
-            "tenant": tenant,
-            "type": rtype,
-            "rid": rid,
-            "version": version,
-            "last_updated": at,
-            "deleted": False,
-            "resource": stored,
-            "msg": msg_id,
-        }
-        try:
-            await store.insert(c.HISTORY, hist)
-        except DuplicateKey:
-            existing = await store.get(c.HISTORY, f"{key}/{version}")
-            if existing is None or existing.get("msg") != msg_id:
-                continue  # another writer took this version: read again
-            # Our own history entry from an interrupted earlier try: finish the write.
-            stored, at = existing["resource"], existing["last_updated"]
+        if found is not None:
+            await archive(store, found)
         created = not live
         ev = event(
             f"resource.{rtype}.{'created' if created else 'updated'}",
@@ -302,7 +395,8 @@ async def apply_delete(
     correlation_id: str,
     channel: str = "provider",
 ) -> int | None:
-    """Mark deleted (kept for history); returns the deletion's version, None if absent."""
+    """Mark deleted (the document stays, as the deletion's version; the version it
+    supersedes is archived); returns the deletion's version, None if absent."""
     key = doc_id(tenant, rtype, rid)
     for _ in range(5):
         current = await store.get(c.RESOURCES, key)
@@ -312,25 +406,7 @@ async def apply_delete(
             return int(current["version"])
         version = current["version"] + 1
         at = to_store(now)
-        try:
-            await store.insert(
-                c.HISTORY,
-                {
-                    "_id": f"{key}/{version}",
-                    "tenant": tenant,
-                    "type": rtype,
-                    "rid": rid,
-                    "version": version,
-                    "last_updated": at,
-                    "deleted": True,
-                    "resource": None,
-                    "msg": msg_id,
-                },
-            )
-        except DuplicateKey:
-            existing = await store.get(c.HISTORY, f"{key}/{version}")
-            if existing is None or existing.get("msg") != msg_id:
-                continue
+        await archive(store, current)
         ev = event(
             f"resource.{rtype}.deleted",
             {"type": rtype, "id": rid, "version": version, "channel": channel},

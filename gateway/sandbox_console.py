@@ -28,6 +28,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway import constants as c
 from gateway import subscriptions as subs
 from gateway.ports import Document, Store
+from gateway.resources import version_doc
 from gateway.timeutil import from_store
 
 SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -478,10 +479,8 @@ async def _rebuilt_payload(store: Store, sub: Document, ev: Document, base: str)
     timestamp), built by the same function the delivery uses."""
     resources: dict[str, Document | None] = {}
     if sub["content"] == "full-resource" and ev.get("action") != "deleted":
-        hist = await store.get(
-            c.HISTORY, f"{ev['tenant']}/{ev['type']}/{ev['rid']}/{ev['version']}"
-        )
-        resources[ev["_id"]] = (hist or {}).get("resource")
+        doc = await version_doc(store, ev["tenant"], ev["type"], ev["rid"], int(ev["version"]))
+        resources[ev["_id"]] = (doc or {}).get("resource")
     bundle = subs.notification_bundle(
         sub,
         base=base,

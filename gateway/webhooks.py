@@ -90,6 +90,7 @@ from gateway.ports import (
     WebhookResult,
     WebhookSender,
 )
+from gateway.resources import version_doc
 from gateway.settings import Settings
 from gateway.timeutil import from_store, to_fhir
 from gateway.webhook_numbering import record, ts, wall
@@ -795,12 +796,10 @@ class Webhooks:
     async def _resource_at(self, ev: Document) -> Document | None:
         if ev.get("action") == "deleted" or ev.get("version") is None:
             return None
-        hist = await self.store.get(
-            c.HISTORY, f"{ev['tenant']}/{ev['type']}/{ev['rid']}/{ev['version']}"
-        )
-        if hist is None or hist.get("deleted"):
+        doc = await version_doc(self.store, ev["tenant"], ev["type"], ev["rid"], int(ev["version"]))
+        if doc is None or doc.get("deleted"):
             return None
-        resource: Document | None = hist.get("resource")
+        resource: Document | None = doc.get("resource")
         return resource
 
     async def post(

@@ -317,16 +317,13 @@ async def vread(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
-    """``GET /fhir/{type}/{id}/_history``: every version, newest first."""
+    """``GET /fhir/{type}/{id}/_history``: every version (the current one and those in
+    the history), newest first."""
     tenant = provider_id(request)
     rtype = request.match_info["type"]
     rid = check_id(request.match_info["id"], rtype)
-    store = request.app[SERVICES].store
-    docs = await store.find(
-        c.HISTORY,
-        {"tenant": tenant, "type": rtype, "rid": rid},
-        sort=[("version", -1)],
-        limit=search.MAX_COUNT,
+    docs = await resources.versions(
+        request.app[SERVICES].store, tenant, rtype, rid, limit=search.MAX_COUNT
     )
     if not docs:
         raise FhirError(404, [Issue("not-found", f"{rtype}/{rid} not found")], code="not-found")

@@ -228,6 +228,8 @@ class Harness:
         """Only the fuzzed tenant's documents are read (copies cost); all are counted."""
         docs = await self.store.find(c.RESOURCES, {"tenant": self.tenant})
         versions = {d["_id"]: (d["version"], bool(d.get("deleted"))) for d in docs}
+        # Every version of every tenant: the current ones (documents) and the ones they
+        # superseded (history); a refused write adds to neither.
         counts = (await self.store.count(c.RESOURCES, {}), await self.store.count(c.HISTORY, {}))
         return versions, counts
 
