@@ -55,7 +55,10 @@ kB (RSS) per resource imported; an insert into ``resources`` (ten indexes) 46 ->
 an update of one 50 -> 41 us; ``bench.ingest`` (20,000 Slots, embedded) 2,915 ->
 4,831 Slots per CPU-second of the event loop; ``bench.waiting_room`` 2,030 -> 1,610 us
 of gateway CPU per assignment (30,000 entries, 3,000 slots), 1,730 -> 1,580 us at its
-default size.
+default size. Later that day (load average 3-4), with partial indexes, the generated
+entries function reading each object once and the insert's own loop: ``bench.store
+--resources`` 50-55 -> 29-31 us per insert of a created Slot into ``resources``;
+``bench.ingest`` (30,000 Slots, embedded) 193-200 -> 147-167 us of event-loop CPU per Slot.
 
 Values order as MongoDB orders them for sort and index (BSON type order: empty
 array, null/missing, numbers, strings, objects, arrays, booleans, other);
