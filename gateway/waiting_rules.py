@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
@@ -250,17 +250,25 @@ class SlotFacts:
         return f"{self.tenant}~{self.rid}"
 
 
+@lru_cache(maxsize=4096)
+def _local_start(start: str) -> tuple[date, int, int]:
+    """A slot start's Warsaw day, weekday and minute of the day (slots share their starts:
+    the time-zone conversion is most of ``slot_facts``)."""
+    local = from_store(start).astimezone(WARSAW)
+    return local.date(), local.isoweekday(), local.hour * 60 + local.minute
+
+
 def slot_facts(doc: Mapping[str, Any]) -> SlotFacts:
     s = doc["central"]
-    local = from_store(s["start"]).astimezone(WARSAW)
+    day, weekday, minute = _local_start(s["start"])
     status = s.get("status")
     return SlotFacts(
         tenant=doc["tenant"],
         rid=doc["rid"],
         start=s["start"],
-        day=local.date(),
-        weekday=local.isoweekday(),
-        minute=local.hour * 60 + local.minute,
+        day=day,
+        weekday=weekday,
+        minute=minute,
         category=s.get("category"),
         location_id=s.get("location_id"),
         city=(s.get("city") or "").casefold(),
