@@ -115,10 +115,14 @@ def normalize_phone(raw: str | None) -> str | None:
     return digits if 9 <= len(digits) <= 15 else None
 
 
+# Byte b -> REF_ALPHABET[b % len(REF_ALPHABET)] (an ASCII alphabet), for bytes.translate.
+_REF_BYTES = bytes(ord(REF_ALPHABET[b % len(REF_ALPHABET)]) for b in range(256))
+
+
 def reference(key: str, taken: set[str]) -> str:
     """A short reply reference derived from ``key``; longer when the phone already uses it."""
     digest = hashlib.sha256(key.encode()).digest()
-    chars = "".join(REF_ALPHABET[b % len(REF_ALPHABET)] for b in digest)
+    chars = digest.translate(_REF_BYTES).decode("ascii")  # REF_ALPHABET[b % len], per byte
     for n in range(REF_LENGTH, len(chars)):
         if chars[:n] not in taken:
             return chars[:n]
