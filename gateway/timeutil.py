@@ -20,22 +20,27 @@ def utc(dt: datetime) -> datetime:
 # some 1,500 times): the text of recent instants is kept.
 @lru_cache(maxsize=1024)
 def to_store(dt: datetime) -> str:
-    """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store.
+    """Fixed-width ISO UTC with milliseconds: sorts lexicographically in every store."""
+    return store_text(dt)
 
-    Formatted with ``%``: ``strftime`` (or an f-string of the fields) took twice as
-    long, and a Bundle of slots (two distinct instants a slot) misses the cache. The
-    same text as ``strftime`` (whose ``%Y`` is not zero-padded either).
+
+def store_text(dt: datetime) -> str:
+    """``to_store`` without its cache: for instants each seen once (a Bundle's slots).
+
+    The fields are put together from ready-made digits: ``strftime``, an f-string of
+    the fields or ``%`` took two to four times as long. The same text as ``strftime``
+    (whose ``%Y`` is not zero-padded either).
     """
-    d = utc(dt)
-    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (the faster)
-        d.year,
-        d.month,
-        d.day,
-        d.hour,
-        d.minute,
-        d.second,
-        d.microsecond // 1000,
+    d = dt if dt.tzinfo is UTC else utc(dt)
+    two = _TWO_DIGITS
+    return (
+        f"{d.year}-{two[d.month]}-{two[d.day]}T{two[d.hour]}:{two[d.minute]}:{two[d.second]}"
+        f".{_THREE_DIGITS[d.microsecond // 1000]}Z"
     )
+
+
+_TWO_DIGITS = [f"{i:02d}" for i in range(100)]
+_THREE_DIGITS = [f"{i:03d}" for i in range(1000)]
 
 
 def from_store(s: str) -> datetime:

@@ -294,7 +294,6 @@ def read_scope(cc: Any, path: str, issues: list[Issue]) -> str | None:
         if not isinstance(c, dict):
             continue
         system, code = c.get("system"), c.get("code")
-        where = f"{path}.coding[{j}].code"
         if system == SCOPE_SYSTEM:
             if code in _scopes():
                 found.append(code)
@@ -303,7 +302,7 @@ def read_scope(cc: Any, path: str, issues: list[Issue]) -> str | None:
                     Issue(
                         "code-invalid",
                         f"unknown scope {code!r} in {SCOPE_SYSTEM}; known: " + ", ".join(_scopes()),
-                        [where],
+                        [f"{path}.coding[{j}].code"],
                     )
                 )
         elif system == CELL_SPECIALTY_SYSTEM:
@@ -316,7 +315,7 @@ def read_scope(cc: Any, path: str, issues: list[Issue]) -> str | None:
                         "code-invalid",
                         f"cell specialty {code!r} (kod resortowy part VIII) maps to no "
                         f"central e-registration scope; send the scope code ({SCOPE_SYSTEM})",
-                        [where],
+                        [f"{path}.coding[{j}].code"],
                     )
                 )
     distinct = list(dict.fromkeys(found))

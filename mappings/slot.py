@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.errors import FhirError, Issue
 from gateway.model import CentralSlot
-from gateway.timeutil import to_store
+from gateway.timeutil import store_text
 from mappings import codes
 from mappings.references import (
     fhir_instant,
@@ -102,8 +102,8 @@ def to_central(res: dict[str, Any]) -> CentralSlot:
         schedule_id=schedule_id,
         scope=scope,
         category=category,
-        start=to_store(start),
-        end=to_store(end),
+        start=store_text(start),  # each slot's own instants: uncached
+        end=store_text(end),
         status=status,
         overbooked=overbooked,
         comment=res.get("comment"),
