@@ -7,7 +7,6 @@ FHIR clients get ordinary answers (201 + Location + ETag, 409, 412, 422).
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 from urllib.parse import parse_qsl
@@ -17,7 +16,7 @@ from aiohttp import web
 from gateway import constants as c
 from gateway import resources, search, waiting_fhir
 from gateway.errors import FhirError, Issue
-from gateway.events import command
+from gateway.events import command, new_id
 from gateway.http.auth import provider_id
 from gateway.http.keys import CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
@@ -40,14 +39,8 @@ def check_id(rid: str, rtype: str) -> str:
 
 
 def new_resource_id() -> str:
-    """``uuid.uuid4().hex``, without building a ``UUID`` (one for each created entry)."""
-    n = int.from_bytes(os.urandom(16), "big")
-    n = (n & _UUID4_CLEAR) | _UUID4_SET  # the version (4) and variant (RFC 4122) bits
-    return f"{n:032x}"
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+    """A created resource's id: a random UUID's 32 hex digits (``events.new_id``)."""
+    return new_id()
 
 
 async def read_body(request: web.Request) -> Any:
