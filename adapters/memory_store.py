@@ -1761,14 +1761,24 @@ class MemoryStore:
 
     # --- reads
 
-    async def get(self, coll: str, doc_id: str) -> Document | None:
+    async def get(
+        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+    ) -> Document | None:
         c = self._colls.get(coll)
         if c is None:
             return None
         doc = c.docs.get(doc_id)
         if doc is None:
             return None
-        return orjson.loads(doc) if type(doc) is bytes else _copy(doc)
+        if type(doc) is bytes:
+            got: Document = orjson.loads(doc)
+            if fields is None:
+                return got
+            return {k: got[k] for k in ("_id", *fields) if k in got}
+        if fields is None:
+            return _copy(doc)
+        # Copy only what was asked for (a slot's FHIR body is most of its copy).
+        return _copy({k: doc[k] for k in ("_id", *fields) if k in doc})
 
     async def find_one(
         self, coll: str, filter: Filter, sort: Sort | None = None

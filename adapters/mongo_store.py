@@ -225,8 +225,13 @@ class MongoStore:
 
     # --- reads
 
-    async def get(self, coll: str, doc_id: str) -> Document | None:
-        doc: Document | None = await self._coll(coll).find_one({"_id": doc_id}, _HIDDEN)
+    async def get(
+        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+    ) -> Document | None:
+        projection: dict[str, int] = (
+            _HIDDEN if fields is None else {f: 1 for f in fields if f not in _HIDDEN} or {"_id": 1}
+        )
+        doc: Document | None = await self._coll(coll).find_one({"_id": doc_id}, projection)
         return doc
 
     async def find_one(

@@ -89,7 +89,12 @@ class Store(Protocol):
     async def insert(self, coll: str, doc: Document, events: Sequence[Document] = ()) -> None:
         """Insert one document; raises ``DuplicateKey`` on ``_id`` or a unique index."""
 
-    async def get(self, coll: str, doc_id: str) -> Document | None: ...
+    async def get(
+        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+    ) -> Document | None:
+        """The document with this ``_id``, or None. ``fields`` (top-level names) returns
+        only those and ``_id``, as ``find`` does: a check of a slot's central model need
+        not copy its FHIR resource."""
 
     async def find_one(
         self, coll: str, filter: Filter, sort: Sort | None = None

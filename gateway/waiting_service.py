@@ -339,7 +339,11 @@ class WaitingRoomService:
         b = msg.body
         if msg.tenant is None or self.ignored(msg):
             return
-        doc = await self.store.get(c.RESOURCES, resources.doc_id(msg.tenant, "Slot", b["id"]))
+        doc = await self.store.get(
+            c.RESOURCES,
+            resources.doc_id(msg.tenant, "Slot", b["id"]),
+            fields=("deleted", "version", "central"),  # not the FHIR body: one per new slot
+        )
         if doc is None or doc.get("deleted") or doc.get("version") != b.get("version"):
             return  # changed since: its own event follows
         info = self._takes_now(doc, self.clock.now())

@@ -90,6 +90,25 @@ async def test_insert_get_round_trip(store: Store) -> None:
     assert await store.get("never_written", "r1") is None
 
 
+async def test_get_only_some_fields(store: Store) -> None:
+    doc = {
+        "_id": "s1",
+        "version": 3,
+        "central": {"status": "free", "start": "2027-01-11T07:00:00.000Z"},
+        "resource": {"resourceType": "Slot", "status": "free"},
+    }
+    await store.insert("docs", doc, events=[{"id": "e1", "type": "t"}])
+    got = await store.get("docs", "s1", fields=["version", "central", "absent"])
+    assert got == {"_id": "s1", "version": 3, "central": doc["central"]}
+    assert got is not None
+    got["central"]["status"] = "busy"  # a copy, as a whole read is
+    again = await store.get("docs", "s1", fields=["central"])
+    assert again == {"_id": "s1", "central": {"status": "free", "start": doc["central"]["start"]}}
+    assert await store.get("docs", "s1", fields=[]) == {"_id": "s1"}
+    assert await store.get("docs", "nope", fields=["version"]) is None
+    assert await store.get("docs", "s1") == doc  # no outbox fields either way
+
+
 async def test_no_aliasing(store: Store) -> None:
     doc = {"_id": "a1", "nested": {"list": [1, 2]}, "tags": ["x"]}
     await store.insert("docs", doc)
