@@ -12,10 +12,12 @@ Latest figures (2026-11-26, 2 shared cores, Intel Xeon, Python 3.11, load averag
 indexed (unchanged), 30-35 ms by full scan.
 
 ``--resources N`` instead inserts N created Slots as the gateway writes them (its ten
-``resources`` indexes, one outbox event, then each one's history version) and prints the
-CPU per insert. 2026-11-26 (2 shared cores, AMD EPYC, load average 3.5-4, 100,000 Slots,
-runs alternated): 50-55 -> 29-31 us per insert into ``resources`` with the partial
-Appointment indexes and the leaner insert path; a history version 9-11 us.
+``resources`` indexes, one outbox event), then a history version of each (a create
+writes none since 2026-11-26: it is what an update or a deletion archives of the
+version it supersedes) and prints the CPU per insert. 2026-11-26 (2 shared cores,
+AMD EPYC, load average 3.5-4, 100,000 Slots, runs alternated): 50-55 -> 29-31 us per
+insert into ``resources`` with the partial Appointment indexes and the leaner insert
+path; a history version 9-11 us.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def slot_resource(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A created Slot as ``resources.apply_put`` writes it (as ``bench.ingest`` posts
     them: one provider, schedule after schedule of 960 slots, random ids): the resource
-    document, its outbox event and its first history version."""
+    document, its outbox event, and the history version an update of it would archive."""
     tenant, rid, sch = "bench-provider", f"{rng.getrandbits(128):032x}", f"sch-{i // 960:04d}"
     start = BASE + timedelta(days=(i % 960) // 24, minutes=20 * (i % 24))
     at = to_store(BASE + timedelta(microseconds=i))
@@ -170,8 +172,9 @@ def slot_resource(
 
 async def resource_inserts(n: int) -> None:
     """CPU per insert of a created Slot into ``resources`` (the gateway's indexes) and of
-    its history version, as the write path does them; automatic garbage collection off,
-    as ``cer-gateway serve`` runs the embedded store (``gateway.gc_policy``)."""
+    a history version (what an update archives), as the write path does them; automatic
+    garbage collection off, as ``cer-gateway serve`` runs the embedded store
+    (``gateway.gc_policy``)."""
     rng = random.Random(1)
     made = [slot_resource(i, rng) for i in range(n)]
     store = MemoryStore()
@@ -191,7 +194,7 @@ async def resource_inserts(n: int) -> None:
         gc.enable()
     print(
         f"resources: {n} Slots ({len(GATEWAY_INDEXES[c.RESOURCES])} indexes, one event each): "
-        f"{dt / n * 1e6:.1f} us CPU per insert; their history versions: "
+        f"{dt / n * 1e6:.1f} us CPU per insert; history versions (an update's archive): "
         f"{dh / n * 1e6:.1f} us CPU per insert"
     )
 
