@@ -55,23 +55,8 @@ def too_deep(data: Any, root: str, limit: int = MAX_DEPTH) -> str | None:
     resource is checked, and building a path for each of its elements was a tenth
     of a large Bundle's validation.
     """
-    level = [data]
-    depth = 1
-    while level:
-        inner: list[Any] = []
-        nested = False
-        for value in level:
-            if isinstance(value, dict):
-                nested = True
-                inner.extend(value.values())
-            elif isinstance(value, list):
-                nested = True
-                inner.extend(value)
-        if nested and depth > limit:
-            return _deep_path(data, root, limit)
-        depth += 1
-        level = inner
-    return None
+    deep, _ = nesting(data, (), limit)
+    return _deep_path(data, root, limit) if deep else None
 
 
 def nesting(data: Any, names: Container[str], limit: int = MAX_DEPTH) -> tuple[bool, bool]:
@@ -80,7 +65,8 @@ def nesting(data: Any, names: Container[str], limit: int = MAX_DEPTH) -> tuple[b
     are looked through for references to the others before they are validated).
 
     The walk stops one level past ``limit``: the second answer holds only for a
-    resource that is not too deep (one that is will be refused anyway).
+    resource that is not too deep (one that is will be refused anyway). With no
+    ``names`` it is ``too_deep``'s walk alone.
     """
     level = [data]
     depth = 1
@@ -91,7 +77,7 @@ def nesting(data: Any, names: Container[str], limit: int = MAX_DEPTH) -> tuple[b
         for value in level:
             if isinstance(value, dict):
                 nested = True
-                if not named:
+                if names and not named:
                     ref = value.get("reference")
                     named = isinstance(ref, str) and ref in names
                 inner.extend(value.values())
