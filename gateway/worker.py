@@ -152,8 +152,7 @@ async def publish_events(
         failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
         for run, r in zip(part, results, strict=True):
             if not isinstance(r, BaseException):
-                for _ in run:
-                    metrics.published("event")
+                metrics.published("event", len(run))
         if failed is not None:
             done = [item for run in runs[: start + failed] for item in run]
             if done:

@@ -120,7 +120,7 @@ async def test_unusual_methods_are_folded(client: TestClient[Any, Any], metrics:
 def test_message_counters(metrics: Metrics) -> None:
     metrics.published("command")
     metrics.published("event")
-    metrics.published("event")
+    metrics.published("event", 3)  # a batch of events counts each
     metrics.messages_published_total.labels("reply").inc()
     metrics.consumed("command", "ok")
     metrics.consumed("command", "duplicate")
@@ -130,8 +130,10 @@ def test_message_counters(metrics: Metrics) -> None:
     metrics.outbox_pending.set(7)
 
     assert value(metrics, "messages_published_total", kind="command") == 1
-    assert value(metrics, "messages_published_total", kind="event") == 2
+    assert value(metrics, "messages_published_total", kind="event") == 4
     assert value(metrics, "messages_published_total", kind="reply") == 1
+    with pytest.raises(ValueError):
+        metrics.published("bogus")  # type: ignore[arg-type]
     assert value(metrics, "messages_consumed_total", queue_kind="command", outcome="ok") == 1
     assert value(metrics, "messages_consumed_total", queue_kind="command", outcome="duplicate") == 1
     assert value(metrics, "messages_consumed_total", queue_kind="event", outcome="retried") == 2
