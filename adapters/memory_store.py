@@ -1370,11 +1370,60 @@ def _covered_paths(filter: Filter) -> dict[str, str] | None:
 # --------------------------------------------------------------------------- collections
 
 
-def _plain(filter: Filter) -> bool:
-    """Only string equalities on top-level fields (MongoDB's equality is ``==`` there)."""
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+# the operators a simple filter may use on a scalar (none of them can fail to compile)
+_SIMPLE_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$exists"})
+
+
+def _simple(filter: Filter) -> bool:
+    """Whether ``_matches`` checks the filter without compiling it: scalar equalities on
+    any path (a string, a number, a boolean, null), an operator of ``_SIMPLE_OPS`` on a
+    scalar, and ``$or`` / ``$and`` of such filters (a guarded update's usual filter)."""
     for key, x in filter.items():
-        if type(x) is not str or "." in key or key.startswith("$"):
-            return False
+        if key.startswith("$"):
+            if (key != "$or" and key != "$and") or type(x) is not list or not x:
+                return False
+            for sub in x:
+                if type(sub) is not dict or not _simple(sub):
+                    return False
+        elif type(x) not in _SCALARS:
+            if type(x) is not dict or not x:
+                return False
+            for op, v in x.items():
+                if op not in _SIMPLE_OPS or type(v) not in _SCALARS:
+                    return False
+    return True
+
+
+def _matches(doc: Document, filter: Filter) -> bool:
+    """``_compile(filter)(doc)`` for a ``_simple`` filter, interpreted: the same MongoDB
+    equality (``_values_eq``: 1 == 1.0, true is not 1, null matches missing) without
+    building the predicate's closures (most of a one-document update's filter cost)."""
+    for key, x in filter.items():
+        if key == "$or":
+            for sub in x:
+                if _matches(doc, sub):
+                    break
+            else:
+                return False
+        elif key == "$and":
+            for sub in x:
+                if not _matches(doc, sub):
+                    return False
+        elif type(x) is dict:  # one field's operators (``_SIMPLE_OPS``)
+            if not _compile_field(key, x)(doc):
+                return False
+        elif "." in key:
+            if not _values_eq(_resolve(doc, _split(key)), x):
+                return False
+        elif type(x) is str:
+            v = doc.get(key)
+            if not (v == x or (type(v) is list and x in v)):
+                return False
+        else:
+            v = doc.get(key, _MISSING)
+            if not _values_eq([] if v is _MISSING else [v], x):
+                return False
     return True
 
 
@@ -1516,17 +1565,13 @@ class _Coll:
     ) -> list[Document]:
         """Matching stored documents (not copies), sorted and sliced."""
         direct = filter.get("_id")
-        if type(direct) is str and not skip and _plain(filter):
-            # a document by _id, with string equalities on top-level fields (a guarded
-            # update's usual filter): no predicate to compile
+        if type(direct) is str and not skip and _simple(filter):
+            # a document by _id, with scalar conditions (a guarded update's usual filter):
+            # no predicate to compile, no plan
             if direct not in self.docs:
                 return []
             doc = self.readable(filter)[direct]
-            for key, x in filter.items():
-                v = doc.get(key)
-                if not (v == x or (type(v) is list and x in v)):
-                    return []
-            return [doc]
+            return [doc] if _matches(doc, filter) else []
         pred = _compile(filter)
         want = skip + limit if limit else 0
         ids, plan = self.candidates(filter, sort, want)

@@ -199,13 +199,143 @@ async def resource_inserts(n: int) -> None:
     )
 
 
-async def main(n: int, updates: int, resources: int) -> None:
+async def _per_op(label: str, n: int, run: Any) -> None:
+    """Run ``run(i)`` for i in 0..n (awaited) and print the CPU per call."""
+    t0 = time.process_time()
+    for i in range(n):
+        await run(i)
+    dt = time.process_time() - t0
+    print(f"  {label}: {dt / n * 1e6:.1f} us CPU per operation ({n})")
+
+
+async def write_ops(n: int) -> None:
+    """CPU per write of the shapes the waiting room's assignment path makes, on the
+    gateway's indexes (gateway/schema.py), automatic garbage collection off."""
+    rng = random.Random(2)
+    store = MemoryStore()
+    await store.start(GATEWAY_INDEXES)
+    for i in range(n):  # waiting-room entries as bench.waiting_room writes them
+        eid = f"00000000-0000-4000-8000-{i:012d}"
+        queue = "urgent" if rng.random() < 0.3 else "stable"
+        at = to_store(BASE - timedelta(days=rng.random() * 90))
+        await store.insert(
+            c.WAITING_ROOM,
+            {
+                "_id": eid,
+                "pesel": f"{i:011d}",
+                "scope": "cardiology",
+                "queue": queue,
+                "referral": {"key": f"ref-{i}", "code": "1234"},
+                "loc_key": rng.choice(["", "city:Warszawa", "city:Krakow", f"pc:{i % 100:02d}"]),
+                "phone_key": f"48600{i:06d}",
+                "status": "waiting",
+                "active_key": f"cardiology|ref-{i}",
+                "rank": f"{at}|{eid}",
+                "entered_at": at,
+                "rev": 1,
+            },
+        )
+        await store.insert(
+            c.REFERRALS,
+            {
+                "_id": f"ref-{i}",
+                "pesel": f"{i:011d}",
+                "scope": "cardiology",
+                "status": "issued",
+                "code": "1234",
+                "appointment_id": None,
+            },
+        )
+    for i in range(n):
+        await store.insert("plain", {"_id": f"p{i}", "version": 1, "status": "a", "n": i})
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(n)]
+    gc.collect()
+    gc.disable()
+    try:
+        print(f"write shapes ({n} waiting entries, referrals and plain documents):")
+        await _per_op(
+            "insert (no index)",
+            n,
+            lambda i: store.insert("plain2", {"_id": f"q{i}", "version": 1, "status": "a", "n": i}),
+        )
+        await _per_op(
+            "update {_id, status: str} (no index)",
+            n,
+            lambda i: store.update_one(
+                "plain", {"_id": f"p{i}", "status": "a"}, {"$set": {"status": "b"}}
+            ),
+        )
+        await _per_op(
+            "update {_id, version: int} (no index)",
+            n,
+            lambda i: store.update_one(
+                "plain", {"_id": f"p{i}", "version": 1}, {"$set": {"version": 2}}
+            ),
+        )
+        await _per_op(
+            "upsert of a missing _id ($setOnInsert)",
+            n,
+            lambda i: store.update_one(
+                "plain3",
+                {"_id": f"u{i}"},
+                {"$setOnInsert": {"through": "x", "lease": None}},
+                upsert=True,
+            ),
+        )
+        await _per_op(
+            "update {_id, $or: [{status}, {appointment_id}]}",
+            n,
+            lambda i: store.update_one(
+                c.REFERRALS,
+                {"_id": f"ref-{i}", "$or": [{"status": "issued"}, {"appointment_id": "g"}]},
+                {"$set": {"status": "booked", "appointment_id": "g"}},
+            ),
+        )
+        await _per_op(
+            "entry waiting -> assigning (claim)",
+            n,
+            lambda i: store.update_one(
+                c.WAITING_ROOM,
+                {"_id": ids[i], "status": "waiting"},
+                {
+                    "$set": {"status": "assigning", "claim": {"by": f"m{i}", "slot": "s"}},
+                    "$inc": {"rev": 1},
+                },
+            ),
+        )
+        await _per_op(
+            "entry assigning -> assigned ({claim.by})",
+            n,
+            lambda i: store.update_one(
+                c.WAITING_ROOM,
+                {"_id": ids[i], "status": "assigning", "claim.by": f"m{i}"},
+                {
+                    "$set": {
+                        "status": "assigned",
+                        "appointment": "a",
+                        "slot": "s",
+                        "assigned_at": "t",
+                        "updated_at": "t",
+                    },
+                    "$unset": {"active_key": "", "claim": "", "proposal": ""},
+                    "$inc": {"rev": 1},
+                },
+            ),
+        )
+    finally:
+        gc.enable()
+
+
+async def main(n: int, updates: int, resources: int, ops: int = 0) -> None:
     print(
         f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
         f"({platform.python_implementation()}) {platform.system()} {platform.machine()}"
     )
     if resources:
         await resource_inserts(resources)
+        return
+    if ops:
+        await write_ops(ops)
         return
     rng = random.Random(1)
     docs = [slot(i, rng) for i in range(n)]
@@ -282,5 +412,13 @@ if __name__ == "__main__":
         help="instead: insert this many created Slots with the gateway's indexes "
         "(gateway/schema.py) and print the CPU per insert",
     )
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=0,
+        help="instead: the CPU per write of the waiting room's assignment shapes "
+        "(conditional updates, an upsert, an $or, an entry's status changes) over this "
+        "many entries",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.docs, args.updates, args.resources)))
+    sys.exit(asyncio.run(main(args.docs, args.updates, args.resources, args.ops)))
