@@ -589,6 +589,8 @@ def _in_pred(path: str, xs: Any) -> Pred:
 
 _UPDATE_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert", "$push"})
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_OUTBOX_PREFIX = "_outbox"  # what every name of OUTBOX_FIELDS starts with
+assert all(name.startswith(_OUTBOX_PREFIX) for name in OUTBOX_FIELDS)
 
 
 def _check_update(
@@ -598,6 +600,7 @@ def _check_update(
     straight from the caller's value, not copied and packed again)."""
     if not update:
         raise ValueError("empty update")
+    scalars = True
     for op, fields in update.items():
         if op not in _UPDATE_OPS:
             if not op.startswith("$"):
@@ -605,11 +608,15 @@ def _check_update(
             raise ValueError(f"unsupported update operator {op}")
         if not isinstance(fields, Mapping):
             raise ValueError(f"{op} needs a document")
-        for path in fields:
-            if path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS:
+        for path, v in fields.items():
+            if path.startswith(_OUTBOX_PREFIX) and (
+                path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS
+            ):
                 raise ValueError(f"{path} is reserved for the outbox")
+            if scalars and type(v) not in _IMMUTABLE:
+                scalars = False
     cold: dict[tuple[str, str], _Frozen] = {}
-    if coll is not None and coll.frozen:
+    if coll is not None and coll.frozen and not scalars:
         for op in ("$set", "$setOnInsert"):
             for path, value in update.get(op, {}).items():
                 if type(value) not in (dict, list) or "." in path or not coll.is_frozen(path):
@@ -617,9 +624,7 @@ def _check_update(
                 raw = _pack(value)
                 if raw is not None:
                     cold[op, path] = _Frozen(raw)
-    if not cold and all(
-        type(v) in _IMMUTABLE for fields in update.values() for v in fields.values()
-    ):
+    if not cold and scalars:
         # scalars only (most updates: a status, a time, a counter): nothing to copy
         return {op: dict(fields) for op, fields in update.items()}
     ops: dict[str, dict[str, Any]] = _copy(
@@ -770,6 +775,29 @@ def _upsert_seed(filter: Filter) -> list[tuple[str, Any]]:
         else:
             out.append((key, cond))
     return out
+
+
+def _upserted(filter: Filter, ops: Mapping[str, Mapping[str, Any]]) -> Document:
+    """The document an upsert inserts: the filter's equalities, then the update."""
+    seed = _upsert_seed(filter)
+    if (
+        all(op == "$set" or op == "$setOnInsert" for op in ops)
+        and all("." not in path for path, _ in seed)
+        and all("." not in path for fields in ops.values() for path in fields)
+    ):
+        # top-level fields only (most upserts: {_id} and a $set): what the writer makes,
+        # built straight (setting a field again keeps its place, as the writer does)
+        new: Document = {}
+        for path, value in seed:
+            new[path] = value if type(value) in _IMMUTABLE else _copy(value)
+        for fields in ops.values():
+            new.update(fields)
+        return new
+    w = _Writer({})
+    for path, value in seed:
+        w.set(_split(path), value if type(value) in _IMMUTABLE else _copy(value))
+    w.apply(ops, inserting=True)
+    return w.doc
 
 
 # --------------------------------------------------------------------------- planning
@@ -1920,11 +1948,7 @@ class MemoryStore:
             raw = _pack(new) if c.fresh(old) else None
             c.replace(old, new, _touched(ops), raw)
         elif upsert:
-            w = _Writer({})
-            for path, value in _upsert_seed(filter):
-                w.set(_split(path), _copy(value))
-            w.apply(ops, inserting=True)
-            new = w.doc
+            new = _upserted(filter, ops)
             if "_id" not in new:
                 new = {"_id": uuid.uuid4().hex, **new}
             elif type(new["_id"]) is not str:

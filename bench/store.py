@@ -282,6 +282,26 @@ async def write_ops(n: int) -> None:
                 upsert=True,
             ),
         )
+        reminder = {
+            "tenant": "t",
+            "appointment_id": "a",
+            "kind": "24h",
+            "start": "s",
+            "due": "d",
+            "status": "pending",
+        }
+        await _per_op(
+            "insert of a reminder (2 indexes)",
+            n,
+            lambda i: store.insert(c.REMINDERS, {"_id": f"r{i}", **reminder}),
+        )
+        await _per_op(
+            "upsert of a missing reminder ($set, 2 indexes)",
+            n,
+            lambda i: store.update_one(
+                c.REMINDERS, {"_id": f"u{i}"}, {"$set": reminder}, upsert=True
+            ),
+        )
         await _per_op(
             "update {_id, $or: [{status}, {appointment_id}]}",
             n,

@@ -1221,3 +1221,34 @@ async def test_a_guard_on_id_with_paths_or_and_operators(store: Store) -> None:
         await store.find_one("upd", {"_id": "o1", "$or": []})
     with pytest.raises(ValueError):
         await store.find_one("upd", {"_id": "missing", "n": {"$regex": "x"}})
+
+
+async def test_an_upsert_of_top_level_fields_inserts_the_filter_and_the_set(
+    store: Store,
+) -> None:
+    """``{_id, field: x}`` + ``$set`` / ``$setOnInsert`` of top-level fields (most upserts):
+    the filter's equalities, then the update's fields, which win; the caller's values are
+    copied, not kept."""
+    crit = {"city": "Gdynia", "days": [1, 2]}
+    fields: dict[str, Any] = {"status": "new", "body": {"a": [1]}, "n": 2}
+    doc = await store.update_one(
+        "upd",
+        {"_id": "up1", "status": "old", "crit": crit, "n": 1},
+        {"$set": fields, "$setOnInsert": {"made": True}},
+        upsert=True,
+    )
+    expected = {
+        "_id": "up1",
+        "status": "new",
+        "crit": {"city": "Gdynia", "days": [1, 2]},
+        "n": 2,
+        "body": {"a": [1]},
+        "made": True,
+    }
+    assert doc == expected
+    crit["days"].append(3)
+    fields["body"]["a"].append(2)
+    assert doc is not None
+    doc["body"]["a"].append(9)
+    assert await store.get("upd", "up1") == expected
+    assert await store.find_one("upd", {"_id": "up1", "n": 2, "made": True}) == expected
