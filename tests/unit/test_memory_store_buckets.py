@@ -152,3 +152,48 @@ def test_the_compiled_entries_are_each_index_s_own() -> None:
         doc = {k: value(0) for k in "abf"}
         doc = {k: v for k, v in doc.items() if v != "skip"}
         assert compiled(doc) == [idx.entries(doc) for idx in idxs], doc
+
+
+async def test_an_update_moves_entries_and_leaves_no_empty_bucket() -> None:
+    """A status change moves an entry within its bucket (the index's last field) or to
+    another bucket (a leading field): every index holds exactly the documents' entries,
+    and no bucket stays empty."""
+    store = MemoryStore()
+    await store.start(
+        {
+            "w": [
+                Index((("phone", 1), ("status", 1))),
+                Index((("status", 1), ("rank", 1))),
+                Index((("status", 1), ("phone", 1), ("rank", 1))),
+                Index((("key", 1),), unique=True, sparse=True),
+            ]
+        }
+    )
+    rnd = random.Random(3)
+    for i in range(40):
+        await store.insert(
+            "w", {"_id": f"e{i}", "phone": f"p{i % 20}", "status": "w", "rank": i, "key": f"k{i}"}
+        )
+    for _ in range(300):
+        i = rnd.randrange(40)
+        status = rnd.choice(["w", "a", "x"])
+        update: dict[str, Any] = {"$set": {"status": status}}
+        if status == "x":
+            update["$unset"] = {"key": ""}
+        else:
+            update["$set"]["key"] = f"k{i}"
+        await store.update_one("w", {"_id": f"e{i}", "rank": i}, update)
+    coll = store._colls["w"]
+    for idx in coll.indexes:
+        assert all(len(b) for b in idx.buckets.values()), idx.spec.name
+        held = sorted((prefix, e) for prefix, b in idx.buckets.items() for e in b.range(0, len(b)))
+        want = sorted(
+            (prefix, (*key, doc_id))
+            for doc_id, doc in coll.docs.items()
+            for prefix, key in idx.entries(doc)
+        )
+        assert held == want, idx.spec.name
+    for status in ("w", "a", "x"):
+        n = sum(1 for d in coll.docs.values() if d["status"] == status)
+        assert await store.count("w", {"status": status}) == n
+        assert len(await store.find("w", {"status": status}, sort=[("rank", 1)])) == n
