@@ -1933,6 +1933,7 @@ class MemoryStore:
         *,
         events: Sequence[Document] = (),
         upsert: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> Document | None:
         c = self._coll(coll)
         ops = _check_update(update, c)
@@ -1958,6 +1959,8 @@ class MemoryStore:
         else:
             return None
         self._write_events(coll, new["_id"], self._events_in(events))
+        if fields is not None:
+            new = {k: new[k] for k in ("_id", *fields) if k in new}
         # a packed version is stored as bytes: the new dict (built from a decoded copy
         # and the update's own copies) is nobody else's
         return new if raw is not None else _copy(new)

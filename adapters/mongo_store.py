@@ -44,6 +44,15 @@ OUTBOX_AT = "_outbox_at"
 OUTBOX_INDEX = "outbox_relay"
 _HIDDEN = {OUTBOX: 0, OUTBOX_AT: 0}
 _RESERVED = (OUTBOX, OUTBOX_AT)
+
+
+def _projection(fields: Sequence[str] | None) -> dict[str, int]:
+    """A read's projection: everything but the outbox, or only ``fields`` and ``_id``."""
+    if fields is None:
+        return _HIDDEN
+    return {f: 1 for f in fields if f not in _HIDDEN} or {"_id": 1}
+
+
 _COLLECTIONS_TTL = 5.0  # seconds between re-reading the collection names for the relay
 
 
@@ -228,10 +237,7 @@ class MongoStore:
     async def get(
         self, coll: str, doc_id: str, fields: Sequence[str] | None = None
     ) -> Document | None:
-        projection: dict[str, int] = (
-            _HIDDEN if fields is None else {f: 1 for f in fields if f not in _HIDDEN} or {"_id": 1}
-        )
-        doc: Document | None = await self._coll(coll).find_one({"_id": doc_id}, projection)
+        doc: Document | None = await self._coll(coll).find_one({"_id": doc_id}, _projection(fields))
         return doc
 
     async def find_one(
@@ -254,10 +260,7 @@ class MongoStore:
     ) -> list[Document]:
         if skip < 0 or limit < 0:
             raise ValueError("skip and limit must not be negative")
-        projection: dict[str, int] = (
-            _HIDDEN if fields is None else {f: 1 for f in fields if f not in _HIDDEN} or {"_id": 1}
-        )
-        cursor = self._coll(coll).find(_check_filter(filter), projection)
+        cursor = self._coll(coll).find(_check_filter(filter), _projection(fields))
         spec = _sort_spec(sort)
         if spec:
             cursor = cursor.sort(spec)
@@ -279,8 +282,9 @@ class MongoStore:
     ) -> AsyncIterator[Document]:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        projection = _HIDDEN if fields is None else dict.fromkeys(fields, 1)
-        cursor = self._coll(coll).find(_check_filter(filter), projection, batch_size=batch_size)
+        cursor = self._coll(coll).find(
+            _check_filter(filter), _projection(fields), batch_size=batch_size
+        )
         spec = _sort_spec(sort)
         if spec:
             cursor = cursor.sort(spec)
@@ -324,6 +328,7 @@ class MongoStore:
         *,
         events: Sequence[Document] = (),
         upsert: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> Document | None:
         _check_update(update)
         _check_events(events)
@@ -340,7 +345,7 @@ class MongoStore:
             doc: Document | None = await self._coll(coll).find_one_and_update(
                 _check_filter(filter),
                 upd,
-                projection=_HIDDEN,
+                projection=_projection(fields),
                 upsert=upsert,
                 return_document=ReturnDocument.AFTER,
             )

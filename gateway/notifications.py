@@ -520,6 +520,7 @@ class Notifier:
                     "$set": {"status": "sending", "claimed_at": to_store(now)},
                     "$inc": {"attempts": 1},
                 },
+                fields=(),
             )
             if claimed is None:
                 raise ChannelError(f"{channel}: being sent by another consumer") from None
@@ -531,6 +532,7 @@ class Notifier:
                 c.NOTIFICATIONS,
                 {"_id": key},
                 {"$set": {"status": "failed" if err.permanent else "error", "error": str(err)}},
+                fields=(),
             )
             log.warning(
                 "notification.channel_failed",
@@ -545,6 +547,7 @@ class Notifier:
             c.NOTIFICATIONS,
             {"_id": key},
             {"$set": {"status": "sent", "sent_at": to_store(self.clock.now())}},
+            fields=(),
         )
         sent = self._sent.get(channel)
         if sent is None:  # looked up once per channel (labels() ~4 us)

@@ -141,12 +141,16 @@ class Store(Protocol):
         *,
         events: Sequence[Document] = (),
         upsert: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> Document | None:
         """Atomically update the first match and return it *after* the update.
 
         Returns ``None`` when nothing matched and ``upsert`` is false: the
         condition in ``filter`` is the concurrency guard (a booking is
         ``{"_id": slot, "status": "free"}``). Raises ``DuplicateKey``.
+        ``fields`` (top-level names) returns only those and ``_id``, as ``get``
+        does; ``fields=()`` when only "did it match?" matters (the copy of a
+        whole document was most of a guarded write's cost on the embedded store).
         """
 
     async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int: ...

@@ -107,7 +107,7 @@ class Reminders:
                     inserted = True
             if not inserted:
                 await self.store.update_one(
-                    c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True
+                    c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True, fields=()
                 )
             self.planned_counter(kind, "scheduled" if status == "pending" else "skipped").inc()
         self.wake.set()
@@ -128,7 +128,10 @@ class Reminders:
         if why:
             fields["why"] = why
         await self.store.update_one(
-            c.REMINDERS, {"_id": rem_id, "status": "queued", "start": start}, {"$set": fields}
+            c.REMINDERS,
+            {"_id": rem_id, "status": "queued", "start": start},
+            {"$set": fields},
+            fields=(),
         )
 
     async def queue_due(self, batch: int = BATCH) -> int:
@@ -159,6 +162,7 @@ class Reminders:
                 {"_id": rem["_id"], "status": "pending", "start": rem["start"]},
                 {"$set": {"status": "queued", "queued_at": to_store(now)}},
                 events=[ev],
+                fields=(),
             )
             if done is not None:
                 queued += 1

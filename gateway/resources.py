@@ -371,6 +371,7 @@ async def apply_put(
                     {"_id": key, "version": cur_version},
                     changes(found, fields, unset=() if ident_key else ("ident_key",)),
                     events=events,
+                    fields=(),  # only "did the version still match?"
                 )
             except DuplicateKey as exc:
                 raise FhirError(
@@ -427,6 +428,7 @@ async def apply_delete(
                 "$unset": {"ident_key": ""},
             },
             events=[ev],
+            fields=(),
         )
         if done is not None:
             return version

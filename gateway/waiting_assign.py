@@ -215,6 +215,7 @@ async def _claim_referral(
             "scope": entry["scope"],
         },
         {"$set": {"status": patients.REFERRAL_BOOKED, "appointment_id": gid}},
+        fields=(),
     ):
         return None
     doc = await store.get(c.REFERRALS, ref["key"])
@@ -261,6 +262,7 @@ async def _close_entry(
             "$unset": {"active_key": "", "claim": ""},
             "$inc": {"rev": 1},
         },
+        fields=(),
     )
     if done is not None:
         await entries.sync_mirror(store, now, entry_id, corr)
@@ -283,6 +285,7 @@ async def _wait_again(store: Store, now: datetime, match: Document, drop: str) -
             "$unset": {drop: ""},
             "$inc": {"rev": 1},
         },
+        fields=(),
     )
 
 
@@ -306,6 +309,7 @@ async def _assigned(
             "$inc": {"rev": 1},
         },
         events=[entries.changed_event(entry_id, now, corr)],
+        fields=(),
     )
 
 

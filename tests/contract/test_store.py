@@ -109,6 +109,32 @@ async def test_get_only_some_fields(store: Store) -> None:
     assert await store.get("docs", "s1") == doc  # no outbox fields either way
 
 
+async def test_update_one_returns_only_some_fields(store: Store) -> None:
+    await store.insert("docs", {"_id": "u1", "status": "free", "v": 1, "big": {"a": [1, 2]}})
+    got = await store.update_one(
+        "docs", {"_id": "u1", "v": 1}, {"$set": {"status": "busy"}, "$inc": {"v": 1}}, fields=()
+    )
+    assert got == {"_id": "u1"}  # it matched: the update is done, nothing else copied
+    assert (
+        await store.update_one("docs", {"_id": "u1", "v": 1}, {"$inc": {"v": 1}}, fields=()) is None
+    )
+    got = await store.update_one(
+        "docs", {"_id": "u1"}, {"$set": {"note": "x"}}, fields=["v", "note"], events=[{"id": "e"}]
+    )
+    assert got == {"_id": "u1", "v": 2, "note": "x"}
+    up = await store.update_one(
+        "docs", {"_id": "u2"}, {"$set": {"status": "new"}}, upsert=True, fields=["status"]
+    )
+    assert up == {"_id": "u2", "status": "new"}
+    assert await store.get("docs", "u1") == {
+        "_id": "u1",
+        "status": "busy",
+        "v": 2,
+        "big": {"a": [1, 2]},
+        "note": "x",
+    }
+
+
 async def test_no_aliasing(store: Store) -> None:
     doc = {"_id": "a1", "nested": {"list": [1, 2]}, "tags": ["x"]}
     await store.insert("docs", doc)
