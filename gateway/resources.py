@@ -42,6 +42,10 @@ from gateway.ports import Document, DuplicateKey, Store
 from gateway.timeutil import to_fhir, to_store
 
 RESOURCE_TYPES = ("Location", "Schedule", "Slot", "Appointment")
+# What a Slot's created / updated event carries of the version it announces, so that a
+# consumer can tell without reading the slot whether it concerns it (the waiting room
+# reads only slots it could assign now: not a vendor's 100,000 slots beyond the window).
+SLOT_EVENT_FACTS = ("scope", "category", "status", "start")
 
 
 def doc_id(tenant: str, rtype: str, rid: str) -> str:
@@ -322,9 +326,12 @@ async def apply_put(
         if found is not None:
             await archive(store, found)
         created = not live
+        body: dict[str, Any] = {"type": rtype, "id": rid, "version": version, "channel": channel}
+        if rtype == "Slot":
+            body["slot"] = {k: central.get(k) for k in SLOT_EVENT_FACTS}
         ev = event(
             f"resource.{rtype}.{'created' if created else 'updated'}",
-            {"type": rtype, "id": rid, "version": version, "channel": channel},
+            body,
             tenant=tenant,
             correlation_id=correlation_id,
             now=now,

@@ -324,7 +324,12 @@ class WaitingRoomService:
 
     def _takes_now(self, doc: Document, now: datetime) -> codes.ScopeInfo | None:
         """The scope, when the waiting room could assign this free slot right now."""
-        s = doc["central"]
+        return self._could_take(doc["central"], now)
+
+    def _could_take(self, s: Document, now: datetime) -> codes.ScopeInfo | None:
+        """``_takes_now`` on a slot's central model, or on the facts its event carries
+        (``resources.SLOT_EVENT_FACTS``: no holder or hold there, so a "no" is sure, a
+        "maybe" is checked on the stored slot)."""
         info = codes.scopes().get(s.get("scope") or "")
         if info is None or not info.waiting_room or not rules.queues_for(s.get("category")):
             return None
@@ -339,6 +344,13 @@ class WaitingRoomService:
         b = msg.body
         if msg.tenant is None or self.ignored(msg):
             return
+        facts = b.get("slot")
+        if (
+            isinstance(facts, dict)
+            and facts.get("start")
+            and self._could_take(facts, self.clock.now()) is None
+        ):
+            return  # this version cannot be assigned now; a later one has its own event
         doc = await self.store.get(
             c.RESOURCES,
             resources.doc_id(msg.tenant, "Slot", b["id"]),

@@ -108,3 +108,42 @@ async def test_entries_stored_without_a_location_key_get_one_at_start() -> None:
     assert e2 is not None and e2["loc_key"] == ""
     found = await assign.find_best(store, facts, "cardiology")
     assert isinstance(found, dict) and found["_id"] == "e0001"
+
+
+async def test_a_new_slot_the_waiting_room_cannot_take_now_is_not_read() -> None:
+    """``resource.Slot.created`` carries the slot's facts (resources.SLOT_EVENT_FACTS): a
+    slot beyond the booking window (or closed, or of a scope without a waiting room) is
+    decided on the event alone; one it could take is read to check the stored version."""
+    from gateway.events import event, event_envelope
+    from gateway.resources import SLOT_EVENT_FACTS
+
+    reads: list[str] = []
+
+    class CountingStore(MemoryStore):
+        async def get(self, coll: str, doc_id: str, fields: Any = None) -> Any:
+            reads.append(doc_id)
+            return await super().get(coll, doc_id, fields)
+
+    store = CountingStore()
+    await store.start(INDEXES)
+    clock = SandboxClock()
+    bus = MemoryBus(clock, partitions=1, retry_delays=(), prefetch=1)  # never started
+    service = WaitingRoomService(store, bus, clock, Settings(), Metrics())
+    now = clock.now()
+
+    def created(rid: str, start: datetime, **facts: Any) -> Any:
+        central = {"scope": "cardiology", "category": "first-stable", "status": "free"}
+        central.update(facts, start=to_store(start))
+        body = {"type": "Slot", "id": rid, "version": 1, "channel": "provider"}
+        body["slot"] = {k: central.get(k) for k in SLOT_EVENT_FACTS}
+        ev = event("resource.Slot.created", body, tenant="p1", correlation_id="c", now=now)
+        return event_envelope(ev)
+
+    from datetime import timedelta
+
+    await service.on_slot(created("far", now + timedelta(days=200)))
+    await service.on_slot(created("busy", now + timedelta(days=5), status="busy"))
+    await service.on_slot(created("other", now + timedelta(days=5), scope="no-such-scope"))
+    assert reads == []
+    await service.on_slot(created("near", now + timedelta(days=5)))
+    assert reads == ["p1/Slot/near"]  # a maybe: read (absent here, so nothing follows)
