@@ -93,9 +93,10 @@ __all__ = ["MemoryStore"]
 
 OUTBOX_FIELDS = ("_outbox", "_outbox_at")  # reserved: the MongoDB adapter keeps its outbox there
 
-# Collections written far more than read, kept as orjson bytes (``_Coll.packed``): every
-# version of every resource is most of the store's memory, and is read by _id or by a
-# resource's own versions (vread, _history); the delivery and audit logs likewise.
+# Collections written far more than read, kept as orjson bytes (``_Coll.packed``): the
+# superseded versions of resources (the history; a resource's current version lives in
+# its document only) are read by _id or by a resource's own versions (vread, _history);
+# the delivery and audit logs likewise.
 PACKED = frozenset(
     {
         constants.HISTORY,

@@ -34,12 +34,12 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    the provider's endpoint receives the new visit booked by the waiting room (and,
    for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
 
-``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
-Xeon, 2 cores, nothing else running, load average 0.04-0.64; the README has the table):
-embedded, 997 assignments/s, 1,003 assignments per CPU-second, 1.5 ms of CPU an
-assignment with everything it causes, cancellation -> provider's event p99 26 ms at
-5/s; RabbitMQ, 646 assignments/s (671 per CPU-second), p99 50 ms at 5/s; earlier, on
-an AMD EPYC: p99 67 ms at 20/s, saturated at 30/s (one process).
+``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, AMD
+EPYC, 2 cores, nothing else running, load average 0.3-0.8; the README has the table):
+embedded, 1,438 assignments/s (1,046/s at that day's start), 1,441 assignments per
+CPU-second, 1.17 ms of CPU an assignment with everything it causes, cancellation ->
+provider's event p99 28 ms at 5/s; RabbitMQ, 671 assignments/s (742 per CPU-second),
+p99 95 ms at 5/s; earlier: p99 67 ms at 20/s, saturated at 30/s (one process).
 """
 
 from __future__ import annotations
