@@ -282,6 +282,7 @@ def serve(backend: str, amqp_url: str, ready_file: str, profile_out: str | None)
     from aiohttp import web
 
     from gateway import gc_policy
+    from gateway.http import bundles
     from gateway.http.app import create_app
     from gateway.logging import configure_logging
     from gateway.settings import Settings
@@ -300,6 +301,7 @@ def serve(backend: str, amqp_url: str, ready_file: str, profile_out: str | None)
     app = create_app(settings)
     if gc_policy.wanted(settings):  # as cer-gateway serve does with the embedded store
         app.cleanup_ctx.append(gc_policy.cleanup_ctx(settings))
+    app.on_startup.append(bundles.warm_pool)  # as cer-gateway serve does
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

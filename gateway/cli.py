@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from gateway import bootstrap, gc_policy, report_cli
+from gateway.http import bundles
 from gateway.http.app import create_app
 from gateway.logging import configure_logging
 from gateway.settings import Settings
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, workers=args.command == "serve")
     if gc_policy.wanted(settings):
         app.cleanup_ctx.append(gc_policy.cleanup_ctx(settings))
+    app.on_startup.append(bundles.warm_pool)  # validation processes ready before Bundles
     if settings.sample_data and args.command == "serve":
         from gateway.sample import seed_on_startup
 

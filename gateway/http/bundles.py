@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from gateway import constants as c
@@ -44,7 +45,9 @@ from gateway.http.keys import BUNDLE_POOL, CORRELATION_ID, SERVICES
 from gateway.http.responses import fhir_response
 from gateway.timeutil import from_store, to_fhir, to_store
 from mappings.references import rewrite_references
-from mappings.validation import nesting, parse_json
+from mappings.validation import model_for, nesting, parse_json
+
+log = structlog.get_logger("gateway.bundles")
 
 # Bundles from this size on are validated in the pool (when there is one): smaller ones
 # cost less inline than the trip to another process.
@@ -321,6 +324,15 @@ class PreparedBundle:
         return [self.errors[i] if i in self.errors else next(it) for i in range(self.total)]
 
 
+def warm_up() -> bool:
+    """In a pool process: import the resource models a Bundle needs (most of a new
+    process's first-Bundle cost, ~0.7 s of CPU), so the first vendor's Bundle does not
+    wait for it."""
+    for rtype in resources.RESOURCE_TYPES:
+        model_for(rtype)
+    return True
+
+
 class BundlePool:
     """``BUNDLE_VALIDATION_PROCESSES`` processes that validate large Bundles off the loop.
 
@@ -333,6 +345,26 @@ class BundlePool:
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self.pool: ProcessPoolExecutor | None = None
+        self.warming: asyncio.Future[list[bool]] | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            # spawn, not fork: this process has threads and an event loop
+            self.pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self.pool
+
+    def warm(self) -> None:
+        """Start the processes now and load the models in them (``cer-gateway serve`` and
+        ``api`` do it at start-up); without it they start at the first large Bundle."""
+        if self.processes > 0 and self.warming is None:
+            loop = asyncio.get_running_loop()
+            warming = asyncio.gather(
+                *(loop.run_in_executor(self._executor(), warm_up) for _ in range(self.processes))
+            )
+            warming.add_done_callback(_warmed)
+            self.warming = warming
 
     async def prepare(self, raw: bytes) -> PreparedBundle:
         if self.processes <= 0 or len(raw) < POOL_MIN_BYTES:
@@ -343,13 +375,8 @@ class BundlePool:
                 len(ops),
                 good=[op for op in ops if isinstance(op, dict)],
             )
-        if self.pool is None:
-            # spawn, not fork: this process has threads and an event loop
-            self.pool = ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn")
-            )
         loop = asyncio.get_running_loop()
-        done = await loop.run_in_executor(self.pool, prepare_raw, raw)
+        done = await loop.run_in_executor(self._executor(), prepare_raw, raw)
         if isinstance(done, dict):
             raise FhirError.from_reply(done)
         btype, ops_json, errors, total = done
@@ -361,6 +388,9 @@ class BundlePool:
         )
 
     def close(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            self.warming = None
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
@@ -459,6 +489,17 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise FhirError(409, [Issue("conflict", "the request is still running")])
     await store.delete_one(c.JOBS, {"_id": job["_id"]})
     return web.Response(status=202)
+
+
+def _warmed(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        # the first large Bundle starts them again, and says why if it cannot
+        log.warning("bundles.warm_up_failed", error=repr(fut.exception()))
+
+
+async def warm_pool(app: web.Application) -> None:
+    """For ``app.on_startup``: the Bundle validation processes start with the server."""
+    app[BUNDLE_POOL].warm()
 
 
 def routes(app: web.Application, validation_processes: int = 0) -> None:

@@ -90,3 +90,23 @@ async def test_malformed_json_is_a_400_alike(pool: BundlePool) -> None:
     in_pool, inline = await both(pool, raw)
     assert in_pool == inline
     assert in_pool[0] == 400
+
+
+async def test_warm_starts_the_processes_before_any_bundle() -> None:
+    """``cer-gateway serve`` warms the pool at start-up: the processes exist and have
+    loaded the models before the first large Bundle; closing stops them."""
+    p = BundlePool(1)
+    try:
+        p.warm()
+        assert p.pool is not None and p.warming is not None
+        assert await p.warming == [True]
+        procs = list(p.pool._processes.values())
+        assert len(procs) == 1 and procs[0].is_alive()
+        p.warm()  # once is enough
+        assert len(p.pool._processes) == 1
+        done = await p.prepare(orjson.dumps(big()))
+        assert done.total == 400 and not done.errors
+    finally:
+        p.close()
+    assert p.pool is None
+    assert BundlePool(0).warm() is None  # no processes configured: nothing to start
