@@ -44,13 +44,13 @@ rate of that run is not a figure: cProfile slows Python code ~2x);
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
 
-Last figures (README, "Ingest benchmark"; 2 vCPUs, AMD EPYC, 2026-11-26 08:29-08:36
-UTC, nothing else running, load average 0.6-1.4): floor 13,478-14,799 Slots/s; embedded
-7,378/s (50 %); RabbitMQ 6,423-7,022/s (43-50 %) in three runs and 5,369/s (39 %) in a
-fourth, the same code needing 238-304 us of server CPU per Slot as the machine's speed
-varied: the target (50 % on RabbitMQ) is not met reliably. The event loop's process uses
-its core in full at ~120 us of CPU per Slot (228-249 us at that morning's start), the
-validation process beside it about as much (~180 us then).
+Last figures (README, "Ingest benchmark"; 2 vCPUs, AMD EPYC, 2026-11-26 08:29-08:52
+UTC, nothing else running, load average 0.4-1.4): floor 13,478-14,799 Slots/s; embedded
+7,378/s (50 %); RabbitMQ 5,369-7,178/s (39-50 %) in six runs, the same code needing
+233-304 us of server CPU per Slot as the machine's speed varied: the target (50 % on
+RabbitMQ) is not met reliably. The event loop's process uses its core in full at ~120 us
+of CPU per Slot (228-249 us at that morning's start), the validation process beside it
+about as much (~180 us then).
 """
 
 from __future__ import annotations
