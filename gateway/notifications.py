@@ -313,9 +313,6 @@ class Notifier:
         self.reminders = Reminders(
             store, clock, metrics, self.outbox_signal, poll_seconds=reminder_poll_seconds
         )
-        # The "ok" count, looked up once (labels() costs as much as a small read).
-        self.consumed_ok = metrics.messages_consumed_total.labels("notification", "ok")
-        self._sent: dict[str, Any] = {}  # notifications_total "sent" per channel
 
     async def start(self, bus: MessageBus) -> None:
         await bus.consume_events(GROUP, PATTERNS, self.handle)
@@ -351,7 +348,7 @@ class Notifier:
                 # them, Settings.bus_retry_delays): a notification stops here.
                 raise Reject(f"retries exhausted: {exc}") from exc
             raise
-        self.consumed_ok.inc()
+        self.metrics.consumed("notification", "ok")
 
     async def on_appointment(self, msg: Envelope) -> None:
         tenant, body = msg.tenant, msg.body
@@ -549,10 +546,7 @@ class Notifier:
             {"$set": {"status": "sent", "sent_at": to_store(self.clock.now())}},
             fields=(),
         )
-        sent = self._sent.get(channel)
-        if sent is None:  # looked up once per channel (labels() ~4 us)
-            sent = self._sent[channel] = self.metrics.notifications_total.labels(channel, "sent")
-        sent.inc()
+        self.metrics.notified(channel, "sent")
         log.info("notification.sent", channel=channel, kind=notice.kind)
         await self.capture(channel, notice, meta)
         return True
@@ -629,13 +623,9 @@ class Notifier:
             "tenant": visit.tenant,
             "appointment_id": visit.id,
         }
-        if existing is None:
-            # A new visit's first reference: an insert (the embedded store's upsert of a
-            # missing document costs twice as much); someone else's meanwhile: the upsert.
-            with contextlib.suppress(DuplicateKey):
-                await self.store.insert(c.SMS_REFS, {"_id": key, **fields})
-                return ref
-        await self.store.update_one(c.SMS_REFS, {"_id": key}, {"$set": fields}, upsert=True)
+        await self.store.update_one(
+            c.SMS_REFS, {"_id": key}, {"$set": fields}, upsert=True, fields=()
+        )
         return ref
 
 

@@ -22,7 +22,6 @@ service, which checks the visit's current state at send time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -31,7 +30,7 @@ import structlog
 from gateway import constants as c
 from gateway.events import event, new_id
 from gateway.metrics import Metrics
-from gateway.ports import Clock, DuplicateKey, Store
+from gateway.ports import Clock, Store
 from gateway.timeutil import WARSAW, from_store, to_store
 
 log = structlog.get_logger("gateway.reminders")
@@ -69,15 +68,6 @@ class Reminders:
         self.outbox_signal = outbox_signal
         self.poll_seconds = poll_seconds
         self.wake = asyncio.Event()
-        self._planned: dict[tuple[str, str], Any] = {}
-
-    def planned_counter(self, kind: str, outcome: str) -> Any:
-        """``reminders_total`` for (kind, outcome), looked up once (labels() ~4 us)."""
-        key = (kind, outcome)
-        counter = self._planned.get(key)
-        if counter is None:
-            counter = self._planned[key] = self.metrics.reminders_total.labels(kind, outcome)
-        return counter
 
     async def plan(self, tenant: str, appointment_id: str, start: str) -> None:
         """Reminders for a booked visit starting at ``start`` (store instant)."""
@@ -98,18 +88,11 @@ class Reminders:
                 "due": to_store(due),
                 "status": status,
             }
-            inserted = False
-            if existing is None:
-                # A new visit's reminder: an insert (the embedded store's upsert of a
-                # missing document costs twice as much); one written meanwhile: the upsert.
-                with contextlib.suppress(DuplicateKey):
-                    await self.store.insert(c.REMINDERS, {"_id": rem_id, **fields})
-                    inserted = True
-            if not inserted:
-                await self.store.update_one(
-                    c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True, fields=()
-                )
-            self.planned_counter(kind, "scheduled" if status == "pending" else "skipped").inc()
+            await self.store.update_one(
+                c.REMINDERS, {"_id": rem_id}, {"$set": fields}, upsert=True, fields=()
+            )
+            outcome = "scheduled" if status == "pending" else "skipped"
+            self.metrics.labelled(self.metrics.reminders_total, kind, outcome).inc()
         self.wake.set()
 
     async def cancel(self, tenant: str, appointment_id: str) -> None:

@@ -222,7 +222,6 @@ class WaitingRoomService:
         self.wake = asyncio.Event()
         self.token = uuid.uuid4().hex
         # The "ok" count, looked up once (labels() costs as much as a small read).
-        self.consumed_ok = metrics.messages_consumed_total.labels("waiting-room", "ok")
 
     async def start(self) -> None:
         await self.backfill_location_keys()
@@ -273,7 +272,7 @@ class WaitingRoomService:
         if self.ignored(msg):
             # Most events of an assignment (its slot's update, its booking.booked): nothing
             # to do, decided on the event alone, without a log context.
-            self.consumed_ok.inc()
+            self.metrics.consumed("waiting-room", "ok")
             return
         bind_correlation(msg.correlation_id or msg.id, message_id=msg.id, event=msg.type)
         try:
@@ -298,7 +297,7 @@ class WaitingRoomService:
             if last and not isinstance(exc, Reject):
                 raise Reject(f"retries exhausted: {exc!r}") from exc
             raise
-        self.consumed_ok.inc()
+        self.metrics.consumed("waiting-room", "ok")
 
     @staticmethod
     def ignored(msg: Envelope) -> bool:

@@ -161,3 +161,12 @@ def test_registries_are_independent() -> None:
     assert value(a, "messages_published_total", kind="event") == 1
     assert value(b, "messages_published_total", kind="event") == 0
     assert re.search(rb"^outbox_pending 0\.0$", b.render()[0], re.M)
+
+
+def test_labelled_children_are_looked_up_once(metrics: Metrics) -> None:
+    a = metrics.labelled(metrics.reminders_total, "day-before", "scheduled")
+    assert metrics.labelled(metrics.reminders_total, "day-before", "scheduled") is a
+    a.inc()
+    metrics.labelled(metrics.reminders_total, "day-before", "skipped").inc(2)
+    assert value(metrics, "reminders_total", kind="day-before", outcome="scheduled") == 1
+    assert value(metrics, "reminders_total", kind="day-before", outcome="skipped") == 2
