@@ -36,7 +36,8 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
 
 ``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, AMD
 EPYC, 2 cores, nothing else running, load average 0.3-0.8; the README has the table):
-embedded, 1,438 assignments/s (1,046/s at that day's start), 1,441 assignments per
+embedded, 1,438 assignments/s (1,046/s at that day's start; 1,517-1,756/s in three later
+runs with ``--cancellations 0``), 1,441 assignments per
 CPU-second, 1.17 ms of CPU an assignment with everything it causes, cancellation ->
 provider's event p99 28 ms at 5/s; RabbitMQ, 671 assignments/s (742 per CPU-second),
 p99 95 ms at 5/s; earlier: p99 67 ms at 20/s, saturated at 30/s (one process).
