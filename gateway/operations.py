@@ -54,6 +54,8 @@ MAPPERS: dict[str, Any] = {
 
 def central_of(rtype: str, resource: dict[str, Any]) -> dict[str, Any]:
     """The central model of a FHIR resource (raises 422 with FHIRPaths)."""
+    if rtype == "Slot":  # the model's dump without the model: a Bundle's 500 Slots
+        return slot_map.central_dict(resource)
     result: dict[str, Any] = MAPPERS[rtype].to_central(resource).model_dump()
     return result
 

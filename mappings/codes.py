@@ -233,6 +233,16 @@ def identifier_systems() -> dict[str, IdentifierSystemInfo]:
     return dict(_identifier_systems())
 
 
+def scope_table() -> Mapping[str, ScopeInfo]:
+    """``scopes()`` itself, not a copy, for readers that only look (once a Slot)."""
+    return _scopes()
+
+
+def slot_category_table() -> Mapping[str, SlotCategoryInfo]:
+    """``slot_categories()`` itself, not a copy, for readers that only look."""
+    return _slot_categories()
+
+
 def scope_from_coding(system: str | None, code: str | None) -> str | None:
     """The scope a ``Coding`` names: our scope system directly, or a mapped cell specialty."""
     if code is None:

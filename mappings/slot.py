@@ -38,6 +38,37 @@ STATUSES = ("free", "busy", "busy-unavailable", "busy-tentative", "entered-in-er
 
 def to_central(res: dict[str, Any]) -> CentralSlot:
     """FHIR Slot -> central; raises ``FhirError(422)`` listing every issue found."""
+    return CentralSlot(**_read(res))
+
+
+def central_dict(res: dict[str, Any]) -> dict[str, Any]:
+    """``to_central(res).model_dump()`` without the model, the same dict for every input.
+
+    ``_read`` has checked and converted every field already; ``CentralSlot`` would
+    give back the very values it was given when they are of the plain types it
+    declares: the text and the ``None`` s checked here (the ids, instants and
+    ``overbooked`` are so by construction). Anything else (e.g. a ``str``
+    subclass, or a ``comment`` that is not text) takes the model's way, which
+    converts or refuses it as it always did. A Bundle's Slots are some 500 of
+    these: the model's validation and dump were a sixth of the Bundle's mapping.
+    """
+    fields = _read(res)
+    if (
+        type(fields["scope"]) is str
+        and type(fields["status"]) is str
+        and (fields["category"] is None or type(fields["category"]) is str)
+        and (fields["comment"] is None or type(fields["comment"]) is str)
+        and all(
+            v is None or type(v) is str for ident in fields["identifiers"] for v in ident.values()
+        )
+    ):
+        return fields
+    result: dict[str, Any] = CentralSlot(**fields).model_dump()
+    return result
+
+
+def _read(res: dict[str, Any]) -> dict[str, Any]:
+    """The checked fields of ``CentralSlot``, in its order; ``FhirError(422)`` with every issue."""
     issues: list[Issue] = []
 
     status = res.get("status")
@@ -60,7 +91,7 @@ def to_central(res: dict[str, Any]) -> CentralSlot:
     category, _ = codes.read_code(
         res.get("appointmentType"),
         codes.SLOT_CATEGORY_SYSTEM,
-        codes.slot_categories(),
+        codes.slot_category_table(),
         "Slot.appointmentType",
         issues,
         "slot category",
@@ -68,7 +99,7 @@ def to_central(res: dict[str, Any]) -> CentralSlot:
     if (
         category is None
         and scope is not None
-        and codes.scopes()[scope].slot_category_required
+        and codes.scope_table()[scope].slot_category_required
         and not _has_issue_at(issues, "Slot.appointmentType")
     ):
         issues.append(
@@ -98,17 +129,17 @@ def to_central(res: dict[str, Any]) -> CentralSlot:
         or status is None
     ):
         raise FhirError(422, issues)
-    return CentralSlot(
-        schedule_id=schedule_id,
-        scope=scope,
-        category=category,
-        start=store_text(start),  # each slot's own instants: uncached
-        end=store_text(end),
-        status=status,
-        overbooked=overbooked,
-        comment=res.get("comment"),
-        identifiers=read_identifiers(res),
-    )
+    return {
+        "schedule_id": schedule_id,
+        "scope": scope,
+        "category": category,
+        "start": store_text(start),  # each slot's own instants: uncached
+        "end": store_text(end),
+        "status": status,
+        "overbooked": overbooked,
+        "comment": res.get("comment"),
+        "identifiers": read_identifiers(res),
+    }
 
 
 def to_fhir(rid: str, central: CentralSlot) -> dict[str, Any]:
