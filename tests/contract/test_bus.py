@@ -685,6 +685,50 @@ async def test_memory_retry_follows_the_clock(memory_harness: BusHarness) -> Non
         await bus.close()
 
 
+async def test_memory_events_go_one_at_a_time_while_commands_are_busy(
+    memory_harness: BusHarness,
+) -> None:
+    """Commands first (the embedded bus's docstring): while a command waits or runs, an
+    event group has one event in flight, and its events still flow (never starved);
+    with no command about, they go at full width again."""
+    bus = memory_harness.bus
+    command_may_end = asyncio.Event()
+    commands_done: list[str] = []
+    running = 0
+    widest: list[int] = []
+    seen: list[str] = []
+
+    async def command(msg: Envelope) -> None:
+        await command_may_end.wait()
+        commands_done.append(msg.id)
+
+    async def event(msg: Envelope) -> None:
+        nonlocal running
+        running += 1
+        widest.append(running)
+        await asyncio.sleep(0.005)  # an event handler that awaits (I/O)
+        running -= 1
+        seen.append(msg.id)
+
+    await bus.consume_commands(command)
+    await bus.consume_events("audit", ["resource.#"], event)
+    await bus.send(env())
+    await until(bus.commands_busy)
+    for i in range(12):  # other tenants: nothing but the bus orders them
+        await bus.publish(env("resource.Slot.created", tenant=f"prov-{i}"))
+    await until(lambda: len(seen) == 12)  # they flow while the command is busy
+    assert commands_done == []
+    assert max(widest) == 1
+
+    command_may_end.set()
+    await until(lambda: len(commands_done) == 1 and not bus.commands_busy())
+    widest.clear()
+    for i in range(12):
+        await bus.publish(env("resource.Slot.created", tenant=f"prov-{i}"))
+    await until(lambda: len(seen) == 24)
+    assert max(widest) > 1
+
+
 # --------------------------------------------------------------------------- RabbitMQ only
 
 
