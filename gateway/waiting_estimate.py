@@ -35,7 +35,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -220,7 +220,7 @@ def ahead(snap: Snapshot, me: rules.EntryFacts) -> tuple[int, float]:
 
 
 def _undated(e: rules.EntryFacts) -> rules.EntryFacts:
-    return replace(e, start=None, end=None)
+    return e._replace(start=None, end=None)
 
 
 def forecast(snap: Snapshot, me: rules.EntryFacts) -> Forecast:
@@ -323,15 +323,15 @@ def forecast(snap: Snapshot, me: rules.EntryFacts) -> Forecast:
 def relaxed(me: rules.EntryFacts, criterion: str) -> rules.EntryFacts | None:
     """``me`` without ``criterion`` (None when it is not set)."""
     if criterion == "weekdays":
-        return replace(me, weekdays=frozenset()) if me.weekdays else None
+        return me._replace(weekdays=frozenset()) if me.weekdays else None
     if criterion == "hours":
-        return replace(me, hours=None) if me.hours else None
+        return me._replace(hours=None) if me.hours else None
     if criterion == "location":
-        return replace(me, facility=None, city=None, postal_code=None) if me.location else None
+        return me._replace(facility=None, city=None, postal_code=None) if me.location else None
     if criterion == "from":
-        return replace(me, start=None) if me.start else None
+        return me._replace(start=None) if me.start else None
     if criterion == "to":
-        return replace(me, end=None) if me.end else None
+        return me._replace(end=None) if me.end else None
     return None
 
 
