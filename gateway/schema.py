@@ -89,12 +89,15 @@ INDEXES: dict[str, list[Index]] = {
         # The look for the best-ranked taker of one slot: only the entries whose location
         # criterion the slot meets (waiting_rules.location_key), in rank order. Before the
         # next index: the embedded store takes the first of equals.
-        Index((("scope", 1), ("status", 1), ("queue", 1), ("loc_key", 1), ("rank", 1))),
+        Index(
+            (("scope", 1), ("status", 1), ("queue", 1), ("loc_key", 1), ("rank", 1)),
+            partial=(("status", "waiting"),),
+        ),
         Index((("scope", 1), ("status", 1), ("queue", 1), ("rank", 1))),
         Index((("active_key", 1),), unique=True, sparse=True),
         Index((("pesel", 1), ("entered_at", 1))),
         Index((("referral.key", 1), ("entered_at", 1))),
-        Index((("phone_key", 1), ("status", 1))),
+        Index((("phone_key", 1),)),
     ],
     # R-CAN-2 proposals: due answers by time, a patient's proposals.
     c.WAITING_ROOM_PROPOSALS: [
