@@ -1870,15 +1870,22 @@ class MemoryStore:
         skip: int = 0,
         limit: int = 0,
         fields: Sequence[str] | None = None,
+        shared: bool = False,
     ) -> list[Document]:
         if skip < 0 or limit < 0:
             raise ValueError("skip and limit must not be negative")
         c = self._reading(coll)
         found = c.select(filter, sort, skip, limit)
         if fields is None:
+            if shared and not c.frozen:
+                return [d if c.fresh(d) else dict(d) for d in found]
             return [self._out(c, d) for d in found]
         # Copy only what was asked for: the copy is most of the cost of a large read.
         names = ["_id", *(f for f in fields if f != "_id")]
+        if shared and not any(map(c.is_frozen, names)):
+            # The caller changes nothing: a new top level, the stored values under it
+            # (a version is never changed in place: ``_Writer`` copies what it changes).
+            return [{k: d[k] for k in names if k in d} for d in found]
         return [self._out(c, {k: d[k] for k in names if k in d}) for d in found]
 
     async def count(self, coll: str, filter: Filter) -> int:

@@ -257,6 +257,7 @@ class MongoStore:
         skip: int = 0,
         limit: int = 0,
         fields: Sequence[str] | None = None,
+        shared: bool = False,  # every document is decoded afresh from the server's reply
     ) -> list[Document]:
         if skip < 0 or limit < 0:
             raise ValueError("skip and limit must not be negative")

@@ -109,10 +109,16 @@ class Store(Protocol):
         skip: int = 0,
         limit: int = 0,
         fields: Sequence[str] | None = None,
+        shared: bool = False,
     ) -> list[Document]:
         """All matching documents; ``limit=0`` means no limit. ``fields`` (top-level
         names) returns only those and ``_id``: a page listing a thousand slots needs
-        their central model, not every stored copy of the FHIR resource."""
+        their central model, not every stored copy of the FHIR resource.
+
+        ``shared``: the caller reads the documents at once and changes nothing in them
+        (say, to turn each into a tuple of facts); their nested values may then be the
+        store's own, which the embedded store no longer copies (it never changes a stored
+        value in place). The answer is the same."""
 
     async def count(self, coll: str, filter: Filter) -> int: ...
 

@@ -651,8 +651,14 @@ class WaitingRoomService:
             flt: dict[str, Any] = {"scope": scope, "status": rules.WAITING, "queue": q}
             if last[q] is not None:
                 flt["rank"] = {"$gt": last[q]}
+            # Each entry turns into its facts at once: no copy of it needed (``shared``).
             found = await self.store.find(
-                c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=PAGE, fields=ENTRY_FACTS
+                c.WAITING_ROOM,
+                flt,
+                sort=[("rank", 1)],
+                limit=PAGE,
+                fields=ENTRY_FACTS,
+                shared=True,
             )
             pages[q] = [rules.entry_facts(d) for d in found]
             if found:

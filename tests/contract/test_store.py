@@ -525,6 +525,38 @@ async def test_find_returns_only_the_fields_asked_for(store: Store) -> None:
     assert await store.find("fields", {"i": 1}, fields=["nothing"]) == [{"_id": "f1"}]
 
 
+async def test_a_shared_find_answers_as_find_and_later_writes_leave_it_alone(
+    store: Store,
+) -> None:
+    """``shared``: the same answer, and a write made after it (of a nested value, an
+    array, a whole field) changes nothing the caller already holds: a stored version is
+    never changed in place."""
+    for i in range(4):
+        await store.insert(
+            "shared",
+            {"_id": f"s{i}", "i": i, "crit": {"days": [1, 2], "city": "Kraków"}, "tags": ["a"]},
+            events=[ev(i)],
+        )
+    for fields in (None, ["crit", "i"], ["tags"], []):
+        plain = await store.find("shared", {"i": {"$gte": 1}}, sort=[("i", 1)], fields=fields)
+        held = await store.find(
+            "shared", {"i": {"$gte": 1}}, sort=[("i", 1)], fields=fields, shared=True
+        )
+        assert held == plain
+        for d in held:
+            assert_clean(d)
+    held = await store.find("shared", {"i": 1}, fields=["crit", "tags"], shared=True)
+    await store.update_one(
+        "shared", {"_id": "s1"}, {"$set": {"crit.days.0": 7, "crit.city": "Łódź"}}
+    )
+    await store.update_one("shared", {"_id": "s1"}, {"$push": {"tags": "b"}})
+    await store.update_one("shared", {"_id": "s1"}, {"$unset": {"crit": ""}})
+    assert held == [{"_id": "s1", "crit": {"days": [1, 2], "city": "Kraków"}, "tags": ["a"]}]
+    assert await store.find("shared", {"i": 1}, fields=["crit", "tags"], shared=True) == [
+        {"_id": "s1", "tags": ["a", "b"]}
+    ]
+
+
 async def test_iterate_streams_what_find_returns(store: Store) -> None:
     """``iterate`` (reports, the public slot feed) gives find's documents, in its order,
     in batches smaller than the result, without the outbox and without aliasing."""
