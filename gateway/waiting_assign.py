@@ -313,10 +313,26 @@ async def _assigned(
     )
 
 
+# What a booking reads of the entry it claimed: its facts (``entry_facts``), its
+# e-referral (``_claim_referral``) and what the visit is made of (``_appointment``).
+CLAIMED_FIELDS = (
+    "queue",
+    "rank",
+    "criteria",
+    "gave_up",
+    "referral",
+    "pesel",
+    "scope",
+    "contact",
+    "privileged",
+)
+
+
 async def _claim(
     store: Store, entry_id: str, msg_id: str, slot_gid: str, from_status: str = rules.WAITING
 ) -> Document | None:
-    """``from_status`` -> ``assigning`` for this command (or already ours: a redelivery)."""
+    """``from_status`` -> ``assigning`` for this command (or already ours: a redelivery);
+    the entry's ``CLAIMED_FIELDS``."""
     done = await store.update_one(
         c.WAITING_ROOM,
         {"_id": entry_id, "status": from_status},
@@ -324,9 +340,10 @@ async def _claim(
             "$set": {"status": rules.ASSIGNING, "claim": entries.claim_stamp(msg_id, slot_gid)},
             "$inc": {"rev": 1},
         },
+        fields=CLAIMED_FIELDS,
     )
     if done is None:
-        done = await store.find_one(
+        found = await store.find(
             c.WAITING_ROOM,
             {
                 "_id": entry_id,
@@ -334,7 +351,10 @@ async def _claim(
                 "claim.by": msg_id,
                 "claim.slot": slot_gid,
             },
+            limit=1,
+            fields=CLAIMED_FIELDS,
         )
+        done = found[0] if found else None
     return done
 
 
