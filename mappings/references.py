@@ -22,6 +22,7 @@ import calendar
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 
 from gateway.errors import Issue
@@ -44,6 +45,13 @@ def _split(ref: str) -> tuple[str, str]:
     """``(type, id)`` of a literal reference; ``ValueError`` saying what is wrong."""
     if not isinstance(ref, str) or not ref:
         raise ValueError("a reference must be a non-empty string")
+    return _split_text(ref)
+
+
+# The same few references come again and again (a Bundle's 500 Slots name one or two
+# Schedules): their answers are kept (not the errors, which are raised again).
+@lru_cache(maxsize=4096)
+def _split_text(ref: str) -> tuple[str, str]:
     if ref.startswith("#"):
         raise ValueError(f"contained reference {ref!r} is not supported here")
     parts = ref.split("/")
@@ -169,7 +177,11 @@ def read_instant(value: Any, path: str, issues: list[Issue]) -> datetime | None:
     """An instant with an offset (``Z`` or ``+01:00``) as an aware UTC datetime."""
     if value is None:
         return None
-    if not isinstance(value, str):
+    if isinstance(value, str):
+        at = _utc_instant(value)
+        if at is not None:
+            return at
+    else:
         issues.append(Issue("value", "an instant must be an ISO 8601 string", [path]))
         return None
     if "T" not in value:
@@ -197,6 +209,26 @@ def read_instant(value: Any, path: str, issues: list[Issue]) -> datetime | None:
         )
         return None
     return at
+
+
+# Slots come one after another: one's end is often the next one's start.
+@lru_cache(maxsize=1024)
+def _utc_instant(value: str) -> datetime | None:
+    """``read_instant`` of text that is a good instant; ``None`` when it is not (for
+    ``read_instant`` to say why)."""
+    if "T" not in value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    try:
+        at = utc(dt)
+    except OverflowError:
+        return None
+    return at if MIN_YEAR <= at.year <= MAX_YEAR else None
 
 
 def read_bound(value: Any, path: str, issues: list[Issue], *, upper: bool) -> datetime | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.errors import FhirError, Issue
 from gateway.model import CentralSlot
-from gateway.timeutil import store_text
+from gateway.timeutil import to_store
 from mappings import codes
 from mappings.references import (
     fhir_instant,
@@ -133,8 +133,8 @@ def _read(res: dict[str, Any]) -> dict[str, Any]:
         "schedule_id": schedule_id,
         "scope": scope,
         "category": category,
-        "start": store_text(start),  # each slot's own instants: uncached
-        "end": store_text(end),
+        "start": to_store(start),
+        "end": to_store(end),
         "status": status,
         "overbooked": overbooked,
         "comment": res.get("comment"),
