@@ -68,27 +68,37 @@ def nesting(data: Any, names: Container[str], limit: int = MAX_DEPTH) -> tuple[b
     resource that is not too deep (one that is will be refused anyway). With no
     ``names`` it is ``too_deep``'s walk alone.
     """
-    level = [data]
+    if not isinstance(data, (dict, list)):
+        return False, False
+    # Only the objects and arrays go to the next level (most values are text); a
+    # level deeper than ``limit`` that has any is one too deep.
+    level: list[Any] = [data]
     depth = 1
     named = False
-    while level:
+    while True:
         inner: list[Any] = []
-        nested = False
+        add = inner.append
         for value in level:
-            if isinstance(value, dict):
-                nested = True
+            items = value
+            kind = type(value)
+            if kind is dict or (kind is not list and isinstance(value, dict)):
                 if names and not named:
                     ref = value.get("reference")
                     named = isinstance(ref, str) and ref in names
-                inner.extend(value.values())
-            elif isinstance(value, list):
-                nested = True
-                inner.extend(value)
-        if nested and depth > limit:
+                items = value.values()
+            for item in items:
+                kind = type(item)
+                if kind is dict or kind is list or (kind is not str and isinstance(item, _NESTS)):
+                    add(item)
+        if depth > limit:
             return True, named
+        if not inner:
+            return False, named
         depth += 1
         level = inner
-    return False, named
+
+
+_NESTS = (dict, list)
 
 
 def _deep_path(data: Any, root: str, limit: int) -> str | None:

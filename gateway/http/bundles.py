@@ -34,7 +34,7 @@ from gateway.http.auth import provider_id
 from gateway.http.fhir import (
     base_url,
     check_id,
-    new_resource_id,
+    new_resource_ids,
     parse_if_match,
     parse_if_none_exist,
     prepare,
@@ -89,12 +89,15 @@ def parse_entries(bundle: Any) -> tuple[str, list[dict[str, Any]]]:
 
 def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, Any]]:
     """``(method, type, id, request)`` of one entry, or 400 with its FHIRPath."""
-    where = f"Bundle.entry[{i}]"
     if not isinstance(entry, dict):
-        raise FhirError(400, [Issue("structure", "an entry must be an object", [where])])
+        raise FhirError(
+            400, [Issue("structure", "an entry must be an object", [f"Bundle.entry[{i}]"])]
+        )
     req = entry.get("request")
     if not isinstance(req, dict):
-        raise FhirError(400, [Issue("required", "entry.request is required", [f"{where}.request"])])
+        raise FhirError(
+            400, [Issue("required", "entry.request is required", [f"Bundle.entry[{i}].request"])]
+        )
     method = req.get("method")
     if not REQUEST_ELEMENTS.issuperset(req):
         unknown = sorted(set(req) - REQUEST_ELEMENTS)
@@ -104,7 +107,7 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
                 Issue(
                     "not-supported",
                     f"entry.request.{name} is not supported (method, url, ifNoneExist, ifMatch)",
-                    [f"{where}.request.{name}"],
+                    [f"Bundle.entry[{i}].request.{name}"],
                 )
                 for name in unknown
             ],
@@ -116,7 +119,7 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
                 Issue(
                     "not-supported",
                     "entry.request.method must be POST, PUT or DELETE",
-                    [f"{where}.request.method"],
+                    [f"Bundle.entry[{i}].request.method"],
                 )
             ],
         )
@@ -131,23 +134,30 @@ def entry_request(i: int, entry: Any) -> tuple[str, str, str | None, dict[str, A
                     "value",
                     "entry.request.url must be Type (POST) or Type/id (PUT, DELETE) of "
                     f"{', '.join(resources.RESOURCE_TYPES)}",
-                    [f"{where}.request.url"],
+                    [f"Bundle.entry[{i}].request.url"],
                 )
             ],
         )
-    rid = m.group("id")
+    rtype, rid = m.group("type", "id")
     if rid is not None:
         try:
-            check_id(rid, m.group("type"))
+            check_id(rid, rtype)
         except FhirError as err:
-            err.issues[0].expression = [f"{where}.request.url"]
+            err.issues[0].expression = [f"Bundle.entry[{i}].request.url"]
             raise
     full_url = entry.get("fullUrl")
     if full_url is not None and (not isinstance(full_url, str) or not full_url.strip()):
         raise FhirError(
-            400, [Issue("value", "entry.fullUrl must be a non-empty string", [f"{where}.fullUrl"])]
+            400,
+            [
+                Issue(
+                    "value",
+                    "entry.fullUrl must be a non-empty string",
+                    [f"Bundle.entry[{i}].fullUrl"],
+                )
+            ],
         )
-    return method, m.group("type"), rid, req
+    return method, rtype, rid, req
 
 
 def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | FhirError]:
@@ -156,6 +166,7 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
     issues: list[Issue] = []
     early: dict[int, FhirError] = {}
     renames: dict[str, str] = {}
+    ids = new_resource_ids()
     for i, entry in enumerate(entries):
         try:
             method, rtype, rid, req = entry_request(i, entry)
@@ -164,7 +175,7 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
             early[i] = err
             parsed.append(("", "", "", {}, None, None))
             continue
-        rid = rid or new_resource_id()
+        rid = rid or next(ids)
         full_url = entry.get("fullUrl")
         if full_url is not None:
             if full_url in renames:

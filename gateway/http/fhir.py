@@ -7,7 +7,9 @@ FHIR clients get ordinary answers (201 + Location + ETag, 409, 412, 422).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -41,6 +43,25 @@ def check_id(rid: str, rtype: str) -> str:
 def new_resource_id() -> str:
     """A created resource's id: a random UUID's 32 hex digits (``events.new_id``)."""
     return new_id()
+
+
+def new_resource_ids() -> Iterator[str]:
+    """``new_resource_id`` s for one Bundle's creates: the same ids, made ``_IDS_AT_ONCE``
+    at a time (an ``os.urandom`` and the formatting of one number an id were most of
+    each id's cost)."""
+    while True:
+        n = int.from_bytes(os.urandom(16 * _IDS_AT_ONCE), "big")
+        digits = f"{(n & _UUID4_CLEAR) | _UUID4_SET:0{32 * _IDS_AT_ONCE}x}"
+        for i in range(0, 32 * _IDS_AT_ONCE, 32):
+            yield digits[i : i + 32]
+
+
+# version 4 and the RFC 4122 variant in each 128 bits of a block (as ``events.new_id``)
+_IDS_AT_ONCE = 64
+_UUID4_CLEAR = sum(
+    (((1 << 128) - 1) ^ ((0xF000 << 64) | (0xC000 << 48))) << (128 * k) for k in range(_IDS_AT_ONCE)
+)
+_UUID4_SET = sum(((0x4000 << 64) | (0x8000 << 48)) << (128 * k) for k in range(_IDS_AT_ONCE))
 
 
 async def read_body(request: web.Request) -> Any:
@@ -87,8 +108,16 @@ def parse_if_none_exist(value: Any, where: str | None = None) -> str | None:
     """
     if value is None:
         return None
-    expr = [where] if where else []
     query = value.strip().lstrip("?") if isinstance(value, str) else ""
+    if query and "&" not in query and "%" not in query and "+" not in query:
+        # One parameter without escapes (a vendor's Bundle of 500 slots is 500
+        # conditional creates): the checks below of that one, when it passes them.
+        name, _, val = query.partition("=")
+        if name in IF_NONE_EXIST_PARAMS:
+            system, sep, code = val.partition("|")
+            if (code if sep else system).strip():
+                return query
+    expr = [where] if where else []
     if "%" in query or "+" in query:
         params = parse_qsl(query, keep_blank_values=True)
     else:
