@@ -179,6 +179,8 @@ def prepare(
     """Validate and map one write for the worker; raises 400/422 with FHIRPaths.
 
     ``shallow``: ``data`` is known to be within the depth limit (``validate_resource``).
+    In two halves, ``checked`` and ``mapped``, for a Bundle that does each for all
+    its entries in turn (``bundles.prepare_bundle``).
     """
     op: dict[str, Any] = {
         "method": method,
@@ -190,6 +192,13 @@ def prepare(
     }
     if method == "DELETE":
         return op
+    return mapped(op, checked(method, rtype, rid, data, root=root, shallow=shallow), root)
+
+
+def checked(
+    method: str, rtype: str, rid: str, data: Any, *, root: str | None = None, shallow: bool = False
+) -> dict[str, Any]:
+    """``prepare``'s first half: ``data`` structurally valid (or 400), with ``rid`` for id."""
     res = validate_resource(data, rtype, path=root, shallow=shallow)
     if method == "PUT" and res.get("id") not in (None, rid):
         raise FhirError(
@@ -202,7 +211,13 @@ def prepare(
                 )
             ],
         )
-    res = {**res, "id": rid}
+    return {**res, "id": rid}
+
+
+def mapped(op: dict[str, Any], res: dict[str, Any], root: str | None = None) -> dict[str, Any]:
+    """``prepare``'s second half: ``op`` with the central model of ``checked`` ``res`` (or 422)
+    and ``res`` itself."""
+    rtype = op["type"]
     try:
         op["central"] = central_of(rtype, res)
     except FhirError as err:
