@@ -287,6 +287,23 @@ def coding(system: str, code: str) -> dict[str, str]:
 # expressions and returns what it could read.
 
 
+def plain_scope(cc: Any) -> str | None:
+    """The scope of a ``CodeableConcept`` of one coding: our scope system with a known
+    code, or a mapped cell specialty; ``None`` for anything else (``read_scope`` reads
+    that). What ``read_scope`` answers for it, without a word to say (a Slot each)."""
+    if type(cc) is dict:
+        codings = cc.get("coding")
+        if type(codings) is list and len(codings) == 1:
+            c = codings[0]
+            if type(c) is dict:
+                system, code = c.get("system"), c.get("code")
+                if system == SCOPE_SYSTEM:
+                    return code if type(code) is str and code in _scopes() else None
+                if system == CELL_SPECIALTY_SYSTEM and type(code) is str:
+                    return _cell_specialty_map().get(code) or None
+    return None
+
+
 def read_scope(cc: Any, path: str, issues: list[Issue]) -> str | None:
     """The scope one ``CodeableConcept`` (``serviceType[i]``) carries, directly or mapped.
 
@@ -354,6 +371,18 @@ def read_scope(cc: Any, path: str, issues: list[Issue]) -> str | None:
     return None
 
 
+def plain_code(cc: dict[str, Any], system: str, known: Mapping[str, Any]) -> str | None:
+    """The code of a ``CodeableConcept`` of one coding, of ``system`` and known; ``None``
+    for anything else: what ``read_code`` answers for it (a Slot's category each)."""
+    codings = cc.get("coding")
+    if type(codings) is list and len(codings) == 1 and type(codings[0]) is dict:
+        c = codings[0]
+        code = c.get("code")
+        if c.get("system") == system and isinstance(code, str) and code in known:
+            return code
+    return None
+
+
 def read_code(
     cc: Any, system: str, known: Mapping[str, Any], path: str, issues: list[Issue], what: str
 ) -> tuple[str | None, bool]:
@@ -368,6 +397,9 @@ def read_code(
     if not isinstance(cc, dict):
         issues.append(Issue("structure", "a CodeableConcept must be an object", [path]))
         return None, True
+    plain = plain_code(cc, system, known)
+    if plain is not None:
+        return plain, True
     seen = False
     codes: list[str] = []
     for j, c in enumerate(cc.get("coding") or []):

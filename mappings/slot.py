@@ -53,15 +53,18 @@ def central_dict(res: dict[str, Any]) -> dict[str, Any]:
     these: the model's validation and dump were a sixth of the Bundle's mapping.
     """
     fields = _read(res)
-    if (
+    plain = (
         type(fields["scope"]) is str
         and type(fields["status"]) is str
         and (fields["category"] is None or type(fields["category"]) is str)
         and (fields["comment"] is None or type(fields["comment"]) is str)
-        and all(
-            v is None or type(v) is str for ident in fields["identifiers"] for v in ident.values()
-        )
-    ):
+    )
+    for ident in fields["identifiers"] if plain else ():
+        system, value = ident["system"], ident["value"]
+        if (system is not None and type(system) is not str) or type(value) is not str:
+            plain = False  # value is never None: read_identifiers keeps only those with one
+            break
+    if plain:
         return fields
     result: dict[str, Any] = CentralSlot(**fields).model_dump()
     return result
@@ -175,6 +178,10 @@ def read_slot_scope(service_types: list[Any], issues: list[Issue]) -> str | None
             )
         )
         return None
+    if type(service_types) is list and len(service_types) == 1:
+        plain = codes.plain_scope(service_types[0])
+        if plain is not None:
+            return plain
     found: list[str] = []
     for i, cc in enumerate(service_types):
         scope = codes.read_scope(cc, f"Slot.serviceType[{i}]", issues)

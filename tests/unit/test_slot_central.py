@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import FhirError
 from gateway.operations import central_of
-from mappings import codes, slot
+from mappings import codes, references, slot
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -134,7 +134,7 @@ codings = st.fixed_dictionaries(
     },
 )
 concepts = st.fixed_dictionaries({}, optional={"coding": st.lists(codings, max_size=3) | ODD})
-references = st.fixed_dictionaries(
+reference_elements = st.fixed_dictionaries(
     {},
     optional={
         "reference": st.sampled_from(
@@ -157,7 +157,7 @@ identifiers = st.fixed_dictionaries(
 )
 ELEMENTS = {
     "status": st.sampled_from(slot.STATUSES) | texts | ODD,
-    "schedule": references | ODD,
+    "schedule": reference_elements | ODD,
     "serviceType": st.lists(concepts | st.just({"coding": [SCOPE]}) | st.just({"coding": [CELL]}))
     | ODD,
     "appointmentType": concepts | ODD,
@@ -201,6 +201,24 @@ VALID = {
 }
 
 
+# one coding of one of our systems, good or not: the readers' shortcuts take some
+one_coding = st.fixed_dictionaries(
+    {
+        "system": st.sampled_from(
+            [codes.SCOPE_SYSTEM, codes.CELL_SPECIALTY_SYSTEM, codes.SLOT_CATEGORY_SYSTEM]
+        ),
+        "code": st.sampled_from(
+            [*codes.scopes(), *codes.slot_categories(), *codes.cell_specialty_map(), "9999"]
+        )
+        | ODD,
+    }
+).map(lambda c: {"coding": [c]})
+ONE_CODING = {
+    "serviceType": st.lists(one_coding, min_size=1, max_size=2),
+    "appointmentType": one_coding,
+}
+
+
 @st.composite
 def slots(draw: st.DrawFn) -> dict[str, Any]:
     """The example, each element kept (mostly), dropped, varied or replaced by junk."""
@@ -215,6 +233,8 @@ def slots(draw: st.DrawFn) -> dict[str, Any]:
             res[name] = draw(values)
         elif how == 2 and name not in ("start", "end"):
             res[name] = draw(VALID[name])
+        elif how in (3, 4) and name in ONE_CODING:
+            res[name] = draw(ONE_CODING[name])
     return res
 
 
@@ -228,3 +248,26 @@ def slots(draw: st.DrawFn) -> dict[str, Any]:
 @given(slots())
 def test_generated_slots_map_the_same_both_ways(res: dict[str, Any]) -> None:
     check(res)
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(slots())
+def test_the_short_ways_answer_as_the_long_ones(
+    monkeypatch: pytest.MonkeyPatch, res: dict[str, Any]
+) -> None:
+    """The shortcuts for a plain Slot (one coding, a reference or an instant seen
+    before) give what the readers' general ways give, issues included."""
+    short = outcome(slot._read, copy.deepcopy(res))
+    with monkeypatch.context() as m:
+        m.setattr(codes, "plain_scope", lambda cc: None)
+        m.setattr(codes, "plain_code", lambda cc, system, known: None)
+        m.setattr(references, "_utc_instant", lambda value: None)
+        m.setattr(references, "_split_text", references._split_text.__wrapped__)
+        long = outcome(slot._read, copy.deepcopy(res))
+    assert short == long
