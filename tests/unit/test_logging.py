@@ -110,6 +110,23 @@ def test_bind_correlation_clears_previous_context(cap: Capture) -> None:
     assert three["correlation_id"] == "bbb"
 
 
+def test_bind_correlation_leaves_what_clear_and_bind_leave(cap: Capture) -> None:
+    # bind_correlation sets only what changes; the context must end as structlog's
+    # clear_contextvars() + bind_contextvars(...) leave it, whatever was bound before.
+    get = structlog.contextvars.get_contextvars
+    structlog.contextvars.bind_contextvars(bound_elsewhere="x", tenant="prov-1")
+    bind_correlation("aaa", message_id="m1", event="resource.Slot.created")
+    assert get() == {"correlation_id": "aaa", "message_id": "m1", "event": "resource.Slot.created"}
+    bind_correlation("aaa", message_id="m2", event="resource.Slot.created")
+    assert get() == {"correlation_id": "aaa", "message_id": "m2", "event": "resource.Slot.created"}
+    bind_correlation("bbb", a_key_never_bound_before=1)
+    assert get() == {"correlation_id": "bbb", "a_key_never_bound_before": 1}
+    bind_correlation("ccc", message_id="m3")
+    assert get() == {"correlation_id": "ccc", "message_id": "m3"}
+    structlog.get_logger().info("four")
+    assert cap.last()["message_id"] == "m3" and "a_key_never_bound_before" not in cap.last()
+
+
 def test_new_correlation_id() -> None:
     a, b = new_correlation_id(), new_correlation_id()
     assert a != b
