@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.events import new_envelope
 from gateway.ports import Envelope
 
 BATCH_HEADER = "cer-batch"
@@ -65,15 +66,16 @@ def unpack(env: Envelope) -> list[Envelope]:
     events = env.body.get("events")
     if not isinstance(events, list):
         raise ValueError("a batch without its events")
+    type_, tenant = env.type, env.tenant
     return [
-        Envelope(
-            id=item["id"],
-            type=env.type,
-            body=item["body"],
-            tenant=env.tenant,
-            correlation_id=item.get("correlation_id", ""),
-            created_at=item.get("created_at", ""),
-            headers=item.get("headers") or {},
+        new_envelope(
+            item["id"],
+            type_,
+            item["body"],
+            tenant,
+            item.get("correlation_id", ""),
+            item.get("created_at", ""),
+            item.get("headers") or {},
         )
         for item in events
     ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -482,9 +481,7 @@ class RabbitBus:
             await self._process_batch(queue, handler, message, env, release)
             return
         try:
-            forward, result = await self._handle_one(
-                queue, handler, env, lambda: self._decode(message)[0]
-            )
+            forward, result = await self._handle_one(queue, handler, env, message)
         finally:
             release()
         if forward is not None:
@@ -502,25 +499,28 @@ class RabbitBus:
         queue: str,
         handler: MessageHandler,
         env: Envelope,
-        as_delivered: Callable[[], Envelope],
+        message: AbstractIncomingMessage,
+        index: int | None = None,
     ) -> tuple[Awaitable[None] | None, Document | None]:
         """Run the handler: ``(retry or dead-letter copy to publish, None)`` or
         ``(None, the handler's result)``.
 
-        The copy is made from ``as_delivered()`` (the message decoded again), not
-        from ``env``: a handler may have changed its envelope before it failed, and
-        the retry must be the message as it was sent (the embedded bus's contract
-        too). Decoding again costs only on failure.
+        The copy is made from the message as it was delivered (decoded again; the
+        ``index``-th event of a batch), not from ``env``: a handler may have changed
+        its envelope before it failed, and the retry must be the message as it was
+        sent (the embedded bus's contract too). Decoding again costs only on failure.
         """
         try:
             return None, await handler(env)
         except Retry as exc:
-            return self._retry(queue, as_delivered(), str(exc) or "retry", exc.delay), None
+            copy = self._as_delivered(message, index)
+            return self._retry(queue, copy, str(exc) or "retry", exc.delay), None
         except Reject as exc:
-            return self._dead(queue, as_delivered(), f"rejected: {exc}"), None
+            return self._dead(queue, self._as_delivered(message, index), f"rejected: {exc}"), None
         except Exception as exc:
             log.exception("bus.handler_failed queue=%s id=%s type=%s", queue, env.id, env.type)
-            return self._retry(queue, as_delivered(), f"{type(exc).__name__}: {exc}"), None
+            copy = self._as_delivered(message, index)
+            return self._retry(queue, copy, f"{type(exc).__name__}: {exc}"), None
 
     async def _process_batch(
         self,
@@ -545,9 +545,7 @@ class RabbitBus:
             for i, one in enumerate(events):
                 if self._closing:
                     return  # unacked: back to the queue when the connection closes
-                forward, _ = await self._handle_one(
-                    queue, handler, one, functools.partial(self._batch_event, message, i)
-                )
+                forward, _ = await self._handle_one(queue, handler, one, message, i)
                 if forward is not None:
                     try:
                         await forward
@@ -560,9 +558,11 @@ class RabbitBus:
             release()
         await self._ack(message)
 
-    def _batch_event(self, message: AbstractIncomingMessage, i: int) -> Envelope:
-        """The ``i``-th event of a batch as it was delivered (decoded again)."""
-        return event_batch.unpack(self._decode(message)[0])[i]
+    def _as_delivered(self, message: AbstractIncomingMessage, i: int | None) -> Envelope:
+        """The message as it was delivered (decoded again), or the ``i``-th event of it
+        when it is a batch."""
+        env = self._decode(message)[0]
+        return env if i is None else event_batch.unpack(env)[i]
 
     async def _settle(self, message: AbstractIncomingMessage, forward: Awaitable[None]) -> None:
         """Publish the retry or dead copy, then ack; if the copy failed, requeue instead."""

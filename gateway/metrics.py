@@ -131,6 +131,7 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._consumed: dict[tuple[str, str], Any] = {}  # (kind, outcome) -> its child's inc
         for kind in PUBLISH_KINDS:  # zeros from the start, so rates work from the first scrape
             self.labelled(self.messages_published_total, kind)
 
@@ -160,9 +161,13 @@ class Metrics:
 
     def consumed(self, queue_kind: str, outcome: Outcome) -> None:
         """Count one consumed message; ``retried`` / ``dead_lettered`` also feed their totals."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
-        self.labelled(self.messages_consumed_total, queue_kind, outcome).inc()
+        inc = self._consumed.get((queue_kind, outcome))
+        if inc is None:  # once per label set (every event of a batch is counted)
+            if outcome not in OUTCOMES:
+                raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+            inc = self.labelled(self.messages_consumed_total, queue_kind, outcome).inc
+            self._consumed[(queue_kind, outcome)] = inc
+        inc()
         if outcome == "retried":
             self.messages_retried_total.labels(queue_kind).inc()
         elif outcome == "dead_lettered":
