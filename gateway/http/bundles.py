@@ -230,19 +230,22 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
                 data = rewrite_references(data, renames)
         if isinstance(data, dict) and method == "POST" and ("id" in data or "meta" in data):
             data = {k: v for k, v in data.items() if k not in ("id", "meta")}
-        where = f"Bundle.entry[{i}].request"
         root = f"Bundle.entry[{i}].resource"
+        if_match = req.get("ifMatch")
+        if_none_exist = req.get("ifNoneExist") if method == "POST" else None
         try:
+            if if_match is not None:
+                if_match = parse_if_match(if_match, f"Bundle.entry[{i}].request.ifMatch")
+            if if_none_exist is not None:
+                if_none_exist = parse_if_none_exist(
+                    if_none_exist, f"Bundle.entry[{i}].request.ifNoneExist"
+                )
             op: dict[str, Any] = {
                 "method": method,
                 "type": rtype,
                 "id": rid,
-                "if_match": parse_if_match(req.get("ifMatch"), f"{where}.ifMatch"),
-                "if_none_exist": (
-                    parse_if_none_exist(req.get("ifNoneExist"), f"{where}.ifNoneExist")
-                    if method == "POST"
-                    else None
-                ),
+                "if_match": if_match,
+                "if_none_exist": if_none_exist,
                 "full_url": full_url,
             }
             if method != "DELETE":
