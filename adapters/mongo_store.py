@@ -301,7 +301,14 @@ class MongoStore:
 
     # --- writes
 
-    async def insert(self, coll: str, doc: Document, events: Sequence[Document] = ()) -> None:
+    async def insert(
+        self,
+        coll: str,
+        doc: Document,
+        events: Sequence[Document] = (),
+        *,
+        handover: bool = False,  # nothing to save: the driver encodes doc as BSON
+    ) -> None:
         _check_doc(doc)
         _check_events(events)
         new = dict(doc)  # insert_one would add an _id to the caller's dict

@@ -86,8 +86,22 @@ class Store(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def insert(self, coll: str, doc: Document, events: Sequence[Document] = ()) -> None:
-        """Insert one document; raises ``DuplicateKey`` on ``_id`` or a unique index."""
+    async def insert(
+        self,
+        coll: str,
+        doc: Document,
+        events: Sequence[Document] = (),
+        *,
+        handover: bool = False,
+    ) -> None:
+        """Insert one document; raises ``DuplicateKey`` on ``_id`` or a unique index.
+
+        ``handover``: the caller built ``doc`` for this insert out of JSON values
+        (dicts, lists, strings, numbers, booleans, None) and gives it up: it never
+        changes any object inside it afterwards (nor lets anybody else), so the store
+        may keep those objects instead of copying them (the embedded store; its
+        top-level dict is the store's own either way). Reads still hand out copies.
+        """
 
     async def get(
         self, coll: str, doc_id: str, fields: Sequence[str] | None = None

@@ -279,6 +279,12 @@ async def apply_put(
     save reading it again; a stale one costs a retry, never a wrong write (the
     update is conditioned on its version, the insert on its ``_id``; the version
     it archives is the same in every copy).
+
+    A create hands its document over to the store (``Store.insert(..., handover=
+    True)``: no copy of it on the embedded store), ``central`` included: callers
+    build ``central`` for the write out of JSON values and do not change it
+    afterwards (the worker's ops, the booking and waiting-room writes all do so;
+    reading it is fine).
     """
     key = doc_id(tenant, rtype, rid)
     known = current
@@ -361,7 +367,10 @@ async def apply_put(
                 # ``created``: when the resource first reached the gateway (the payer's
                 # "schedules transmitted by", R-SCOPE-3); updates keep it.
                 await store.insert(
-                    c.RESOURCES, {"_id": key, **fields, "created": at}, events=events
+                    c.RESOURCES,
+                    {"_id": key, **fields, "created": at},
+                    events=events,
+                    handover=True,  # built here; ``central`` as the docstring says
                 )
             except DuplicateKey as exc:
                 if await store.get(c.RESOURCES, key) is not None:

@@ -163,6 +163,49 @@ async def test_no_aliasing(store: Store) -> None:
     }
 
 
+async def test_insert_handed_over(store: Store) -> None:
+    """``insert(..., handover=True)``: the caller gives the document up (and only reads
+    it afterwards). It reads back as given, reads are copies, the unique guards and
+    indexes see it, its events are written with it; the store changes none of the
+    caller's objects (not its top-level dict, not on a later update) and a refused
+    insert keeps nothing."""
+    resource = {"resourceType": "Slot", "identifier": [{"value": "v1"}]}
+    doc = {
+        "_id": "h1",
+        "tenant": "t1",
+        "ext": "x1",
+        "nested": {"list": [1, 2]},
+        "tags": ["x"],
+        "resource": resource,
+    }
+    given = {**doc, "nested": {"list": [1, 2]}, "tags": ["x"]}
+    nested, tags = doc["nested"], doc["tags"]
+    await store.insert("guards", doc, events=[{"id": "e1", "type": "t"}], handover=True)
+    assert doc == given and doc["resource"] is resource  # its dict as it was
+    got = await store.get("guards", "h1")
+    assert got == given
+    assert got is not None
+    got["nested"]["list"].append(3)  # a copy
+    got["resource"]["identifier"].clear()
+    assert await store.get("guards", "h1") == given
+    assert ids(await store.find("guards", {"tenant": "t1", "ext": "x1"})) == ["h1"]
+    assert [i.event["id"] for i in await store.pending_events(0)] == ["e1"]
+    with pytest.raises(DuplicateKey):
+        await store.insert("guards", {"_id": "h2", "tenant": "t1", "ext": "x1"}, handover=True)
+    assert await store.get("guards", "h2") is None
+    await store.update_one(
+        "guards",
+        {"_id": "h1"},
+        {"$push": {"nested.list": 3, "tags": "y"}, "$set": {"nested.k": 1}},
+    )
+    assert nested == {"list": [1, 2]} and tags == ["x"]  # updates copy what they change
+    assert await store.get("guards", "h1") == {
+        **given,
+        "nested": {"list": [1, 2, 3], "k": 1},
+        "tags": ["x", "y"],
+    }
+
+
 async def test_insert_without_id_gets_a_string_id(store: Store) -> None:
     await store.insert("docs", {"k": "v"})
     [doc] = await store.find("docs", {"k": "v"})
