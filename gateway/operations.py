@@ -187,7 +187,12 @@ def plain_identifier(op: Op) -> str | None:
     if op.method != "POST" or not op.if_none_exist:
         return None
     query = op.if_none_exist
-    if query.startswith("identifier=") and not any(ch in query for ch in "&%+"):
+    if (
+        query.startswith("identifier=")
+        and "&" not in query
+        and "%" not in query
+        and "+" not in query
+    ):
         # What parse_qsl gives for a query without escapes, separators or "+" (a
         # vendor's 500 conditional creates a bundle: 500 parses saved).
         value = query[len("identifier=") :]
@@ -332,7 +337,6 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
     key = op.ident_key(ctx.tenant)
     if key is None:
         return
-    where = [ctx.where(op, f"{op.type}.identifier[0]")]
     other = ctx.idents.get(key)
     if other is not None:
         op.problem(
@@ -341,7 +345,7 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
                 "duplicate",
                 f"the identifier is also on Bundle.entry[{other.index}]: one resource per "
                 "business identifier",
-                where,
+                [ctx.where(op, f"{op.type}.identifier[0]")],
             ),
         )
         return
@@ -358,7 +362,7 @@ async def check_identifier(ctx: WriteContext, op: Op, central: dict[str, Any]) -
             "duplicate",
             f"{op.type}/{holder['rid']} already has this identifier; update that one, or use "
             "If-None-Exist for a conditional create",
-            where,
+            [ctx.where(op, f"{op.type}.identifier[0]")],
         ),
     )
 
