@@ -1528,7 +1528,13 @@ class _Coll:
         --resources)."""
         new = dict(doc)
         if self.frozen:
-            self.freeze(new)
+            # freeze, reading only the frozen fields when they can be listed
+            for k in new if self._cold is None else self._cold:
+                v = new.get(k)
+                if (type(v) is dict or type(v) is list) and self.is_frozen(k):
+                    raw = _pack(v)
+                    if raw is not None:
+                        new[k] = _Frozen(raw)
         return new
 
     def freeze(self, doc: Document) -> None:

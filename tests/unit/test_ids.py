@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from gateway.events import new_id
@@ -20,3 +21,22 @@ def test_ids_are_uuid4_hex_and_distinct() -> None:
             assert ID_RE.match(i)  # a valid FHIR id
             seen.add(i)
     assert len(seen) == 15000
+
+
+def test_a_forked_child_draws_other_ids() -> None:
+    # new_id keeps random bytes for later ids: a child must not hand out the parent's
+    new_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, "".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.close(write)
+    parent = "".join(new_id() for _ in range(3))
+    assert len(child) == len(parent) == 96 and child != parent
+    assert not {child[i : i + 32] for i in range(0, 96, 32)} & {
+        parent[i : i + 32] for i in range(0, 96, 32)
+    }
