@@ -761,6 +761,41 @@ def _touched(ops: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(p for op, fields in ops.items() if op != "$setOnInsert" for p in fields)
 
 
+_FLAT_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert"})
+
+
+def _flat_update(old: Document, ops: Mapping[str, Mapping[str, Any]]) -> Document | None:
+    """The new version of ``old`` that ``_Writer.apply(ops, inserting=False)`` makes, when
+    every path is a top-level field and the operators are ``$set``, ``$unset``, ``$inc``
+    (``$setOnInsert`` changes nothing here): a new dict, no path walking (most updates: a
+    status, a time, a counter, a whole field). None when that is not the case."""
+    for op, fields in ops.items():
+        if op not in _FLAT_OPS:
+            return None
+        for path in fields:
+            if "." in path:
+                return None
+    new = dict(old)
+    for op, fields in ops.items():
+        if op == "$set":
+            new.update(fields)
+        elif op == "$unset":
+            for path in fields:
+                new.pop(path, None)
+        elif op == "$inc":
+            for path, value in fields.items():
+                if type(value) not in _NUMBER_TYPES:
+                    raise ValueError(f"$inc needs a number for {path}")
+                cur = new.get(path, _MISSING)
+                if cur is _MISSING:
+                    new[path] = value
+                elif type(cur) in _NUMBER_TYPES:
+                    new[path] = cur + value
+                else:
+                    raise ValueError(f"$inc on a non-numeric field {path}")
+    return new
+
+
 def _upsert_seed(filter: Filter) -> list[tuple[str, Any]]:
     """The equality conditions MongoDB copies into an upserted document."""
     out: list[tuple[str, Any]] = []
@@ -1472,7 +1507,10 @@ class _Coll:
         self._entries = _compile_entries(self.indexes)
         self._cold = self._cold_fields()
         # per set of paths an update changes: the indexes it can move, and their entries
-        self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn]] = {}
+        self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn, list[str]]] = {}
+        # per tuple of a filter's top-level fields (no operator among them): whether it
+        # reads a frozen field (``_heads``' answer, for the one-document select)
+        self._reads_frozen: dict[tuple[str, ...], bool] = {}
 
     def is_frozen(self, field: str) -> bool:
         return field in self.frozen and field not in self.unfrozen
@@ -1485,6 +1523,20 @@ class _Coll:
         if self.frozen and filter is not None and any(map(self.is_frozen, _heads(filter, sort))):
             return _Thawing(self.docs)
         return self.docs
+
+    def _filter_reads_frozen(self, filter: Filter) -> bool:
+        """Whether a filter reads into a frozen field (``readable``'s test, remembered for
+        filters of plain fields: a guarded update repeats a few shapes)."""
+        key = tuple(filter)
+        known = self._reads_frozen.get(key)
+        if known is not None:
+            return known
+        answer = any(map(self.is_frozen, _heads(filter)))
+        if not any(k.startswith("$") for k in key):
+            if len(self._reads_frozen) >= 1024:  # paths named from data: keep it bounded
+                self._reads_frozen.clear()
+            self._reads_frozen[key] = answer
+        return answer
 
     def _cold_fields(self) -> frozenset[str] | None:
         """The frozen fields by name, when ``frozen`` can list them (a set)."""
@@ -1588,6 +1640,7 @@ class _Coll:
         self._entries = _compile_entries(self.indexes)
         self._cold = self._cold_fields()
         self._by_touched.clear()
+        self._reads_frozen.clear()
 
     # --- reading
 
@@ -1615,9 +1668,11 @@ class _Coll:
         if type(direct) is str and not skip and _simple(filter):
             # a document by _id, with scalar conditions (a guarded update's usual filter):
             # no predicate to compile, no plan
-            if direct not in self.docs:
+            doc = self.docs.get(direct)
+            if doc is None:
                 return []
-            doc = self.readable(filter)[direct]
+            if self.packed or (self.frozen and self._filter_reads_frozen(filter)):
+                doc = self.readable(filter)[direct]
             return [doc] if _matches(doc, filter) else []
         pred = _compile(filter)
         want = skip + limit if limit else 0
@@ -1736,8 +1791,11 @@ class _Coll:
             if len(self._by_touched) >= 1024:  # paths named from data: keep it bounded
                 self._by_touched.clear()
             mine = [idx for idx in self.indexes if idx.touched_by(touched)]
-            hit = self._by_touched[touched] = (mine, _compile_entries(mine))
-        mine, entries = hit
+            # the frozen fields the update may have given a dict (a path into one)
+            heads = sorted({p.split(".", 1)[0] for p in touched})
+            refreeze = [h for h in heads if self.is_frozen(h)]
+            hit = self._by_touched[touched] = (mine, _compile_entries(mine), refreeze)
+        mine, entries, refreeze = hit
         changed = []
         if mine:
             for idx, o, n in zip(mine, entries(old), entries(new), strict=True):
@@ -1749,8 +1807,12 @@ class _Coll:
         for idx, o, n in changed:
             idx.remove(doc_id, o)
             idx.add(doc_id, n)
-        if self.frozen:
-            self.freeze(new)
+        for k in refreeze:  # ``freeze``, of the fields the update touched only
+            v = new.get(k)
+            if type(v) is dict or type(v) is list:
+                packed = _pack(v)
+                if packed is not None:
+                    new[k] = _Frozen(packed)
         self.docs[doc_id] = raw if raw is not None and self.packed else new
 
     def delete(self, doc: Document) -> None:
@@ -1987,9 +2049,11 @@ class MemoryStore:
         found = c.select(filter, None, 0, 1)
         if found:
             old = found[0]
-            w = _Writer(c.base_for(old, ops))
-            w.apply(ops, inserting=False)
-            new = w.doc
+            new = _flat_update(old, ops)
+            if new is None:
+                w = _Writer(c.base_for(old, ops))
+                w.apply(ops, inserting=False)
+                new = w.doc
             if new.get("_id") != old["_id"]:
                 raise ValueError("the _id of a document cannot change")
             raw = _pack(new) if c.fresh(old) else None
@@ -2007,6 +2071,8 @@ class MemoryStore:
         self._write_events(coll, new["_id"], self._events_in(events))
         if fields is not None:
             new = {k: new[k] for k in ("_id", *fields) if k in new}
+            if all(type(v) in _IMMUTABLE for v in new.values()):
+                return new  # a new dict of immutable values: nothing to copy
         # a packed version is stored as bytes: the new dict (built from a decoded copy
         # and the update's own copies) is nobody else's
         return new if raw is not None else _copy(new)
@@ -2018,12 +2084,15 @@ class MemoryStore:
         matched = c.select(filter)
         touched = _touched(ops)
         for old in matched:
-            w = _Writer(c.base_for(old, ops))
-            w.apply(ops, inserting=False)
-            if w.doc.get("_id") != old["_id"]:
+            new = _flat_update(old, ops)
+            if new is None:
+                w = _Writer(c.base_for(old, ops))
+                w.apply(ops, inserting=False)
+                new = w.doc
+            if new.get("_id") != old["_id"]:
                 raise ValueError("the _id of a document cannot change")
-            raw = _pack(w.doc) if c.fresh(old) else None
-            c.replace(old, w.doc, touched, raw)  # a DuplicateKey stops here, as on MongoDB
+            raw = _pack(new) if c.fresh(old) else None
+            c.replace(old, new, touched, raw)  # a DuplicateKey stops here, as on MongoDB
         return len(matched)
 
     async def delete_one(self, coll: str, filter: Filter) -> bool:
