@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from gateway import pesel as pesel_rules
@@ -49,6 +50,11 @@ from mappings.references import (
     store_or_none,
     write_identifiers,
 )
+
+# A visit's start and end as FHIR text, by their stored text: visits share the starts of
+# their slots, and the parse and format were half of ``to_fhir`` (the waiting room's
+# nightly unlock books thousands of them).
+_visit_instant = lru_cache(maxsize=4096)(fhir_instant)
 
 STATUSES = (
     "proposed",
@@ -247,9 +253,9 @@ def to_fhir(rid: str, central: CentralAppointment) -> dict[str, Any]:
             "coding": [codes.coding(codes.SLOT_CATEGORY_SYSTEM, central.category)]
         }
     if central.start:
-        out["start"] = fhir_instant(central.start)
+        out["start"] = _visit_instant(central.start)
     if central.end:
-        out["end"] = fhir_instant(central.end)
+        out["end"] = _visit_instant(central.end)
     if central.slot_ids:
         out["slot"] = [{"reference": f"Slot/{sid}"} for sid in central.slot_ids]
     if central.comment:
