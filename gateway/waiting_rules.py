@@ -330,6 +330,18 @@ def entry_facts(doc: Mapping[str, Any], criteria: Mapping[str, Any] | None = Non
     )
 
 
+def location_of(criteria: Mapping[str, Any]) -> tuple[str, ...]:
+    """``entry_facts(doc, criteria).location`` without making the facts."""
+    fac = criteria.get("facility")
+    if fac:
+        return ("facility", fac[0] or "", fac[1])
+    if criteria.get("postal_code"):
+        return ("postal", criteria["postal_code"])
+    if criteria.get("city"):
+        return ("city", criteria["city"].casefold())
+    return ()
+
+
 def slot_location_keys(s: SlotFacts) -> list[tuple[str, ...]]:
     """Every location criterion a slot meets, as ``EntryFacts.location`` signatures:
     anywhere, its facility (with and without the provider), its city, each prefix of

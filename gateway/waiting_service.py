@@ -134,10 +134,18 @@ class Planner:
         self.days = sorted({s.day for s in self.slots})
         self.bounds: dict[tuple[date, int], str] = {}
         self.taken = 0
+        # the untaken slots of each list: an entry whose list has none left takes nothing
+        # (most of the entries a plan reads, once the popular lists are full)
+        self.left = {k: len(v) for k, v in lists.items()}
 
     @property
     def full(self) -> bool:
         return self.taken >= len(self.slots)
+
+    def exhausted(self, queue: str, location: tuple[str, ...]) -> bool:
+        """Whether an entry of ``queue`` with this location criterion can take nothing
+        (``take`` would give None): no slot left in its list."""
+        return not self.left.get((queue, location))
 
     def _at(self, day: date, minute: int) -> str:
         key = (day, minute)
@@ -170,6 +178,7 @@ class Planner:
                 if rules.takes(e, s):
                     for lk, pos in self.where[idx[q]]:
                         self.free[lk].take(pos)
+                        self.left[lk] -= 1
                     self.taken += 1
                     return s
                 q = fr.find(q + 1)
@@ -615,10 +624,14 @@ class WaitingRoomService:
 
         # Entries stream in rank order (pages per queue, merged) until every slot is taken;
         # each provider's pairs go out in chunks as they come, so booking starts at once.
-        async for e in self.ranked_entries(info.code, queues):
+        # An entry whose list of slots is used up is passed over before its facts are made.
+        async for d in self.ranked_entries(info.code, queues):
             if planner.full:
                 break
             seen += 1
+            if planner.exhausted(d["queue"], rules.location_of(d.get("criteria") or {})):
+                continue
+            e = rules.entry_facts(d)
             s = planner.take(e)
             if s is None:
                 continue
@@ -639,11 +652,10 @@ class WaitingRoomService:
         )
         return planned
 
-    async def ranked_entries(
-        self, scope: str, queues: Sequence[str]
-    ) -> AsyncIterator[rules.EntryFacts]:
-        """The waiting entries of ``queues`` in rank order, read a page at a time."""
-        pages: dict[str, list[rules.EntryFacts]] = {}
+    async def ranked_entries(self, scope: str, queues: Sequence[str]) -> AsyncIterator[Document]:
+        """The waiting entries of ``queues`` in rank order, read a page at a time: their
+        ``ENTRY_FACTS`` (the store's values: read them, change nothing)."""
+        pages: dict[str, list[Document]] = {}
         last: dict[str, str | None] = dict.fromkeys(queues)
         done: set[str] = set()
 
@@ -651,7 +663,7 @@ class WaitingRoomService:
             flt: dict[str, Any] = {"scope": scope, "status": rules.WAITING, "queue": q}
             if last[q] is not None:
                 flt["rank"] = {"$gt": last[q]}
-            # Each entry turns into its facts at once: no copy of it needed (``shared``).
+            # Each entry is only read (its facts, by the plan): no copy needed (``shared``).
             found = await self.store.find(
                 c.WAITING_ROOM,
                 flt,
@@ -660,7 +672,7 @@ class WaitingRoomService:
                 fields=ENTRY_FACTS,
                 shared=True,
             )
-            pages[q] = [rules.entry_facts(d) for d in found]
+            pages[q] = found
             if found:
                 last[q] = found[-1]["rank"]
             if len(found) < PAGE:
@@ -683,7 +695,7 @@ class WaitingRoomService:
                     cursor[q] = 0
                     if not pages[q]:
                         continue
-                if best is None or pages[q][cursor[q]].rank < pages[best][cursor[best]].rank:
+                if best is None or pages[q][cursor[q]]["rank"] < pages[best][cursor[best]]["rank"]:
                     best = q
             if best is None:
                 return

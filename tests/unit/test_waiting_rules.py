@@ -231,6 +231,8 @@ def test_location_key_keeps_every_entry_that_matches_a_slot_r_wait_5() -> None:
         if rules.matches(e, s):
             assert key in offered, (crit, s)
         assert ("|".join(e.location)) == key
+        # the plan passes over an entry of a used-up list by its criteria alone
+        assert rules.location_of(crit) == e.location
 
 
 # --------------------------------------------------------------------------- the plan
