@@ -10,8 +10,11 @@ It keeps MongoDB's guarantees as the gateway relies on them (``gateway.ports.Sto
   document as it was.
 * Documents are copied on the way in and out (an ``orjson`` round trip, a
   ``copy.deepcopy`` for values JSON cannot carry): callers never alias store
-  state. Inside, a stored document is never mutated in place: an update copies
-  the containers along the paths it changes and swaps the new version in.
+  state. (An insert with ``handover=True`` keeps the values of a document its
+  caller built and gave up, a created resource, in a top-level dict of its own
+  without the copy: ``Store.insert``.) Inside, a stored document is never
+  mutated in place: an update copies the containers along the paths it changes
+  and swaps the new version in.
   Collections written far more than read (``PACKED``: the resources' history,
   the delivery and audit logs) keep each document as its orjson bytes, decoded
   on every read (a fresh dict, handed out without a second copy): a history
