@@ -601,10 +601,12 @@ def _check_update(
     update: Mapping[str, Any], coll: _Coll | None = None
 ) -> dict[str, dict[str, Any]]:
     """The update, checked and copied (``coll``: a whole frozen field it sets is packed
-    straight from the caller's value, not copied and packed again)."""
+    straight from the caller's value, not copied and packed again). Values that are not
+    scalars are copied one by one (``_copy``); scalars are immutable: kept as they are."""
     if not update:
         raise ValueError("empty update")
-    scalars = True
+    frozen = coll is not None and bool(coll.frozen)
+    ops: dict[str, dict[str, Any]] = {}
     for op, fields in update.items():
         if op not in _UPDATE_OPS:
             if not op.startswith("$"):
@@ -612,30 +614,27 @@ def _check_update(
             raise ValueError(f"unsupported update operator {op}")
         if not isinstance(fields, Mapping):
             raise ValueError(f"{op} needs a document")
+        mine: dict[str, Any] = {}
         for path, v in fields.items():
             if path.startswith(_OUTBOX_PREFIX) and (
                 path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS
             ):
                 raise ValueError(f"{path} is reserved for the outbox")
-            if scalars and type(v) not in _IMMUTABLE:
-                scalars = False
-    cold: dict[tuple[str, str], _Frozen] = {}
-    if coll is not None and coll.frozen and not scalars:
-        for op in ("$set", "$setOnInsert"):
-            for path, value in update.get(op, {}).items():
-                if type(value) not in (dict, list) or "." in path or not coll.is_frozen(path):
-                    continue
-                raw = _pack(value)
-                if raw is not None:
-                    cold[op, path] = _Frozen(raw)
-    if not cold and scalars:
-        # scalars only (most updates: a status, a time, a counter): nothing to copy
-        return {op: dict(fields) for op, fields in update.items()}
-    ops: dict[str, dict[str, Any]] = _copy(
-        {op: {p: v for p, v in f.items() if (op, p) not in cold} for op, f in update.items()}
-    )
-    for (op, path), value in cold.items():
-        ops[op][path] = value
+            if type(v) not in _IMMUTABLE:
+                if (
+                    frozen
+                    and (type(v) is dict or type(v) is list)
+                    and (op == "$set" or op == "$setOnInsert")
+                    and "." not in path
+                    and coll.is_frozen(path)  # type: ignore[union-attr]
+                ):
+                    raw = _pack(v)
+                    if raw is not None:
+                        mine[path] = _Frozen(raw)
+                        continue
+                v = _copy(v)
+            mine[path] = v
+        ops[op] = mine
     return ops
 
 
@@ -1156,7 +1155,7 @@ class _Idx:
         for prefix, key in entries:
             bucket = self.buckets[prefix]
             bucket.remove((*key, doc_id))
-            if not bucket:
+            if not bucket.n:
                 del self.buckets[prefix]
 
     def conflict(

@@ -66,3 +66,24 @@ def test_flat_update_is_the_writer(doc: dict[str, Any], ops: dict[str, dict[str,
 )
 def test_flat_update_leaves_paths_and_other_operators_to_the_writer(ops: Any) -> None:
     assert _flat_update({"_id": "x", "a": {"b": 0}}, ops) is None
+
+
+def test_check_update_copies_containers_and_packs_whole_frozen_fields() -> None:
+    from adapters.memory_store import _check_update, _Coll, _Frozen
+
+    claim = {"by": "m", "at": [1, 2]}
+    update = {"$set": {"status": "x", "claim": claim, "pair": (1, 2)}, "$inc": {"rev": 1}}
+    ops = _check_update(update)
+    assert ops == {"$set": {"status": "x", "claim": claim, "pair": [1, 2]}, "$inc": {"rev": 1}}
+    assert ops["$set"]["claim"] is not claim and ops["$set"]["claim"]["at"] is not claim["at"]
+    coll = _Coll(frozen=frozenset({"resource"}))
+    body = {"resourceType": "Slot", "status": "busy"}
+    ops = _check_update({"$set": {"resource": body, "resource2": body, "v": 2}}, coll)
+    assert type(ops["$set"]["resource"]) is _Frozen
+    assert ops["$set"]["resource"].value() == body
+    assert ops["$set"]["resource2"] == body and ops["$set"]["resource2"] is not body
+    assert ops["$set"]["v"] == 2
+    with pytest.raises(ValueError, match="reserved for the outbox"):
+        _check_update({"$set": {"_outbox.x": 1}})
+    with pytest.raises(ValueError, match="unsupported update operator"):
+        _check_update({"$rename": {"a": "b"}})
