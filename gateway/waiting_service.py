@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -119,18 +120,43 @@ class Planner:
 
     def __init__(self, slots: Sequence[rules.SlotFacts]) -> None:
         self.slots = sorted(slots, key=lambda s: (s.start, s.tenant, s.rid))
-        lists: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        # Slots of one place (category and location) share their lists: each list is made
+        # of whole places' slots (merged in slot order), each place's keys made once
+        # (10,000 slots one by one into their lists took 150 ms, the event loop held).
+        by_place: dict[tuple[Any, ...], list[int]] = {}
+        place_of: list[tuple[Any, ...]] = []
         for i, s in enumerate(self.slots):
-            for queue in rules.queues_for(s.category):
-                for key in rules.slot_location_keys(s):
-                    lists.setdefault((queue, key), []).append(i)
+            place = (s.category, s.tenant, s.location_id, s.city, s.postal_code)
+            place_of.append(place)
+            idx = by_place.get(place)
+            if idx is None:
+                by_place[place] = [i]
+            else:
+                idx.append(i)
+        keys_of: dict[tuple[Any, ...], list[tuple[str, tuple[str, ...]]]] = {}
+        places_of: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        for place, idx in by_place.items():
+            s = self.slots[idx[0]]
+            keys = keys_of[place] = [
+                (queue, key)
+                for queue in rules.queues_for(s.category)
+                for key in rules.slot_location_keys(s)
+            ]
+            for k in keys:
+                places_of.setdefault(k, []).append(place)
+        lists: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        for k, places in places_of.items():
+            if len(places) == 1:
+                lists[k] = list(by_place[places[0]])
+            else:
+                lists[k] = sorted(itertools.chain.from_iterable(by_place[p] for p in places))
         self.lists = lists
         self.starts = {k: [self.slots[i].start for i in v] for k, v in lists.items()}
         self.free = {k: _Free(len(v)) for k, v in lists.items()}
-        self.where: dict[int, list[tuple[tuple[str, tuple[str, ...]], int]]] = {}
-        for k, v in lists.items():
-            for pos, i in enumerate(v):
-                self.where.setdefault(i, []).append((k, pos))
+        # the lists each slot is in (its place's keys; its position there by bisection: a
+        # list is in slot order)
+        self.keys_of = keys_of
+        self.place_of = place_of
         self.days = sorted({s.day for s in self.slots})
         self.bounds: dict[tuple[date, int], str] = {}
         self.taken = 0
@@ -176,8 +202,9 @@ class Planner:
             while q < len(idx) and st[q] < hi:
                 s = self.slots[idx[q]]
                 if rules.takes(e, s):
-                    for lk, pos in self.where[idx[q]]:
-                        self.free[lk].take(pos)
+                    i = idx[q]
+                    for lk in self.keys_of[self.place_of[i]]:
+                        self.free[lk].take(bisect.bisect_left(self.lists[lk], i))
                         self.left[lk] -= 1
                     self.taken += 1
                     return s
@@ -194,6 +221,8 @@ def plan(
     for e in ranked:
         if planner.full:
             break
+        if planner.exhausted(e.queue, e.location):
+            continue
         s = planner.take(e)
         if s is not None:
             out.append((s, e))
@@ -595,6 +624,7 @@ class WaitingRoomService:
             },
             sort=[("central.start", 1)],
             fields=SLOT_FACTS,
+            shared=True,  # only read (their facts): no copy of each slot's central model
         )
         slots = [
             rules.slot_facts(d)

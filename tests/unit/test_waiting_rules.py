@@ -261,6 +261,65 @@ def test_plan_assigns_each_slot_and_each_entry_at_most_once() -> None:
     assert [(s.rid, e.id) for s, e in pairs[:3]] == [("s0", "e0"), ("s1", "e1"), ("s2", "e2")]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_plan_is_each_slot_earliest_first_to_the_best_ranked_taker_left(seed: int) -> None:
+    """``Planner`` works entry by entry (and passes over entries whose lists are used up):
+    the same pairs as the rule read slot by slot (R-WAIT-5)."""
+    rng = random.Random(seed)
+    places = [
+        ("p1", "loc", "Kraków", "31-147"),
+        ("p1", "loc2", "Kraków", "31-200"),
+        ("p2", "g1", "Gdańsk", "80-001"),
+    ]
+    slots = []
+    for i in range(60):
+        tenant, loc, city, postal = rng.choice(places)
+        start = w(2027, 2, 15 + rng.randint(0, 4), rng.randint(7, 18), rng.choice([0, 30]))
+        slots.append(
+            slot(
+                start,
+                rng.choice(["first-stable", "first-urgent", None]),
+                tenant=tenant,
+                rid=f"s{i}",
+                location=loc,
+                city=city,
+                postal=postal,
+            )
+        )
+    ranked = []
+    for i in range(120):
+        crit: dict[str, Any] = {}
+        tenant, loc, city, postal = rng.choice(places)
+        pick = rng.random()
+        if pick < 0.2:
+            crit["city"] = city
+        elif pick < 0.4:
+            crit["postal_code"] = postal[: rng.randint(1, 6)]
+        elif pick < 0.6:
+            crit["facility"] = [rng.choice([None, tenant]), loc]
+        if rng.random() < 0.3:
+            crit["weekdays"] = sorted(rng.sample(range(1, 8), rng.randint(1, 3)))
+        if rng.random() < 0.3:
+            crit["hours"] = [8 * 60, rng.choice([10, 12, 16]) * 60]
+        ranked.append(
+            entry(
+                f"e{i}",
+                queued=T0 + timedelta(minutes=i),
+                queue=rng.choice(["stable", "urgent"]),
+                **crit,
+            )
+        )
+    ranked.sort(key=lambda e: e.rank)
+    expected = []
+    left = list(ranked)
+    for s in sorted(slots, key=lambda s: (s.start, s.tenant, s.rid)):
+        e = rules.best_candidate(left, s)
+        if e is not None:
+            expected.append((s.rid, e.id))
+            left.remove(e)
+    assert [(s.rid, e.id) for s, e in plan(slots, ranked)] == expected
+
+
 def test_no_entry_waits_forever_behind_later_ones_with_the_same_or_looser_criteria() -> None:
     """R-WAIT-5: every day one matching slot, and every day a later entry with the same or
     looser criteria joins out of turn (privileged): the worst case for the old entry. With
