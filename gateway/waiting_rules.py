@@ -83,6 +83,11 @@ def horizon_day(self_booking_days: int, now: datetime, unlock_lead: timedelta) -
     return last
 
 
+def horizon_end(self_booking_days: int, now: datetime, unlock_lead: timedelta) -> datetime:
+    """The Warsaw midnight that ends ``horizon_day``'s day: the first instant past it."""
+    return _midnight_after(horizon_day(self_booking_days, now, unlock_lead))
+
+
 def next_unlock(now: datetime, unlock_lead: timedelta) -> datetime:
     """The next instant ``horizon_day`` moves on (a little before a Warsaw midnight)."""
     day = warsaw_day(now)

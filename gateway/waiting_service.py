@@ -59,7 +59,7 @@ from gateway.logging import bind_correlation
 from gateway.metrics import Metrics
 from gateway.ports import Clock, Document, Envelope, MessageBus, Reject, Store
 from gateway.settings import Settings
-from gateway.timeutil import WARSAW, from_store, to_store, warsaw_day
+from gateway.timeutil import WARSAW, from_store, to_store, utc
 from gateway.waiting_estimate import Estimator
 from mappings import codes
 
@@ -255,6 +255,8 @@ class WaitingRoomService:
         self.settings = settings
         self.metrics = metrics
         self.lead = timedelta(seconds=settings.waiting_room_unlock_lead_seconds)
+        # per self-booking window: (since, until, the horizon's end as store text)
+        self._horizon_ends: dict[int, tuple[datetime, datetime, str]] = {}
         self.estimator = Estimator(store, settings.waiting_room_estimate_cache_seconds, self.lead)
         self.retry_tiers = len(settings.retry_delays)
         self.wake = asyncio.Event()
@@ -372,10 +374,23 @@ class WaitingRoomService:
             return None
         if s.get("status") != "free" or s.get("appointment_id") or s.get("hold"):
             return None
-        start = from_store(s["start"])
-        if start - now <= rules.MIN_NOTICE or warsaw_day(start) > self.horizon(info, now):
+        # More than MIN_NOTICE ahead, and on a day the waiting room may take now: compared
+        # as store text (fixed-width UTC), every new Slot's event is one.
+        start = s["start"]
+        if start <= to_store(utc(now) + rules.MIN_NOTICE) or start >= self.horizon_end(info, now):
             return None
         return info
+
+    def horizon_end(self, info: codes.ScopeInfo, now: datetime) -> str:
+        """``rules.horizon_end`` as store text, kept until the horizon moves on
+        (``rules.next_unlock``; a sandbox clock sent back makes it anew): each was
+        three time-zone conversions."""
+        hit = self._horizon_ends.get(info.self_booking_days)
+        if hit is None or not hit[0] <= now < hit[1]:
+            end = rules.horizon_end(info.self_booking_days, now, self.lead)
+            hit = (now, rules.next_unlock(now, self.lead), to_store(end))
+            self._horizon_ends[info.self_booking_days] = hit
+        return hit[2]
 
     async def on_slot(self, msg: Envelope) -> None:
         b = msg.body

@@ -7,8 +7,10 @@ starts, so none is skipped.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from adapters.clock import SandboxClock
 from adapters.memory_bus import MemoryBus
@@ -21,6 +23,7 @@ from gateway.schema import INDEXES
 from gateway.settings import Settings
 from gateway.timeutil import to_store
 from gateway.waiting_service import WaitingRoomService
+from mappings import codes
 
 SLOT = {
     "tenant": "p1",
@@ -147,3 +150,42 @@ async def test_a_new_slot_the_waiting_room_cannot_take_now_is_not_read() -> None
     assert reads == []
     await service.on_slot(created("near", now + timedelta(days=5)))
     assert reads == ["p1/Slot/near"]  # a maybe: read (absent here, so nothing follows)
+
+
+def test_the_waiting_rooms_window_for_a_new_slot_is_the_rule_r_sched_6() -> None:
+    """``_could_take`` compares a slot's start as store text against the horizon's end,
+    kept until the horizon moves on: the same answers as the rule in datetimes (more than
+    ``MIN_NOTICE`` ahead, on a day up to ``horizon_day``), on both sides of the unlock,
+    across the DST changes and with a sandbox clock sent back."""
+    store = MemoryStore()
+    clock = SandboxClock()
+    bus = MemoryBus(clock, partitions=1, retry_delays=(), prefetch=1)  # never started
+    service = WaitingRoomService(store, bus, clock, Settings(), Metrics())
+    info = codes.scopes()["cardiology"]
+    warsaw = ZoneInfo("Europe/Warsaw")
+    rng = random.Random(7)
+    nows = [
+        datetime(2027, m, d, 23, 49, 59, tzinfo=warsaw) + timedelta(seconds=k)
+        for m, d in ((1, 4), (3, 27), (3, 28), (10, 30), (10, 31))
+        for k in (0, 1, 2, 3600)
+    ]
+    nows += [nows[0] - timedelta(days=3), nows[5]]  # the clock sent back, then forth
+    nows += [
+        datetime(2027, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(365 * 86400))
+        for _ in range(200)
+    ]
+    checked = 0
+    for now in nows:
+        last = rules.horizon_day(info.self_booking_days, now, service.lead)
+        starts = [now + rules.MIN_NOTICE + timedelta(milliseconds=ms) for ms in (-1, 0, 1)]
+        edge = datetime.combine(last + timedelta(days=1), datetime.min.time(), warsaw)
+        starts += [edge + timedelta(milliseconds=ms) for ms in (-1, 0, 1)]
+        starts += [now + timedelta(hours=rng.randrange(24 * 60)) for _ in range(10)]
+        for start in starts:
+            start = datetime.fromisoformat(to_store(start).replace("Z", "+00:00"))
+            expected = start - now > rules.MIN_NOTICE and start.astimezone(warsaw).date() <= last
+            central = {"scope": "cardiology", "category": "first-stable", "status": "free"}
+            central["start"] = to_store(start)
+            assert (service._could_take(central, now) is not None) == expected, (now, start)
+            checked += 1
+    assert checked > 2000
