@@ -7,7 +7,6 @@ FHIR clients get ordinary answers (201 + Location + ETag, 409, 412, 422).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -46,22 +45,9 @@ def new_resource_id() -> str:
 
 
 def new_resource_ids() -> Iterator[str]:
-    """``new_resource_id`` s for one Bundle's creates: the same ids, made ``_IDS_AT_ONCE``
-    at a time (an ``os.urandom`` and the formatting of one number an id were most of
-    each id's cost)."""
+    """``new_resource_id`` s for one Bundle's creates."""
     while True:
-        n = int.from_bytes(os.urandom(16 * _IDS_AT_ONCE), "big")
-        digits = f"{(n & _UUID4_CLEAR) | _UUID4_SET:0{32 * _IDS_AT_ONCE}x}"
-        for i in range(0, 32 * _IDS_AT_ONCE, 32):
-            yield digits[i : i + 32]
-
-
-# version 4 and the RFC 4122 variant in each 128 bits of a block (as ``events.new_id``)
-_IDS_AT_ONCE = 64
-_UUID4_CLEAR = sum(
-    (((1 << 128) - 1) ^ ((0xF000 << 64) | (0xC000 << 48))) << (128 * k) for k in range(_IDS_AT_ONCE)
-)
-_UUID4_SET = sum(((0x4000 << 64) | (0x8000 << 48)) << (128 * k) for k in range(_IDS_AT_ONCE))
+        yield new_id()
 
 
 async def read_body(request: web.Request) -> Any:
