@@ -45,13 +45,24 @@ def wanted(settings: Settings) -> bool:
 async def freeze_survivors(every: float, thaw_every: float) -> None:
     thawed = time.monotonic()
     gc.disable()  # collections come from this timer, not from allocation counts
+    full = True  # the first time: what was there before the policy ran
     try:
         while True:
             await asyncio.sleep(every)
             if time.monotonic() - thawed >= thaw_every:
-                gc.unfreeze()
+                gc.unfreeze()  # into the oldest generation: a full collection looks at it
                 thawed = time.monotonic()
-            gc.collect()
+                full = True
+            if full:
+                gc.collect()
+                full = False
+            else:
+                # Everything older was frozen: what is not is in the youngest generation
+                # (no automatic collection moves it on). Collecting up to the middle one
+                # looks at the same objects as a full collection, without what only a
+                # full one adds: untracking dicts of scalars (a look at every value of
+                # every new dict, which is frozen next anyway) and emptying the free lists.
+                gc.collect(1)
             gc.freeze()
     finally:
         gc.enable()
