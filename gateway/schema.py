@@ -12,6 +12,11 @@ from gateway.ports import Index
 # Indexes only Appointments have values for: a Slot, a Schedule or a Location is not in
 # them (MongoDB's partialFilterExpression). Every query that reads one names the type.
 APPOINTMENTS = (("type", "Appointment"),)
+# Indexes only Slots need: a schedule's slots by start, the free slots of a scope across
+# providers (every query that reads one names the type). Appointments, which have no
+# schedule and are never searched across providers, stay out of them: a booking writes
+# two index entries fewer (and every waiting-room entry's FHIR face as well).
+SLOTS = (("type", "Slot"),)
 
 INDEXES: dict[str, list[Index]] = {
     c.RESOURCES: [
@@ -19,7 +24,10 @@ INDEXES: dict[str, list[Index]] = {
         # Conditional create (If-None-Exist on identifier): one live resource per
         # business identifier within a tenant and type.
         Index((("ident_key", 1),), unique=True, sparse=True),
-        Index((("tenant", 1), ("type", 1), ("central.schedule_id", 1), ("central.start", 1))),
+        Index(
+            (("tenant", 1), ("type", 1), ("central.schedule_id", 1), ("central.start", 1)),
+            partial=SLOTS,
+        ),
         # An appointment by its slot (search ``slot``), a patient's (``patient:identifier``).
         Index((("tenant", 1), ("type", 1), ("central.slot_ids", 1)), partial=APPOINTMENTS),
         Index((("tenant", 1), ("type", 1), ("central.patient_pesel", 1)), partial=APPOINTMENTS),
@@ -37,7 +45,10 @@ INDEXES: dict[str, list[Index]] = {
         ),
         Index((("tenant", 1), ("type", 1), ("central.start", 1))),
         # The patients' search across providers (R-CRIT-1): free slots of a scope by date.
-        Index((("type", 1), ("central.status", 1), ("central.scope", 1), ("central.start", 1))),
+        Index(
+            (("type", 1), ("central.status", 1), ("central.scope", 1), ("central.start", 1)),
+            partial=SLOTS,
+        ),
         # A patient's own visits across providers (GET /patient/v1/appointments).
         Index(
             (("type", 1), ("central.patient_pesel", 1), ("central.start", 1)),
