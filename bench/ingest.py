@@ -44,13 +44,12 @@ rate of that run is not a figure: cProfile slows Python code ~2x);
 ``--slots 20000 --backend rabbitmq`` is a quick look; the default run takes a
 few minutes.
 
-Last figures (README, "Ingest benchmark"; 2 vCPUs, AMD EPYC, 2026-11-26 08:29-08:52
-UTC, nothing else running, load average 0.4-1.4): floor 13,478-14,799 Slots/s; embedded
-7,378/s (50 %); RabbitMQ 5,369-7,178/s (39-50 %) in six runs, the same code needing
-233-304 us of server CPU per Slot as the machine's speed varied: the target (50 % on
-RabbitMQ) is not met reliably. The event loop's process uses its core in full at ~120 us
-of CPU per Slot (228-249 us at that morning's start), the validation process beside it
-about as much (~180 us then).
+Last figures (README, "Ingest benchmark"; 2 vCPUs, Intel Xeon, 2026-11-26 10:52-10:54
+UTC, nothing else running, load average 0.5-1.5): floor 9,849-11,138 Slots/s; embedded
+6,681/s (68 %); RabbitMQ 6,248 / 6,480 / 6,740/s (63 / 61 / 60 %): the target (50 % on
+RabbitMQ) is met. Server CPU 246-260 us per Slot (427 us at that day's start on the
+same machine, 45 %): the event loop ~120 us (205), the validation process ~1.2x the
+floor (~2x). The two share the two vCPUs (1.6-1.7 cores together).
 """
 
 from __future__ import annotations

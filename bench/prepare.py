@@ -9,6 +9,9 @@ R4B ``Slot.model_validate`` of the same Slots, each Bundle parsed beforehand
 and out of the timing. CPU time (``time.process_time``) per Slot, rounds
 interleaved (``--rounds``), the least and the median of the rounds: on a shared
 machine the least is the figure, and the load average is printed beside it.
+
+2026-11-26 (Intel Xeon, 2 vCPUs, load average 1.5): prepare_raw 100 us per Slot
+against a floor of 85 us, 1.18x (1.98x at that day's start on the same machine).
 """
 
 from __future__ import annotations

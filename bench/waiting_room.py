@@ -34,13 +34,13 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    the provider's endpoint receives the new visit booked by the waiting room (and,
    for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
 
-``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, AMD
-EPYC, 2 cores, nothing else running, load average 0.3-0.8; the README has the table):
-embedded, 1,438 assignments/s (1,046/s at that day's start; 1,517-1,756/s in three later
-runs with ``--cancellations 0``), 1,441 assignments per
-CPU-second, 1.17 ms of CPU an assignment with everything it causes, cancellation ->
-provider's event p99 28 ms at 5/s; RabbitMQ, 671 assignments/s (742 per CPU-second),
-p99 95 ms at 5/s; earlier: p99 67 ms at 20/s, saturated at 30/s (one process).
+``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
+Xeon, 2 vCPUs, nothing else running, load average 0.5-1.4; the README has the table):
+embedded, 1,794 assignments/s (1,789 per CPU-second; 1,531 and 1,640/s in two runs with
+``--cancellations 0``; 1,131/s at that day's start on the same machine), 1.07 ms of CPU
+an assignment with everything it causes, cancellation -> provider's event p99 49 ms at
+5/s; RabbitMQ (``--cancellations 150``), 641 assignments/s (674 per CPU-second), p99
+100 ms at 5/s; earlier (AMD EPYC): p99 67 ms at 20/s, saturated at 30/s (one process).
 """
 
 from __future__ import annotations
