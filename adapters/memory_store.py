@@ -1615,6 +1615,20 @@ class _Coll:
             return old
         return {k: v.value() if k in need else v for k, v in old.items()}
 
+    def new_version(
+        self, old: Document, ops: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[Document, bytes | None]:
+        """The version an update makes of ``old`` (top-level fields straight, paths through
+        ``_Writer``), and its bytes when ``old`` came decoded from a packed one."""
+        new = _flat_update(old, ops)
+        if new is None:
+            w = _Writer(self.base_for(old, ops))
+            w.apply(ops, inserting=False)
+            new = w.doc
+        if new.get("_id") != old["_id"]:
+            raise ValueError("the _id of a document cannot change")
+        return new, (_pack(new) if self.fresh(old) else None)
+
     def fresh(self, doc: Document) -> bool:
         """Whether a document ``select`` gave is a decoded copy (not store state)."""
         return self.packed and type(self.docs.get(doc["_id"])) is bytes
@@ -2051,14 +2065,7 @@ class MemoryStore:
         found = c.select(filter, None, 0, 1)
         if found:
             old = found[0]
-            new = _flat_update(old, ops)
-            if new is None:
-                w = _Writer(c.base_for(old, ops))
-                w.apply(ops, inserting=False)
-                new = w.doc
-            if new.get("_id") != old["_id"]:
-                raise ValueError("the _id of a document cannot change")
-            raw = _pack(new) if c.fresh(old) else None
+            new, raw = c.new_version(old, ops)
             c.replace(old, new, _touched(ops), raw)
         elif upsert:
             new = _upserted(filter, ops)
@@ -2086,14 +2093,7 @@ class MemoryStore:
         matched = c.select(filter)
         touched = _touched(ops)
         for old in matched:
-            new = _flat_update(old, ops)
-            if new is None:
-                w = _Writer(c.base_for(old, ops))
-                w.apply(ops, inserting=False)
-                new = w.doc
-            if new.get("_id") != old["_id"]:
-                raise ValueError("the _id of a document cannot change")
-            raw = _pack(new) if c.fresh(old) else None
+            new, raw = c.new_version(old, ops)
             c.replace(old, new, touched, raw)  # a DuplicateKey stops here, as on MongoDB
         return len(matched)
 
