@@ -37,6 +37,7 @@ from gateway.http.fhir import (
     checked,
     mapped,
     new_resource_ids,
+    op_head,
     parse_if_match,
     parse_if_none_exist,
     read_raw,
@@ -240,14 +241,7 @@ def prepare_bundle(btype: str, entries: list[Any]) -> list[dict[str, Any] | Fhir
                 if_none_exist = parse_if_none_exist(
                     if_none_exist, f"Bundle.entry[{i}].request.ifNoneExist"
                 )
-            op: dict[str, Any] = {
-                "method": method,
-                "type": rtype,
-                "id": rid,
-                "if_match": if_match,
-                "if_none_exist": if_none_exist,
-                "full_url": full_url,
-            }
+            op = op_head(method, rtype, rid, if_match, if_none_exist, full_url)
             if method != "DELETE":
                 checking.append((i, op, data, root, shallow))
             ops.append(op)

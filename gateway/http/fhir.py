@@ -168,7 +168,22 @@ def prepare(
     In two halves, ``checked`` and ``mapped``, for a Bundle that does each for all
     its entries in turn (``bundles.prepare_bundle``).
     """
-    op: dict[str, Any] = {
+    op = op_head(method, rtype, rid, if_match, if_none_exist, full_url)
+    if method == "DELETE":
+        return op
+    return mapped(op, checked(method, rtype, rid, data, root=root, shallow=shallow), root)
+
+
+def op_head(
+    method: str,
+    rtype: str,
+    rid: str,
+    if_match: int | None,
+    if_none_exist: str | None,
+    full_url: str | None,
+) -> dict[str, Any]:
+    """What a write's op says before its resource: ``prepare`` adds the rest (``mapped``)."""
+    return {
         "method": method,
         "type": rtype,
         "id": rid,
@@ -176,9 +191,6 @@ def prepare(
         "if_none_exist": if_none_exist,
         "full_url": full_url,
     }
-    if method == "DELETE":
-        return op
-    return mapped(op, checked(method, rtype, rid, data, root=root, shallow=shallow), root)
 
 
 def checked(
