@@ -2035,7 +2035,13 @@ class MemoryStore:
         c = self._coll(coll)
         raw: bytes | None = None
         if c.packed:
-            new, raw = _copy_packed(doc)
+            # kept as its bytes: a handed-over document is indexed as given, not decoded
+            # again from them (a history version with its FHIR body: 2-3 us)
+            raw = _pack(doc) if handover and "_id" in doc else None
+            if raw is not None:
+                new = doc
+            else:
+                new, raw = _copy_packed(doc)
         elif handover:
             new = c.take(doc)
         else:

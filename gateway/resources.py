@@ -241,7 +241,7 @@ def archived(doc: Document) -> Document:
 async def archive(store: Store, doc: Document) -> None:
     """Keep the stored document's version in the history before a write supersedes it."""
     try:
-        await store.insert(c.HISTORY, archived(doc))
+        await store.insert(c.HISTORY, archived(doc), handover=True)
     except DuplicateKey:
         pass  # the same version, archived by another writer or an interrupted earlier try
 
