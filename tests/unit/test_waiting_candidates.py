@@ -189,3 +189,31 @@ def test_the_waiting_rooms_window_for_a_new_slot_is_the_rule_r_sched_6() -> None
             assert (service._could_take(central, now) is not None) == expected, (now, start)
             checked += 1
     assert checked > 2000
+
+
+async def test_a_redelivered_claim_finds_its_own_claim_and_no_other_r_wait_3() -> None:
+    """The claim is the lock of a booking (R-WAIT-3): a redelivered command (its first
+    delivery claimed the entry, then died) gets the entry back by its own claim, with
+    what the booking reads of it; another command gets nothing."""
+    store = MemoryStore()
+    await store.start(INDEXES)
+    await store.insert(
+        c.WAITING_ROOM,
+        {
+            **entry_doc(1, {"city": "Kraków"}),
+            "referral": {"key": "k1", "code": "1234"},
+            "contact": {"phone": "+48600100200", "email": None},
+            "privileged": False,
+            "criteria_input": {"city": "Kraków"},
+        },
+    )
+    first = await assign._claim(store, "e0001", "m1", "p1~s1")
+    assert first is not None and set(first) == {"_id", *assign.CLAIMED_FIELDS}
+    assert first["referral"] == {"key": "k1", "code": "1234"}
+    again = await assign._claim(store, "e0001", "m1", "p1~s1")  # the redelivery
+    assert again == first
+    assert await assign._claim(store, "e0001", "m2", "p1~s1") is None  # another command
+    assert await assign._claim(store, "e0001", "m1", "p1~s2") is None  # another slot
+    stored = await store.get(c.WAITING_ROOM, "e0001")
+    assert stored is not None and stored["status"] == rules.ASSIGNING
+    assert stored["claim"]["by"] == "m1"
