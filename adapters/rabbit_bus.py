@@ -61,7 +61,15 @@ from gateway.constants import (
     RETRY_EXCHANGE,
     RETRY_QUEUE_PREFIX,
 )
-from gateway.ports import Document, Envelope, MessageHandler, Reject, RequestTimeout, Retry
+from gateway.ports import (
+    Document,
+    Envelope,
+    MessageHandler,
+    Reject,
+    ReplyLost,
+    RequestTimeout,
+    Retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +203,9 @@ class RabbitBus:
             reconnect_interval=self._reconnect_interval,
             client_properties={"connection_name": f"cer-gateway {self.instance_id}"},
         )
+        # Each time the connection drops (the robust connection then reconnects), the
+        # exclusive reply queue goes with it: a reply sent meanwhile is dropped.
+        self._conn.close_callbacks.add(self._on_connection_lost)
         try:
             await self._declare_topology()
         except BaseException:
@@ -633,6 +644,19 @@ class RabbitBus:
                 await queue.consume(self._on_reply, no_ack=True)
                 self._reply_queue = queue.name
         return self._reply_queue
+
+    def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
+        """Fail the requests waiting for a reply now: their reply queue is gone (an
+        exclusive queue dies with its connection; the reconnection declares a new one),
+        so the API answers 503 at once instead of after the whole timeout."""
+        if not self._pending:
+            return
+        log.warning("bus.replies_lost pending=%d error=%r", len(self._pending), exc)
+        for msg_id, fut in list(self._pending.items()):
+            if not fut.done():
+                fut.set_exception(
+                    ReplyLost(f"the connection to the broker was lost: no reply to {msg_id}")
+                )
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         key = message.correlation_id or _text((message.headers or {}).get(H_IN_REPLY_TO))

@@ -229,6 +229,12 @@ class RequestTimeout(Exception):
     """No reply to a request within its timeout."""
 
 
+class ReplyLost(RequestTimeout):
+    """The reply to a request can no longer arrive (the connection to the broker was
+    lost with the requester's reply queue): failed at once instead of waiting out the
+    timeout. The command itself may still be applied, as after a timeout."""
+
+
 class MessageBus(Protocol):
     """Commands in, events out; at least once, with retry tiers and dead letters.
 
@@ -254,7 +260,8 @@ class MessageBus(Protocol):
         """Publish a command to its tenant's partition; returns when confirmed."""
 
     async def request(self, msg: Envelope, timeout: float) -> Document:
-        """Send a command and await the handler's reply; ``RequestTimeout`` otherwise."""
+        """Send a command and await the handler's reply; ``RequestTimeout`` otherwise
+        (``ReplyLost``, a kind of it, as soon as the reply cannot arrive any more)."""
 
     async def publish(self, msg: Envelope) -> None:
         """Publish a domain event (routing key = ``msg.type``); returns when confirmed."""

@@ -17,7 +17,7 @@ import pytest
 from adapters import memory_bus, rabbit_bus
 from adapters.memory_bus import DEAD_QUEUE_HEADER, DEAD_REASON, topic_matches
 from gateway.constants import COMMAND_QUEUE_PREFIX, COMMANDS_EXCHANGE
-from gateway.ports import Envelope, Reject, RequestTimeout, Retry
+from gateway.ports import Envelope, Reject, ReplyLost, RequestTimeout, Retry
 from tests.contract.bus_fixtures import AMQP_URL, RETRY_DELAYS, BusHarness
 
 _n = 0
@@ -817,3 +817,61 @@ async def test_rabbit_broker_restart_while_publishing(rabbit_harness: BusHarness
     )
     assert lost == []
     assert sorted(published) == ids
+
+
+async def _close_connection_of(instance_id: str) -> None:
+    """Close one bus's connection from the broker's side (as a broker shutting down
+    does), leaving every other connection alone."""
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    pids = [line.split()[0] for line in out.decode().splitlines() if instance_id in line]
+    assert pids, f"no connection of {instance_id} in rabbitmqctl list_connections"
+    for pid in pids:
+        await _rabbitmqctl("close_connection", pid, "test: connection lost")
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_request_fails_fast_when_the_connection_is_lost(
+    rabbit_harness: BusHarness,
+) -> None:
+    """The reply queue is exclusive: it dies with the connection, and a reply sent before
+    the reconnection is dropped. A waiting request fails at once (``ReplyLost``, a
+    ``RequestTimeout``: the API's 503) instead of after its whole timeout; after the
+    reconnection requests get their replies again."""
+    bus = rabbit_harness.bus
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(msg: Envelope) -> dict[str, Any]:
+        if msg.body.get("hold"):
+            started.set()
+            await release.wait()
+        return {"echo": msg.body}
+
+    await bus.consume_commands(handler)
+    assert await bus.request(env(body={"n": 0}), timeout=10) == {"echo": {"n": 0}}
+    waiting = asyncio.create_task(bus.request(env(body={"hold": True}), timeout=60))
+    await asyncio.wait_for(started.wait(), 10)
+    t0 = time.monotonic()
+    await _close_connection_of(bus.instance_id)
+    with pytest.raises(ReplyLost):
+        await asyncio.wait_for(waiting, 30)
+    assert time.monotonic() - t0 < 15  # the close, not the 60 s timeout
+    release.set()
+    reply = None
+    for _ in range(40):  # once reconnected (reconnect_interval 0.5 s), replies arrive again
+        try:
+            reply = await bus.request(env(body={"n": 1}), timeout=2)
+            break
+        except RequestTimeout:
+            await asyncio.sleep(0.25)
+    assert reply == {"echo": {"n": 1}}
