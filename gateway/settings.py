@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     # Seed sample data (a sandbox provider with a week of slots) at start-up.
     sample_data: bool = False
     # Garbage-collector policy with the embedded store (gateway/gc_policy.py): every this
-    # many seconds freeze what survived, so full collections skip the documents (0 = off);
-    # thaw and collect everything every GC_THAW_SECONDS.
-    gc_freeze_seconds: float = 1.0
+    # many seconds collect what is new and freeze what survived, so collections skip the
+    # documents (0 = off); thaw and collect everything every GC_THAW_SECONDS.
+    gc_freeze_seconds: float = 0.05
     gc_thaw_seconds: float = 900.0
 
     # Patient notifications (issue 7, R-NOT-1..4). An unset URL / host means the

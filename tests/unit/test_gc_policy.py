@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
+
 from gateway import gc_policy
 from gateway.settings import Settings
 
@@ -60,6 +62,42 @@ async def test_cyclic_garbage_is_collected_by_the_timer() -> None:
                 break
             await asyncio.sleep(0.01)
         assert ref() is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.unfreeze()
+
+
+async def test_an_idle_tick_waits_for_new_objects_a_second_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ticks are frequent (young objects are still in the caches when visited): one
+    with fewer than MIN_YOUNG new objects skips, unless MAX_WAIT passed since the last."""
+    calls: list[int] = []
+    real_collect = gc.collect
+
+    def counting(generation: int = 2) -> int:
+        calls.append(generation)
+        return real_collect(generation)
+
+    monkeypatch.setattr(gc_policy.gc, "collect", counting)
+    monkeypatch.setattr(gc_policy, "MAX_WAIT", 0.3)
+    task = asyncio.create_task(gc_policy.freeze_survivors(0.01, 3600))
+    try:
+        await asyncio.sleep(0.05)
+        assert calls[:1] == [2]  # the first tick: the full collection, whatever is new
+        # idle: ~10 ticks within MAX_WAIT, no collection; then one after MAX_WAIT
+        calls.clear()
+        await asyncio.sleep(0.15)
+        assert calls == []
+        await asyncio.sleep(0.35)
+        assert calls and set(calls) == {1}
+        # busy: more than MIN_YOUNG new tracked objects are collected at the next tick
+        calls.clear()
+        keep = [[i] for i in range(gc_policy.MIN_YOUNG * 2)]
+        await asyncio.sleep(0.05)
+        assert calls == [1]
+        assert len(keep) == gc_policy.MIN_YOUNG * 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
