@@ -33,6 +33,7 @@ rule, checked where the channel is known, not here.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -202,92 +203,107 @@ def to_central(res: dict[str, Any]) -> CentralAppointment:
 def to_fhir(rid: str, central: CentralAppointment) -> dict[str, Any]:
     """Central -> FHIR Appointment (the shape we generate when no vendor original exists,
     e.g. a visit booked in IKP and pushed to the provider, R-SCHED-4)."""
+    # The model's fields as ``to_fhir_dict`` reads them: a model keeps its field values
+    # in ``__dict__`` (the nested models' likewise), no dump needed.
+    fields = dict(central.__dict__)
+    if central.contact is not None:
+        fields["contact"] = central.contact.__dict__
+    if central.referral is not None:
+        fields["referral"] = central.referral.__dict__
+    fields["requested_period"] = [p.__dict__ for p in central.requested_period]
+    return to_fhir_dict(rid, fields)
+
+
+def to_fhir_dict(rid: str, central: Mapping[str, Any]) -> dict[str, Any]:
+    """``to_fhir`` of the central model as a dict (``CentralAppointment.model_dump()``):
+    for callers that build the dump without the model (the waiting room's bookings)."""
     out: dict[str, Any] = {"resourceType": "Appointment", "id": rid}
     extensions: list[dict[str, Any]] = [
         {
             "url": codes.EXT_BOOKING_CHANNEL,
-            "valueCoding": codes.coding(codes.APPOINTMENT_CHANNEL_SYSTEM, central.channel),
+            "valueCoding": codes.coding(codes.APPOINTMENT_CHANNEL_SYSTEM, central["channel"]),
         }
     ]
-    if central.privileged:
+    if central["privileged"]:
         extensions.append({"url": codes.EXT_PRIVILEGED, "valueBoolean": True})
-    if central.contact is not None:
-        if central.contact.phone:
+    contact = central["contact"]
+    if contact is not None:
+        if contact["phone"]:
             extensions.append(
                 {
                     "url": codes.EXT_PATIENT_CONTACT,
-                    "valueContactPoint": {"system": "phone", "value": central.contact.phone},
+                    "valueContactPoint": {"system": "phone", "value": contact["phone"]},
                 }
             )
-        if central.contact.email:
+        if contact["email"]:
             extensions.append(
                 {
                     "url": codes.EXT_PATIENT_CONTACT,
-                    "valueContactPoint": {"system": "email", "value": central.contact.email},
+                    "valueContactPoint": {"system": "email", "value": contact["email"]},
                 }
             )
-    if central.cancelled_at:
+    if central["cancelled_at"]:
         extensions.append(
             {
                 "url": codes.EXT_CANCELLATION_DATE,
-                "valueDateTime": fhir_instant(central.cancelled_at),
+                "valueDateTime": fhir_instant(central["cancelled_at"]),
             }
         )
     out["extension"] = extensions
-    if central.identifiers:
-        out["identifier"] = write_identifiers(central.identifiers)
-    out["status"] = central.status
-    if central.cancel_reason or central.cancel_note:
+    if central["identifiers"]:
+        out["identifier"] = write_identifiers(central["identifiers"])
+    out["status"] = central["status"]
+    cancel_reason, cancel_note = central["cancel_reason"], central["cancel_note"]
+    if cancel_reason or cancel_note:
         reason: dict[str, Any] = {}
-        if central.cancel_reason:
-            reason["coding"] = [
-                codes.coding(codes.CANCELLATION_REASON_SYSTEM, central.cancel_reason)
-            ]
-        if central.cancel_note:
-            reason["text"] = central.cancel_note
+        if cancel_reason:
+            reason["coding"] = [codes.coding(codes.CANCELLATION_REASON_SYSTEM, cancel_reason)]
+        if cancel_note:
+            reason["text"] = cancel_note
         out["cancelationReason"] = reason
-    if central.scope:
-        out["serviceType"] = [{"coding": [codes.coding(codes.SCOPE_SYSTEM, central.scope)]}]
-    if central.category:
+    if central["scope"]:
+        out["serviceType"] = [{"coding": [codes.coding(codes.SCOPE_SYSTEM, central["scope"])]}]
+    if central["category"]:
         out["appointmentType"] = {
-            "coding": [codes.coding(codes.SLOT_CATEGORY_SYSTEM, central.category)]
+            "coding": [codes.coding(codes.SLOT_CATEGORY_SYSTEM, central["category"])]
         }
-    if central.start:
-        out["start"] = _visit_instant(central.start)
-    if central.end:
-        out["end"] = _visit_instant(central.end)
-    if central.slot_ids:
-        out["slot"] = [{"reference": f"Slot/{sid}"} for sid in central.slot_ids]
-    if central.comment:
-        out["comment"] = central.comment
-    if central.referral is not None:
+    if central["start"]:
+        out["start"] = _visit_instant(central["start"])
+    if central["end"]:
+        out["end"] = _visit_instant(central["end"])
+    if central["slot_ids"]:
+        out["slot"] = [{"reference": f"Slot/{sid}"} for sid in central["slot_ids"]]
+    if central["comment"]:
+        out["comment"] = central["comment"]
+    referral = central["referral"]
+    if referral is not None:
         out["basedOn"] = [
             {
                 "identifier": {
                     "system": codes.E_REFERRAL_SYSTEM,
-                    "value": f"{central.referral.key}:{central.referral.code}",
+                    "value": f"{referral['key']}:{referral['code']}",
                 }
             }
         ]
-    waiting = central.status in ("proposed", "pending", "waitlist")
+    waiting = central["status"] in ("proposed", "pending", "waitlist")
     out["participant"] = [
         {
             "actor": {
                 "type": "Patient",
-                "identifier": {"system": codes.PESEL_SYSTEM, "value": central.patient_pesel},
+                "identifier": {"system": codes.PESEL_SYSTEM, "value": central["patient_pesel"]},
             },
             "required": "required",
             "status": "needs-action" if waiting else "accepted",
         }
     ]
-    if central.requested_period:
+    if central["requested_period"]:
         periods = []
-        for p in central.requested_period:
+        for p in central["requested_period"]:
             period: dict[str, str] = {}
-            if p.start:
-                period["start"] = fhir_instant(p.start)
-            if p.end:
-                period["end"] = fhir_instant(p.end)
+            if p["start"]:
+                period["start"] = fhir_instant(p["start"])
+            if p["end"]:
+                period["end"] = fhir_instant(p["end"])
             periods.append(period)
         out["requestedPeriod"] = periods
     return out
