@@ -178,7 +178,11 @@ def read_slot_scope(service_types: list[Any], issues: list[Issue]) -> str | None
             )
         )
         return None
-    if type(service_types) is list and len(service_types) == 1:
+    if type(service_types) is not list:
+        where = ["Slot.serviceType"]
+        issues.append(Issue("structure", "serviceType must be a list of CodeableConcept", where))
+        return None
+    if len(service_types) == 1:
         plain = codes.plain_scope(service_types[0])
         if plain is not None:
             return plain

@@ -1046,3 +1046,15 @@ def test_generated_appointment_shapes_are_valid_r4() -> None:
     out = appointment.to_fhir("a1", c)
     validate_resource(out, "Appointment")
     assert appointment.to_central(out) == c
+
+
+@pytest.mark.parametrize("junk", [5, 1.5, True, "cardiology", {"coding": []}])
+def test_a_slot_service_type_that_is_not_a_list_is_a_422_issue(junk: Any) -> None:
+    """Called directly (fhir.resources refuses such input before the API gets here),
+    the mapping still answers with the FHIR issue, never a TypeError."""
+    res = make_slot()
+    res["serviceType"] = junk
+    with pytest.raises(FhirError) as err:
+        slot.to_central(res)
+    assert err.value.status == 422
+    assert any(i.expression == ["Slot.serviceType"] for i in err.value.issues)
