@@ -21,6 +21,7 @@ a cancelled slot on hold when the waiting room may take it (``hold_on_release``)
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from gateway import constants as c
@@ -48,7 +49,12 @@ def slot_taken(slot_id: str, holder: str | None, expression: str | None = None) 
 
 def lead_time_hours(slot_central: dict[str, Any], now: datetime) -> float:
     """Hours from ``now`` to the visit (input of the release rule R-CAN-2)."""
-    return round((from_store(slot_central["start"]) - now).total_seconds() / 3600, 3)
+    return round((_start_instant(slot_central["start"]) - now).total_seconds() / 3600, 3)
+
+
+# Slots share their starts (the nightly unlock asks the lead time of thousands of slots
+# of one day): each start is parsed once.
+_start_instant = lru_cache(maxsize=4096)(from_store)
 
 
 async def hold_slot(

@@ -997,12 +997,15 @@ async def run_write(
         await check(ctx, op)
     if any(op.problems for op in ops):
         raise problems_error(ops, bundle)
-    by_op: dict[int, dict[str, Any]] = {}
-    for n, op in enumerate(apply_order(ops), 1):
-        by_op[id(op)] = await apply(ctx, op)
-        if progress is not None and n % 100 == 0:
-            await progress(n)
-    results = [by_op[id(op)] for op in ops]
+    if len(ops) == 1:
+        results = [await apply(ctx, ops[0])]  # a single write: nothing to order
+    else:
+        by_op: dict[int, dict[str, Any]] = {}
+        for n, op in enumerate(apply_order(ops), 1):
+            by_op[id(op)] = await apply(ctx, op)
+            if progress is not None and n % 100 == 0:
+                await progress(n)
+        results = [by_op[id(op)] for op in ops]
     if not representation:
         for r in results:
             r.pop("resource", None)

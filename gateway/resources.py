@@ -30,9 +30,8 @@ answers for it) and the next update finds there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import constants as c
 from gateway import search
@@ -52,9 +51,9 @@ def doc_id(tenant: str, rtype: str, rid: str) -> str:
     return f"{tenant}/{rtype}/{rid}"
 
 
-@dataclass(frozen=True)
-class Written:
-    """The outcome of a write, as the API answers it."""
+class Written(NamedTuple):
+    """The outcome of a write, as the API answers it (a named tuple: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``; two a booking)."""
 
     status: int  # 200 updated, 201 created
     version: int

@@ -15,14 +15,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from gateway import waiting_assign
+from gateway import booking, waiting_assign
 from gateway.model import (
     CentralAppointment,
     CentralContact,
     CentralPeriod,
     CentralReferral,
 )
-from gateway.timeutil import WARSAW, to_fhir, to_store, utc
+from gateway.timeutil import WARSAW, from_store, to_fhir, to_store, utc
 from mappings import appointment, codes
 from mappings.references import fhir_instant, write_identifiers
 
@@ -383,3 +383,16 @@ def test_waiting_room_visit_refused_or_converted_as_the_model_does(where: str, v
     else:
         entry[where] = value
     _assert_same_booking(entry, slot, status)
+
+
+# --------------------------------------------------------------------------- lead time
+
+
+def test_lead_time_hours_is_the_parsed_starts() -> None:
+    rng = random.Random(8)
+    now = datetime(2027, 1, 5, 22, 50, 1, 123456, tzinfo=UTC)
+    for _ in range(3000):
+        start = _store_instant(rng)
+        at = now + timedelta(microseconds=rng.randint(0, 10**9))
+        want = round((from_store(start) - at).total_seconds() / 3600, 3)
+        assert booking.lead_time_hours({"start": start}, at) == want
