@@ -233,6 +233,10 @@ def criteria_view(stored: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- matching
 
 
+_new = tuple.__new__  # a named tuple made without its generated ``__new__`` (a Python call)
+_NONE: frozenset[Any] = frozenset()
+
+
 class SlotFacts(NamedTuple):
     """What matching needs of a slot, computed once (local weekday and minute in Warsaw).
 
@@ -266,21 +270,28 @@ def _local_start(start: str) -> tuple[date, int, int]:
 
 def slot_facts(doc: Mapping[str, Any]) -> SlotFacts:
     s = doc["central"]
-    day, weekday, minute = _local_start(s["start"])
-    status = s.get("status")
-    return SlotFacts(
-        tenant=doc["tenant"],
-        rid=doc["rid"],
-        start=s["start"],
-        day=day,
-        weekday=weekday,
-        minute=minute,
-        category=s.get("category"),
-        location_id=s.get("location_id"),
-        city=(s.get("city") or "").casefold(),
-        postal_code=s.get("postal_code") or "",
-        free=s.get("appointment_id") is None
-        and (status == "free" or (status == "busy-tentative" and bool(s.get("hold")))),
+    get = s.get
+    start = s["start"]
+    day, weekday, minute = _local_start(start)
+    status = get("status")
+    # The tuple made directly, positionally (a plan makes one per slot): the fields'
+    # order is ``SlotFacts``'.
+    return _new(
+        SlotFacts,
+        (
+            doc["tenant"],
+            doc["rid"],
+            start,
+            day,
+            weekday,
+            minute,
+            get("category"),
+            get("location_id"),
+            (get("city") or "").casefold(),
+            get("postal_code") or "",
+            get("appointment_id") is None
+            and (status == "free" or (status == "busy-tentative" and bool(get("hold")))),
+        ),
     )
 
 
@@ -318,20 +329,29 @@ class EntryFacts(NamedTuple):
 
 def entry_facts(doc: Mapping[str, Any], criteria: Mapping[str, Any] | None = None) -> EntryFacts:
     crit = criteria if criteria is not None else doc.get("criteria") or {}
-    fac = crit.get("facility")
-    hours = crit.get("hours")
-    return EntryFacts(
-        id=doc["_id"],
-        queue=doc["queue"],
-        rank=doc["rank"],
-        start=crit.get("from"),
-        end=crit.get("to"),
-        weekdays=frozenset(crit.get("weekdays") or ()),
-        hours=(int(hours[0]), int(hours[1])) if hours else None,
-        postal_code=crit.get("postal_code"),
-        city=crit["city"].casefold() if crit.get("city") else None,
-        facility=(fac[0], fac[1]) if fac else None,
-        gave_up=frozenset(doc.get("gave_up") or ()),
+    get = crit.get
+    weekdays = get("weekdays")
+    hours = get("hours")
+    city = get("city")
+    fac = get("facility")
+    gave_up = doc.get("gave_up")
+    # Made directly, positionally (the nightly plan makes one per entry it looks at): the
+    # fields' order is ``EntryFacts``'.
+    return _new(
+        EntryFacts,
+        (
+            doc["_id"],
+            doc["queue"],
+            doc["rank"],
+            get("from"),
+            get("to"),
+            frozenset(weekdays) if weekdays else _NONE,
+            (int(hours[0]), int(hours[1])) if hours else None,
+            get("postal_code"),
+            city.casefold() if city else None,
+            (fac[0], fac[1]) if fac else None,
+            frozenset(gave_up) if gave_up else _NONE,
+        ),
     )
 
 
@@ -411,7 +431,7 @@ def matches(e: EntryFacts, s: SlotFacts) -> bool:
         return False
     if not location_matches(e, s):
         return False
-    return s.gid not in e.gave_up
+    return not e.gave_up or s.gid not in e.gave_up
 
 
 def takes(e: EntryFacts, s: SlotFacts) -> bool:

@@ -39,9 +39,10 @@ import asyncio
 import bisect
 import hashlib
 import itertools
+import operator
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
@@ -79,31 +80,17 @@ PAGE = 2000  # entries read at a time while planning
 LEASE_SECONDS = 120.0
 STALE_CLAIM_SECONDS = 120.0
 PROVIDER_CHANNELS = frozenset({"provider", "manual", "import"})
-# What matching reads of entries and slots (rules.entry_facts / slot_facts): not the
-# FHIR resource or the contact data, which a copy out of the store would carry.
-ENTRY_FACTS = ("queue", "rank", "criteria", "gave_up")
+# What matching reads of slots (rules.slot_facts): not the FHIR resource, which a copy
+# out of the store would carry. (The plan reads whole entries, as the store keeps them:
+# a new top level over the stored values costs less than picking five fields out.)
 SLOT_FACTS = ("tenant", "rid", "central")
 
 
 # --------------------------------------------------------------------------- the plan (pure)
 
 
-class _Free:
-    """The untaken positions of one sorted slot list: ``find(p)`` is the first at or after
-    ``p`` (``n`` when none), in near-constant time (union-find with path halving)."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n + 1))
-
-    def find(self, p: int) -> int:
-        parent = self.parent
-        while parent[p] != p:
-            parent[p] = parent[parent[p]]
-            p = parent[p]
-        return p
-
-    def take(self, p: int) -> None:
-        self.parent[p] = p + 1
+_SLOT_ORDER = operator.attrgetter("start", "tenant", "rid")
+_PLACE = operator.attrgetter("category", "tenant", "location_id", "city", "postal_code")
 
 
 class Planner:
@@ -113,102 +100,149 @@ class Planner:
     order, takes the earliest slot left that it may take (the earliest slot goes to
     the best-ranked entry that takes it; remove both and repeat). So entries can
     be streamed in rank order (``take``) and the stream stops once every slot is
-    taken (``full``). Slots sit in lists per queue and location criterion, sorted
-    by start, the taken ones skipped in near-constant time (``_Free``); an entry
-    looks in its list only within the days and hours it allows.
+    taken (``full``). Slots sit in lists per queue and location criterion (numbered:
+    ``ids``), sorted by start; an entry looks in its list only within the days and
+    hours it allows.
+
+    A slot taken is only counted off its lists (``left``); each list skips its taken
+    slots when it is next read, each once, in near-constant time (union-find with path
+    halving over its positions). Most lists are never read: a plan took each slot out
+    of all of them (ten bisections a slot), and built them all, at 10,000 slots.
     """
 
     def __init__(self, slots: Sequence[rules.SlotFacts]) -> None:
-        self.slots = sorted(slots, key=lambda s: (s.start, s.tenant, s.rid))
+        self.slots = sorted(slots, key=_SLOT_ORDER)
         # Slots of one place (category and location) share their lists: each list is made
-        # of whole places' slots (merged in slot order), each place's keys made once
-        # (10,000 slots one by one into their lists took 150 ms, the event loop held).
+        # of whole places' slots (merged in slot order when first read), each place's keys
+        # made once.
         by_place: dict[tuple[Any, ...], list[int]] = {}
-        place_of: list[tuple[Any, ...]] = []
-        for i, s in enumerate(self.slots):
-            place = (s.category, s.tenant, s.location_id, s.city, s.postal_code)
-            place_of.append(place)
+        for i, place in enumerate(map(_PLACE, self.slots)):
             idx = by_place.get(place)
             if idx is None:
                 by_place[place] = [i]
             else:
                 idx.append(i)
-        keys_of: dict[tuple[Any, ...], list[tuple[str, tuple[str, ...]]]] = {}
-        places_of: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        for place, idx in by_place.items():
+        # (queue, location criterion) -> its list's number
+        self.ids: dict[tuple[str, tuple[str, ...]], int] = {}
+        self._places: list[list[list[int]]] = []  # each list's places (their slots)
+        self._lists_of: list[tuple[int, ...]] = [()] * len(self.slots)  # each slot's lists
+        for idx in by_place.values():
             s = self.slots[idx[0]]
-            keys = keys_of[place] = [
-                (queue, key)
-                for queue in rules.queues_for(s.category)
-                for key in rules.slot_location_keys(s)
-            ]
-            for k in keys:
-                places_of.setdefault(k, []).append(place)
-        lists: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        for k, places in places_of.items():
-            if len(places) == 1:
-                lists[k] = list(by_place[places[0]])
-            else:
-                lists[k] = sorted(itertools.chain.from_iterable(by_place[p] for p in places))
-        self.lists = lists
-        self.starts = {k: [self.slots[i].start for i in v] for k, v in lists.items()}
-        self.free = {k: _Free(len(v)) for k, v in lists.items()}
-        # the lists each slot is in (its place's keys; its position there by bisection: a
-        # list is in slot order)
-        self.keys_of = keys_of
-        self.place_of = place_of
-        self.days = sorted({s.day for s in self.slots})
-        self.bounds: dict[tuple[date, int], str] = {}
-        self.taken = 0
+            mine: dict[int, None] = {}
+            for queue in rules.queues_for(s.category):
+                for key in rules.slot_location_keys(s):
+                    n = self.ids.setdefault((queue, key), len(self._places))
+                    if n == len(self._places):
+                        self._places.append([])
+                    if n not in mine:
+                        mine[n] = None
+                        self._places[n].append(idx)
+            lists = tuple(mine)
+            for i in idx:
+                self._lists_of[i] = lists
         # the untaken slots of each list: an entry whose list has none left takes nothing
         # (most of the entries a plan reads, once the popular lists are full)
-        self.left = {k: len(v) for k, v in lists.items()}
+        self.left = [sum(map(len, places)) for places in self._places]
+        # each list (built when first read): its slots (positions in ``slots``), their
+        # starts, the union-find over its positions (``find(p)``: the first at or after
+        # ``p`` not known to be taken; ``len`` when none)
+        self._idx: list[list[int] | None] = [None] * len(self._places)
+        self._starts: list[list[str]] = [[] for _ in self._places]
+        self._parent: list[list[int]] = [[] for _ in self._places]
+        self._taken = bytearray(len(self.slots))
+        self.taken = 0
+        self.days = [(d, d.isoweekday()) for d in sorted({s.day for s in self.slots})]
+        # per hours criterion: each day's (day, ISO weekday, first start, end) as store text
+        self._windows: dict[tuple[int, int] | None, list[tuple[date, int, str, str]]] = {}
 
     @property
     def full(self) -> bool:
         return self.taken >= len(self.slots)
 
+    def list_id(self, queue: str, location: tuple[str, ...]) -> int | None:
+        """The number of the list of an entry of ``queue`` with this location criterion
+        (None: no slot meets it)."""
+        return self.ids.get((queue, location))
+
     def exhausted(self, queue: str, location: tuple[str, ...]) -> bool:
         """Whether an entry of ``queue`` with this location criterion can take nothing
         (``take`` would give None): no slot left in its list."""
-        return not self.left.get((queue, location))
+        n = self.ids.get((queue, location))
+        return n is None or not self.left[n]
 
-    def _at(self, day: date, minute: int) -> str:
-        key = (day, minute)
-        if key not in self.bounds:
-            moment = datetime.combine(day, dtime(0), WARSAW) + timedelta(minutes=minute)
-            self.bounds[key] = to_store(moment)
-        return self.bounds[key]
+    def _windows_for(self, hours: tuple[int, int] | None) -> list[tuple[date, int, str, str]]:
+        lo_h, hi_h = hours or (0, 1440)
+        out = []
+        for day, weekday in self.days:
+            midnight = datetime.combine(day, dtime(0), WARSAW)
+            out.append(
+                (
+                    day,
+                    weekday,
+                    to_store(midnight + timedelta(minutes=lo_h)),
+                    to_store(midnight + timedelta(minutes=hi_h)),
+                )
+            )
+        self._windows[hours] = out
+        return out
+
+    def _build(self, n: int) -> list[int]:
+        places = self._places[n]
+        idx = list(places[0]) if len(places) == 1 else sorted(itertools.chain(*places))
+        self._idx[n] = idx
+        self._starts[n] = [self.slots[i].start for i in idx]
+        self._parent[n] = list(range(len(idx) + 1))
+        return idx
 
     def take(self, e: rules.EntryFacts) -> rules.SlotFacts | None:
         """The earliest slot left that ``e`` takes, now taken by it (None: none left)."""
-        k = (e.queue, e.location)
-        idx = self.lists.get(k)
-        if idx is None or self.full:
+        n = self.ids.get((e.queue, e.location))
+        return None if n is None else self.take_in(n, e)
+
+    def take_in(self, n: int, e: rules.EntryFacts) -> rules.SlotFacts | None:
+        """``take`` in list ``n`` (``list_id`` of the entry's queue and location)."""
+        if not self.left[n]:
             return None
-        st, fr = self.starts[k], self.free[k]
-        lo_h, hi_h = e.hours or (0, 1440)
-        for day in self.days:
-            if e.weekdays and day.isoweekday() not in e.weekdays:
+        idx = self._idx[n]
+        if idx is None:
+            idx = self._build(n)
+        st, parent, taken = self._starts[n], self._parent[n], self._taken
+        end = len(idx)
+        windows = self._windows.get(e.hours)
+        if windows is None:
+            windows = self._windows_for(e.hours)
+        weekdays, start, until = e.weekdays, e.start, e.end
+        for _day, weekday, lo, hi in windows:
+            if weekdays and weekday not in weekdays:
                 continue
-            lo, hi = self._at(day, lo_h), self._at(day, hi_h)
-            if e.start is not None and e.start > lo:
-                lo = e.start
-            if e.end is not None and e.end < hi:
-                hi = e.end
+            if start is not None and start > lo:
+                lo = start
+            if until is not None and until < hi:
+                hi = until
             if lo >= hi:
                 continue
-            q = fr.find(bisect.bisect_left(st, lo))
-            while q < len(idx) and st[q] < hi:
-                s = self.slots[idx[q]]
-                if rules.takes(e, s):
-                    i = idx[q]
-                    for lk in self.keys_of[self.place_of[i]]:
-                        self.free[lk].take(bisect.bisect_left(self.lists[lk], i))
-                        self.left[lk] -= 1
-                    self.taken += 1
-                    return s
-                q = fr.find(q + 1)
+            p = bisect.bisect_left(st, lo)
+            while parent[p] != p:  # find(p), path halving
+                parent[p] = parent[parent[p]]
+                p = parent[p]
+            while p < end and st[p] < hi:
+                i = idx[p]
+                if taken[i]:  # taken through another list: skipped from now on
+                    parent[p] = p + 1
+                else:
+                    s = self.slots[i]
+                    if rules.takes(e, s):
+                        taken[i] = 1
+                        parent[p] = p + 1
+                        left = self.left
+                        for m in self._lists_of[i]:
+                            left[m] -= 1
+                        self.taken += 1
+                        return s
+                p += 1
+                while parent[p] != p:
+                    parent[p] = parent[parent[p]]
+                    p = parent[p]
         return None
 
 
@@ -226,13 +260,107 @@ def plan(
         s = planner.take(e)
         if s is not None:
             out.append((s, e))
-    out.sort(key=lambda pair: (pair[0].start, pair[0].tenant, pair[0].rid))
+    out.sort(key=lambda pair: _SLOT_ORDER(pair[0]))
     return out
 
 
 def _msg_id(prefix: str, *parts: Any) -> str:
     digest = hashlib.sha1(orjson.dumps(parts)).hexdigest()[:32]
     return f"{prefix}-{digest}"
+
+
+_rank = operator.itemgetter("rank")
+
+
+class RankedEntries:
+    """The waiting entries a plan reads, in rank order, a batch at a time (``next_batch``):
+    pages per queue, merged. A page holds only the entries whose list in the plan still
+    has slots (by their ``loc_key``, the location criterion the index holds them by):
+    most of a night's entries wait for places whose slots are gone by then, and were
+    read only to be passed over (32,700 entries read for 10,000 slots, at the bench's
+    default, against 13,000 looked at). ``list_of`` tells, for an entry of a batch,
+    its list in the plan, or None if that was used up since its page was read.
+
+    The entries are the store's values (``shared``): read them, change nothing.
+    """
+
+    PAGE = PAGE
+
+    def __init__(self, store: Store, scope: str, queues: Sequence[str], planner: Planner) -> None:
+        self.store = store
+        self.scope = scope
+        self.queues = list(queues)
+        self.left = planner.left
+        # per queue: loc_key -> the number of its list in the plan
+        self.keys: dict[str, dict[str, int]] = {q: {} for q in self.queues}
+        for (queue, location), n in planner.ids.items():
+            if queue in self.keys:
+                self.keys[queue]["|".join(location)] = n
+        self.pages: dict[str, list[Document]] = {q: [] for q in self.queues}
+        self.pos = dict.fromkeys(self.queues, 0)
+        self.last: dict[str, str | None] = dict.fromkeys(self.queues)
+        self.done: set[str] = set()
+        self.read = 0
+
+    def list_of(self, d: Document) -> int | None:
+        n = self.keys[d["queue"]].get(d["loc_key"])
+        return n if n is not None and self.left[n] else None
+
+    async def _refill(self, q: str) -> None:
+        left = self.left
+        live = [key for key, n in self.keys[q].items() if left[n]]
+        if not live:
+            self.pages[q], self.pos[q] = [], 0
+            self.done.add(q)
+            return
+        flt: dict[str, Any] = {
+            "scope": self.scope,
+            "status": rules.WAITING,
+            "queue": q,
+            "loc_key": live[0] if len(live) == 1 else {"$in": live},
+        }
+        if self.last[q] is not None:
+            flt["rank"] = {"$gt": self.last[q]}
+        # Whole entries, not the fields matching reads: on the embedded store a copy of the
+        # top level (``shared``: the stored values under it) is made in C, a projection
+        # field by field (about 3 us an entry read more). With more keys than the embedded
+        # store walks an index for (256), the look falls back to the queue's rank order.
+        found = await self.store.find(
+            c.WAITING_ROOM, flt, sort=[("rank", 1)], limit=self.PAGE, shared=True
+        )
+        self.pages[q], self.pos[q] = found, 0
+        self.read += len(found)
+        if found:
+            self.last[q] = found[-1]["rank"]
+        if len(found) < self.PAGE:
+            self.done.add(q)
+        # The embedded store never suspends: a plan over 100,000 entries would hold
+        # the event loop for a second. Between pages the API, and the commands already
+        # sent, run.
+        await asyncio.sleep(0)
+
+    async def next_batch(self) -> list[Document]:
+        """The next entries in rank order (none: no more). Every entry not read yet ranks
+        after the batch's: each queue's pages go up to the lowest last rank of those whose
+        entries are not all read."""
+        pages, pos = self.pages, self.pos
+        for q in self.queues:
+            if pos[q] >= len(pages[q]) and q not in self.done:
+                await self._refill(q)
+        live = [q for q in self.queues if pos[q] < len(pages[q])]
+        if not live:
+            return []
+        open_ends = [pages[q][-1]["rank"] for q in live if q not in self.done]
+        bound = min(open_ends) if open_ends else None
+        batch: list[Document] = []
+        for q in live:
+            page, p = pages[q], pos[q]
+            j = len(page) if bound is None else bisect.bisect_right(page, bound, p, key=_rank)
+            batch += page[p:j]
+            pos[q] = j
+        if len(live) > 1:
+            batch.sort(key=_rank)
+        return batch
 
 
 # --------------------------------------------------------------------------- the service
@@ -641,13 +769,15 @@ class WaitingRoomService:
             fields=SLOT_FACTS,
             shared=True,  # only read (their facts): no copy of each slot's central model
         )
-        slots = [
-            rules.slot_facts(d)
-            for d in docs
-            if not d["central"].get("hold")
-            and d["central"].get("appointment_id") is None
-            and rules.queues_for(d["central"].get("category"))
-        ]
+        slots = []
+        for d in docs:
+            central = d["central"]
+            if (
+                not central.get("hold")
+                and central.get("appointment_id") is None
+                and rules.queues_for(central.get("category"))
+            ):
+                slots.append(rules.slot_facts(d))
         if not slots:
             return 0
         queues = sorted({q for s in slots for q in rules.queues_for(s.category)})
@@ -667,23 +797,29 @@ class WaitingRoomService:
                     corr,
                 )
 
-        # Entries stream in rank order (pages per queue, merged) until every slot is taken;
+        # Entries come in rank order (pages per queue, merged) until every slot is taken;
         # each provider's pairs go out in chunks as they come, so booking starts at once.
-        # An entry whose list of slots is used up is passed over before its facts are made.
-        async for d in self.ranked_entries(info.code, queues):
-            if planner.full:
+        # Only entries whose list of slots has some left are read (``RankedEntries``).
+        reader = RankedEntries(self.store, info.code, queues, planner)
+        while not planner.full:
+            batch = await reader.next_batch()
+            if not batch:
                 break
-            seen += 1
-            if planner.exhausted(d["queue"], rules.location_of(d.get("criteria") or {})):
-                continue
-            e = rules.entry_facts(d)
-            s = planner.take(e)
-            if s is None:
-                continue
-            planned += 1
-            by_tenant.setdefault(s.tenant, []).append([s.rid, e.id])
-            if len(by_tenant[s.tenant]) >= CHUNK:
-                await flush(s.tenant)
+            for d in batch:
+                n = reader.list_of(d)
+                if n is None:
+                    continue  # its list was used up since its page was read
+                seen += 1
+                s = planner.take_in(n, rules.entry_facts(d))
+                if s is None:
+                    continue
+                planned += 1
+                part = by_tenant.setdefault(s.tenant, [])
+                part.append([s.rid, d["_id"]])
+                if len(part) >= CHUNK:
+                    await flush(s.tenant)
+                if planner.full:
+                    break
         for tenant in list(by_tenant):
             await flush(tenant)
         log.info(
@@ -693,59 +829,10 @@ class WaitingRoomService:
             last=last.isoformat(),
             slots=len(slots),
             entries=seen,
+            read=reader.read,
             planned=planned,
         )
         return planned
-
-    async def ranked_entries(self, scope: str, queues: Sequence[str]) -> AsyncIterator[Document]:
-        """The waiting entries of ``queues`` in rank order, read a page at a time: their
-        ``ENTRY_FACTS`` (the store's values: read them, change nothing)."""
-        pages: dict[str, list[Document]] = {}
-        last: dict[str, str | None] = dict.fromkeys(queues)
-        done: set[str] = set()
-
-        async def refill(q: str) -> None:
-            flt: dict[str, Any] = {"scope": scope, "status": rules.WAITING, "queue": q}
-            if last[q] is not None:
-                flt["rank"] = {"$gt": last[q]}
-            # Each entry is only read (its facts, by the plan): no copy needed (``shared``).
-            found = await self.store.find(
-                c.WAITING_ROOM,
-                flt,
-                sort=[("rank", 1)],
-                limit=PAGE,
-                fields=ENTRY_FACTS,
-                shared=True,
-            )
-            pages[q] = found
-            if found:
-                last[q] = found[-1]["rank"]
-            if len(found) < PAGE:
-                done.add(q)
-            # The embedded store never suspends: a plan over 100,000 entries would hold
-            # the event loop for a second. Between pages the API, and the commands already
-            # sent, run.
-            await asyncio.sleep(0)
-
-        for q in queues:
-            await refill(q)
-        cursor = dict.fromkeys(queues, 0)
-        while True:
-            best: str | None = None
-            for q in queues:
-                if cursor[q] >= len(pages[q]):
-                    if q in done:
-                        continue
-                    await refill(q)
-                    cursor[q] = 0
-                    if not pages[q]:
-                        continue
-                if best is None or pages[q][cursor[q]]["rank"] < pages[best][cursor[best]]["rank"]:
-                    best = q
-            if best is None:
-                return
-            yield pages[best][cursor[best]]
-            cursor[best] += 1
 
     async def expire_due(self) -> int:
         """R-CAN-2: proposals not answered in time go to the next candidate."""

@@ -435,3 +435,99 @@ def test_estimate_explains_itself_and_what_relaxing_would_gain_r_crit_2() -> Non
     # Tips come with the biggest gain first.
     gains = [t["days_earlier"] for t in out["relax"]]
     assert gains == sorted(gains, reverse=True)
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def _slot_facts_reference(doc: dict[str, Any]) -> rules.SlotFacts:
+    """``slot_facts`` as it was written first (keywords, the named tuple's own ``__new__``)."""
+    s = doc["central"]
+    local = datetime.fromisoformat(s["start"].replace("Z", "+00:00")).astimezone(WARSAW)
+    status = s.get("status")
+    return rules.SlotFacts(
+        tenant=doc["tenant"],
+        rid=doc["rid"],
+        start=s["start"],
+        day=local.date(),
+        weekday=local.isoweekday(),
+        minute=local.hour * 60 + local.minute,
+        category=s.get("category"),
+        location_id=s.get("location_id"),
+        city=(s.get("city") or "").casefold(),
+        postal_code=s.get("postal_code") or "",
+        free=s.get("appointment_id") is None
+        and (status == "free" or (status == "busy-tentative" and bool(s.get("hold")))),
+    )
+
+
+def _entry_facts_reference(doc: dict[str, Any]) -> rules.EntryFacts:
+    """``entry_facts`` as it was written first."""
+    crit = doc.get("criteria") or {}
+    fac = crit.get("facility")
+    hours = crit.get("hours")
+    return rules.EntryFacts(
+        id=doc["_id"],
+        queue=doc["queue"],
+        rank=doc["rank"],
+        start=crit.get("from"),
+        end=crit.get("to"),
+        weekdays=frozenset(crit.get("weekdays") or ()),
+        hours=(int(hours[0]), int(hours[1])) if hours else None,
+        postal_code=crit.get("postal_code"),
+        city=crit["city"].casefold() if crit.get("city") else None,
+        facility=(fac[0], fac[1]) if fac else None,
+        gave_up=frozenset(doc.get("gave_up") or ()),
+    )
+
+
+def test_slot_and_entry_facts_are_made_as_the_named_tuples_say() -> None:
+    """``slot_facts`` / ``entry_facts`` make their tuples positionally: every field in its
+    place, on generated documents with fields missing, empty or None."""
+    rng = random.Random(3)
+    for n in range(3000):
+        central: dict[str, Any] = {
+            "start": to_store(
+                datetime(2027, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(600_000))
+            )
+        }
+        for name, values in (
+            ("category", ["first-stable", "first-urgent", None]),
+            ("location_id", ["loc", None]),
+            ("city", ["Kraków", "ŁÓDŹ", "", None]),
+            ("postal_code", ["31-147", "", None]),
+            ("status", ["free", "busy", "busy-tentative", None]),
+            ("hold", [{"entry": "e"}, None, {}]),
+            ("appointment_id", ["a1", None]),
+        ):
+            if rng.random() < 0.8:
+                central[name] = rng.choice(values)
+        sdoc = {"tenant": f"p{n % 3}", "rid": f"s{n}", "central": central}
+        got = rules.slot_facts(sdoc)
+        assert type(got) is rules.SlotFacts
+        assert got == _slot_facts_reference(sdoc) and got._asdict() == (
+            _slot_facts_reference(sdoc)._asdict()
+        )
+        crit: dict[str, Any] = {}
+        for name, values in (
+            ("from", [to_store(T0), None]),
+            ("to", [to_store(T0 + timedelta(days=9)), None]),
+            ("weekdays", [[1, 3], [], None, [7]]),
+            ("hours", [[480, 720], (0, 60), None]),
+            ("postal_code", ["31", "31-147", "", None]),
+            ("city", ["KRAKÓW", "Gdańsk", "", None]),
+            ("facility", [["p1", "loc"], [None, "loc"], None]),
+        ):
+            if rng.random() < 0.8:
+                crit[name] = rng.choice(values)
+        edoc: dict[str, Any] = {"_id": f"e{n}", "queue": "stable", "rank": f"r{n}"}
+        if rng.random() < 0.9:
+            edoc["criteria"] = crit if rng.random() < 0.9 else None
+        if rng.random() < 0.7:
+            edoc["gave_up"] = rng.choice([[], ["p1~s1", "p2~s2"], None])
+        got_e = rules.entry_facts(edoc)
+        assert type(got_e) is rules.EntryFacts
+        assert got_e._asdict() == _entry_facts_reference(edoc)._asdict()
+        assert type(got_e.weekdays) is frozenset and type(got_e.gave_up) is frozenset
+        # with the criteria given apart (the plan's and the estimate's way)
+        assert rules.entry_facts(edoc, crit) == _entry_facts_reference({**edoc, "criteria": crit})
