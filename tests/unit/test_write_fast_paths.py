@@ -6,7 +6,9 @@ shortcut on examples and on generated input, so that a change of either shows he
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Any
 
 import pydantic
 import pytest
+import structlog
 
 from gateway import booking, waiting_assign
+from gateway.logging import configure_logging
 from gateway.model import (
     CentralAppointment,
     CentralContact,
@@ -396,3 +400,34 @@ def test_lead_time_hours_is_the_parsed_starts() -> None:
         at = now + timedelta(microseconds=rng.randint(0, 10**9))
         want = round((from_store(start) - at).total_seconds() / 3600, 3)
         assert booking.lead_time_hours({"start": start}, at) == want
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_a_proxys_bound_logger_logs_as_the_proxy() -> None:
+    """``log.bind().info(...)`` (waiting_assign's booking line) writes what ``log.info``
+    writes, and nothing below the level, before and after the proxy's first use."""
+    buf = io.StringIO()
+    root = logging.getLogger()
+    root_level = root.level
+    try:
+        configure_logging("INFO", stream=buf)
+        first, second = structlog.get_logger("a"), structlog.get_logger("b")
+        first.bind().info("waiting_room.assigned", entry="e1", appointment="a1")
+        second.info("waiting_room.assigned", entry="e1", appointment="a1")
+        first.bind().debug("hidden")
+        first.info("waiting_room.assigned", entry="e2", appointment="a2")
+        second.bind().info("waiting_room.assigned", entry="e2", appointment="a2")
+        lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+        for line in lines:
+            line.pop("timestamp")
+        assert lines[0] == lines[1] and lines[2] == lines[3]
+        assert [x["entry"] for x in lines] == ["e1", "e1", "e2", "e2"]
+        assert lines[0]["event"] == "waiting_room.assigned" and lines[0]["level"] == "info"
+    finally:
+        structlog.reset_defaults()
+        for h in list(root.handlers):
+            if type(h).__name__ == "_JsonHandler":
+                root.removeHandler(h)
+        root.setLevel(root_level)
