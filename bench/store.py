@@ -356,7 +356,330 @@ async def write_ops(n: int) -> None:
         gc.enable()
 
 
-async def main(n: int, updates: int, resources: int, ops: int = 0) -> None:
+CLAIMED_FIELDS = (
+    "queue",
+    "rank",
+    "criteria",
+    "gave_up",
+    "referral",
+    "pesel",
+    "scope",
+    "contact",
+    "privileged",
+)
+
+
+def _assignment_docs(i: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A free Slot (the resource document as the write path stores it), a waiting-room
+    entry and its e-referral, as ``bench.waiting_room`` writes them."""
+    tenant, rid = f"wr-bench-{i % 50:03d}", f"s{i}"
+    start = BASE + timedelta(minutes=5 * (i % 144))
+    at = to_store(BASE - timedelta(days=30))
+    resource = {
+        "resourceType": "Slot",
+        "id": rid,
+        "serviceType": [{"coding": [{"system": "urn:scope", "code": "cardiology"}]}],
+        "appointmentType": {"coding": [{"system": "urn:category", "code": "first-stable"}]},
+        "schedule": {"reference": "Schedule/sch"},
+        "status": "free",
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=5)).isoformat(),
+        "meta": {"versionId": "1", "lastUpdated": at},
+    }
+    slot_doc = {
+        "_id": f"{tenant}/Slot/{rid}",
+        "tenant": tenant,
+        "type": "Slot",
+        "rid": rid,
+        "version": 1,
+        "last_updated": at,
+        "deleted": False,
+        "resource": resource,
+        "central": {
+            "schedule_id": "sch",
+            "scope": "cardiology",
+            "category": "first-stable",
+            "start": to_store(start),
+            "end": to_store(start + timedelta(minutes=5)),
+            "status": "free",
+            "overbooked": False,
+            "comment": None,
+            "identifiers": [],
+            "location_id": "loc",
+            "postal_code": "90-001",
+            "city": "Łódź",
+            "appointment_id": None,
+        },
+        "ident_keys": [],
+        "last_msg": f"msg-{i}",
+        "folded": {},
+        "created": at,
+    }
+    eid = f"00000000-0000-4000-8000-{i:012d}"
+    ref = f"B{i:019d}"
+    entered = to_store(BASE - timedelta(days=60, seconds=i))
+    entry = {
+        "_id": eid,
+        "pesel": f"{i:011d}",
+        "scope": "cardiology",
+        "queue": "stable",
+        "privileged": False,
+        "referral": {"key": ref, "code": "1234"},
+        "criteria": {
+            "from": None,
+            "to": None,
+            "weekdays": [],
+            "hours": [660, 900],
+            "postal_code": None,
+            "city": "Łódź",
+            "facility": None,
+        },
+        "loc_key": "city|łódź",
+        "criteria_input": {"city": "Łódź", "hours": "11:00-15:00"},
+        "contact": {"phone": f"+48600{i:06d}", "email": None},
+        "phone_key": f"48600{i:06d}",
+        "status": "waiting",
+        "active_key": f"cardiology|{ref}",
+        "queued_at": entered,
+        "rank": f"{entered}|{eid}",
+        "entered_at": entered,
+        "updated_at": entered,
+        "channel": "portal",
+        "gave_up": [],
+        "rev": 1,
+    }
+    referral = {
+        "_id": ref,
+        "key": ref,
+        "code": "1234",
+        "pesel": f"{i:011d}",
+        "scope": "cardiology",
+        "category": "stable",
+        "privileged": False,
+        "status": "issued",
+        "appointment_id": None,
+        "issued": at,
+    }
+    return slot_doc, entry, referral
+
+
+def _assignment_writes(i: int, slot: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """What one assignment writes (``waiting_assign.assign_pair``), built beforehand."""
+    now = to_store(BASE + timedelta(seconds=i))
+    tenant, rid = slot["tenant"], slot["rid"]
+    appt_rid = f"wra-{i:028x}"
+    appt_gid = f"{tenant}~{appt_rid}"
+    msg = f"wru-{i:032x}/{i}"
+    corr = "unlock-cardiology"
+    central = slot["central"]
+    resource = {
+        **slot["resource"],
+        "status": "busy",
+        "meta": {"versionId": "2", "lastUpdated": now},
+    }
+    appointment = {
+        "resourceType": "Appointment",
+        "id": appt_rid,
+        "status": "booked",
+        "serviceType": slot["resource"]["serviceType"],
+        "appointmentType": slot["resource"]["appointmentType"],
+        "start": slot["resource"]["start"],
+        "end": slot["resource"]["end"],
+        "slot": [{"reference": f"Slot/{rid}"}],
+        "basedOn": [{"identifier": {"system": "urn:e-referral", "value": "B:1234"}}],
+        "participant": [
+            {
+                "actor": {"type": "Patient", "identifier": {"system": "urn:pesel", "value": "1"}},
+                "required": "required",
+                "status": "accepted",
+            }
+        ],
+        "meta": {"versionId": "1", "lastUpdated": now},
+    }
+    appt_doc = {
+        "_id": f"{tenant}/Appointment/{appt_rid}",
+        "tenant": tenant,
+        "type": "Appointment",
+        "rid": appt_rid,
+        "version": 1,
+        "last_updated": now,
+        "deleted": False,
+        "resource": appointment,
+        "central": {
+            "status": "booked",
+            "slot_ids": [rid],
+            "start": central["start"],
+            "end": central["end"],
+            "scope": "cardiology",
+            "category": "first-stable",
+            "patient_pesel": entry["pesel"],
+            "referral": dict(entry["referral"]),
+            "cancel_reason": None,
+            "cancel_note": None,
+            "cancelled_at": None,
+            "channel": "waiting-room",
+            "booked_at": now,
+            "cancel_channel": None,
+            "contact": dict(entry["contact"]),
+            "privileged": False,
+            "requested_period": [],
+            "comment": None,
+            "identifiers": [],
+        },
+        "ident_keys": [],
+        "last_msg": f"{msg}/0",
+        "folded": {},
+        "created": now,
+    }
+
+    def ev(kind: str, body: dict[str, Any], tenant: str) -> dict[str, Any]:
+        return event(kind, body, tenant=tenant, correlation_id=corr, now=BASE)
+
+    return {
+        "claim": (
+            {"_id": entry["_id"], "status": "waiting"},
+            {
+                "$set": {
+                    "status": "assigning",
+                    "claim": {"by": msg, "slot": f"{tenant}~{rid}", "real": 1795694692.0 + i},
+                },
+                "$inc": {"rev": 1},
+            },
+        ),
+        "referral": (
+            {
+                "_id": entry["referral"]["key"],
+                "status": "issued",
+                "code": "1234",
+                "pesel": entry["pesel"],
+                "scope": "cardiology",
+            },
+            {"$set": {"status": "booked", "appointment_id": appt_gid}},
+        ),
+        "history": {
+            "_id": f"{slot['_id']}/1",
+            **{k: slot[k] for k in ("tenant", "type", "rid", "version", "last_updated")},
+            "deleted": False,
+            "resource": slot["resource"],
+            "msg": slot["last_msg"],
+        },
+        "slot": (
+            {"_id": slot["_id"], "version": 1},
+            {
+                "$set": {
+                    "version": 2,
+                    "last_updated": now,
+                    "resource": resource,
+                    "central.status": "busy",
+                    "central.appointment_id": appt_rid,
+                    "last_msg": f"{msg}/0/hold",
+                }
+            },
+            [
+                ev("resource.Slot.updated", {"type": "Slot", "id": rid, "version": 2}, tenant),
+                ev("booking.booked", {"appointment_id": appt_rid, "slot_id": rid}, tenant),
+            ],
+        ),
+        "appointment": (
+            appt_doc,
+            [ev("resource.Appointment.created", {"type": "Appointment", "id": appt_rid}, tenant)],
+        ),
+        "assigned": (
+            {"_id": entry["_id"], "status": "assigning", "claim.by": msg},
+            {
+                "$set": {
+                    "status": "assigned",
+                    "appointment": appt_gid,
+                    "slot": f"{tenant}~{rid}",
+                    "assigned_at": now,
+                    "updated_at": now,
+                },
+                "$unset": {"active_key": "", "claim": "", "proposal": ""},
+                "$inc": {"rev": 1},
+            },
+            [ev("waiting-room.changed", {"entry": entry["_id"]}, "cer-waiting-room")],
+        ),
+    }
+
+
+ASSIGN_STEPS = ("get", "claim", "referral", "slot", "history", "appointment", "assigned")
+
+
+async def assignments(n: int) -> None:
+    """CPU per store call of one waiting-room assignment (``waiting_assign.assign_pair``
+    as the unlock makes it: the Slot's read, the entry's claim with its ``fields``, the
+    e-referral's claim, the Slot's new version with two events, its old version into the
+    history, the Appointment handed over, the entry assigned), over ``n`` Slots, entries
+    and e-referrals; garbage collection off. Also the tracked objects an assignment
+    leaves behind (what the gc policy's next young collection visits)."""
+    store = MemoryStore()
+    await store.start(GATEWAY_INDEXES)
+    made = [_assignment_docs(i) for i in range(n)]
+    for slot_doc, entry, referral in made:
+        await store.insert(c.RESOURCES, slot_doc, handover=True)
+        await store.insert(c.WAITING_ROOM, entry)
+        await store.insert(c.REFERRALS, referral)
+    await store.clear_events(await store.pending_events(limit=0))
+    writes = [_assignment_writes(i, s, e) for i, (s, e, _) in enumerate(made)]
+    spent = dict.fromkeys(ASSIGN_STEPS, 0)
+    clock = time.process_time_ns
+    gc.collect()
+    gc.disable()
+    try:
+        young = len(gc.get_objects(0))
+        for i, w in enumerate(writes):
+            slot_id = made[i][0]["_id"]
+            t0 = clock()
+            await store.get(c.RESOURCES, slot_id)
+            t1 = clock()
+            got = await store.update_one(c.WAITING_ROOM, *w["claim"], fields=CLAIMED_FIELDS)
+            t2 = clock()
+            assert got is not None
+            done = await store.update_one(c.REFERRALS, *w["referral"], fields=())
+            t3 = clock()
+            assert done is not None
+            filt, upd, evs = w["slot"]
+            done = await store.update_one(c.RESOURCES, filt, upd, events=evs, fields=())
+            t4 = clock()
+            assert done is not None
+            await store.insert(c.HISTORY, w["history"], handover=True)
+            t5 = clock()
+            doc, evs = w["appointment"]
+            await store.insert(c.RESOURCES, doc, events=evs, handover=True)
+            t6 = clock()
+            filt, upd, evs = w["assigned"]
+            done = await store.update_one(c.WAITING_ROOM, filt, upd, events=evs, fields=())
+            t7 = clock()
+            assert done is not None
+            w.clear()  # what the caller drops
+            for step, dt in zip(
+                ASSIGN_STEPS,
+                (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6),
+                strict=True,
+            ):
+                spent[step] += dt
+            if i % 100 == 99:  # the outbox relay's part, untimed
+                await store.clear_events(await store.pending_events(limit=0))
+        # what the gc policy's young collection visits: the tracked objects made since
+        # the last one (everything older is frozen)
+        tracked = len(gc.get_objects(0)) - young
+        t0 = clock()
+        gc.collect(1)
+        collect = clock() - t0
+    finally:
+        gc.enable()
+    total = sum(spent.values())
+    print(f"one assignment's store calls ({n} Slots, entries and e-referrals):")
+    for step in ASSIGN_STEPS:
+        print(f"  {step}: {spent[step] / n / 1e3:.1f} us CPU")
+    print(
+        f"  total: {total / n / 1e3:.1f} us CPU per assignment; "
+        f"{tracked / n:.1f} tracked objects left per assignment, "
+        f"their young collection {collect / n / 1e3:.1f} us"
+    )
+
+
+async def main(n: int, updates: int, resources: int, ops: int = 0, assign: int = 0) -> None:
     print(
         f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
         f"({platform.python_implementation()}) {platform.system()} {platform.machine()}"
@@ -366,6 +689,9 @@ async def main(n: int, updates: int, resources: int, ops: int = 0) -> None:
         return
     if ops:
         await write_ops(ops)
+        return
+    if assign:
+        await assignments(assign)
         return
     rng = random.Random(1)
     docs = [slot(i, rng) for i in range(n)]
@@ -450,5 +776,13 @@ if __name__ == "__main__":
         "(conditional updates, an upsert, an $or, an entry's status changes) over this "
         "many entries",
     )
+    parser.add_argument(
+        "--assign",
+        type=int,
+        default=0,
+        help="instead: the CPU per store call of a waiting-room assignment (the Slot's "
+        "read and new version, its history, the Appointment, the entry's and the "
+        "e-referral's claims) over this many Slots and entries",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.docs, args.updates, args.resources, args.ops)))
+    sys.exit(asyncio.run(main(args.docs, args.updates, args.resources, args.ops, args.assign)))
