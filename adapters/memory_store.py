@@ -597,45 +597,94 @@ _OUTBOX_PREFIX = "_outbox"  # what every name of OUTBOX_FIELDS starts with
 assert all(name.startswith(_OUTBOX_PREFIX) for name in OUTBOX_FIELDS)
 
 
+# The (operator, paths) pairs of updates checked already, and per shape of a whole update
+# (its pairs) the paths it may change (``_touched``): writes repeat a few shapes, and
+# checking each path again was most of the check (kept bounded: paths come from data).
+_Shape = tuple[str, tuple[str, ...]]
+_CHECKED: set[_Shape] = set()
+_TOUCHED: dict[tuple[_Shape, ...], frozenset[str]] = {}
+
+
 def _check_update(
     update: Mapping[str, Any], coll: _Coll | None = None
 ) -> dict[str, dict[str, Any]]:
     """The update, checked and copied (``coll``: a whole frozen field it sets is packed
     straight from the caller's value, not copied and packed again). Values that are not
     scalars are copied one by one (``_copy``); scalars are immutable: kept as they are."""
+    return _checked(update, coll)[0]
+
+
+def _checked(
+    update: Mapping[str, Any], coll: _Coll | None
+) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
+    """``_check_update`` and the update's ``_touched`` paths (remembered per shape)."""
     if not update:
         raise ValueError("empty update")
     frozen = coll is not None and bool(coll.frozen)
     ops: dict[str, dict[str, Any]] = {}
+    shapes: list[_Shape] | None = []
     for op, fields in update.items():
+        shape: _Shape | None = None
+        if type(fields) is dict:
+            shape = (op, tuple(fields))
+            if shape in _CHECKED:
+                shapes.append(shape)  # type: ignore[union-attr]
+                if _IMMUTABLE.issuperset(map(type, fields.values())):
+                    ops[op] = dict(fields)  # scalars only: nothing to copy
+                else:
+                    ops[op] = _copied(op, fields, frozen, coll)
+                continue
         if op not in _UPDATE_OPS:
             if not op.startswith("$"):
                 raise ValueError("replacement documents are not supported: use $set")
             raise ValueError(f"unsupported update operator {op}")
         if not isinstance(fields, Mapping):
             raise ValueError(f"{op} needs a document")
-        mine: dict[str, Any] = {}
-        for path, v in fields.items():
+        for path in fields:
             if path.startswith(_OUTBOX_PREFIX) and (
                 path in OUTBOX_FIELDS or path.split(".", 1)[0] in OUTBOX_FIELDS
             ):
                 raise ValueError(f"{path} is reserved for the outbox")
-            if type(v) not in _IMMUTABLE:
-                if (
-                    frozen
-                    and (type(v) is dict or type(v) is list)
-                    and (op == "$set" or op == "$setOnInsert")
-                    and "." not in path
-                    and coll.is_frozen(path)  # type: ignore[union-attr]
-                ):
-                    raw = _pack(v)
-                    if raw is not None:
-                        mine[path] = _Frozen(raw)
-                        continue
-                v = _copy(v)
-            mine[path] = v
-        ops[op] = mine
-    return ops
+        ops[op] = _copied(op, fields, frozen, coll)
+        if shape is None:
+            shapes = None
+        else:
+            if len(_CHECKED) >= 4096:
+                _CHECKED.clear()
+            _CHECKED.add(shape)
+            if shapes is not None:
+                shapes.append(shape)
+    if shapes is None:
+        return ops, _touched(ops)
+    key = tuple(shapes)
+    touched = _TOUCHED.get(key)
+    if touched is None:
+        if len(_TOUCHED) >= 4096:
+            _TOUCHED.clear()
+        # the same frozenset each time: its hash is kept (``_Coll.replace`` looks it up)
+        touched = _TOUCHED[key] = _touched(ops)
+    return ops, touched
+
+
+def _copied(op: str, fields: Mapping[str, Any], frozen: bool, coll: _Coll | None) -> dict[str, Any]:
+    """One operator's fields with their values copied (``_check_update``)."""
+    mine: dict[str, Any] = {}
+    for path, v in fields.items():
+        if type(v) not in _IMMUTABLE:
+            if (
+                frozen
+                and (type(v) is dict or type(v) is list)
+                and (op == "$set" or op == "$setOnInsert")
+                and "." not in path
+                and coll.is_frozen(path)  # type: ignore[union-attr]
+            ):
+                raw = _pack(v)
+                if raw is not None:
+                    mine[path] = _Frozen(raw)
+                    continue
+            v = _copy(v)
+        mine[path] = v
+    return mine
 
 
 class _Writer:
@@ -768,16 +817,26 @@ _FLAT_OPS = frozenset({"$set", "$unset", "$inc", "$setOnInsert"})
 
 def _flat_update(old: Document, ops: Mapping[str, Mapping[str, Any]]) -> Document | None:
     """The new version of ``old`` that ``_Writer.apply(ops, inserting=False)`` makes, when
-    every path is a top-level field and the operators are ``$set``, ``$unset``, ``$inc``
-    (``$setOnInsert`` changes nothing here): a new dict, no path walking (most updates: a
-    status, a time, a counter, a whole field). None when that is not the case."""
+    every path is a top-level field or a field of one (``a.b``) and the operators are
+    ``$set``, ``$unset``, ``$inc`` (``$setOnInsert`` changes nothing here): a new dict, no
+    path walking (most updates: a status, a time, a counter, a whole field; a resource's
+    ``central.status``). None when that is not the case, or when a path ``a.b`` meets
+    anything but an object or nothing at ``a`` (an array, a frozen field, a scalar: the
+    writer's cases), or names a field an update also sets whole."""
+    dotted = False
     for op, fields in ops.items():
         if op not in _FLAT_OPS:
             return None
+        if op == "$setOnInsert":
+            continue
         for path in fields:
             if "." in path:
-                return None
+                if path.count(".") > 1:
+                    return None
+                dotted = True
     new = dict(old)
+    if dotted:
+        return _two_level_update(new, ops)
     for op, fields in ops.items():
         if op == "$set":
             new.update(fields)
@@ -793,6 +852,83 @@ def _flat_update(old: Document, ops: Mapping[str, Mapping[str, Any]]) -> Documen
                     new[path] = value
                 elif type(cur) in _NUMBER_TYPES:
                     new[path] = cur + value
+                else:
+                    raise ValueError(f"$inc on a non-numeric field {path}")
+    return new
+
+
+def _two_level_update(new: Document, ops: Mapping[str, Mapping[str, Any]]) -> Document | None:
+    """``_flat_update`` with paths ``a.b`` among them (``new``: a copy of the version)."""
+    whole: set[str] = set()
+    heads: set[str] = set()
+    for op, fields in ops.items():
+        if op != "$setOnInsert":
+            for path in fields:
+                if "." in path:
+                    heads.add(path.partition(".")[0])
+                else:
+                    whole.add(path)
+    if not whole.isdisjoint(heads):
+        return None  # a field set whole and into: the writer's order of copies
+    own: dict[str, dict[str, Any]] = {}  # the objects copied for this version, by field
+
+    def sub(head: str, create: bool) -> dict[str, Any] | None:
+        """The object at ``head``, copied (created when missing, if ``create``); None if
+        it is missing (not ``create``) or not an object."""
+        mine = own.get(head)
+        if mine is not None:
+            return mine
+        cur = new.get(head, _MISSING)
+        if type(cur) is dict:
+            mine = dict(cur)
+        elif cur is _MISSING and create:
+            mine = {}
+        else:
+            return None
+        new[head] = own[head] = mine
+        return mine
+
+    for op, fields in ops.items():
+        if op == "$set":
+            for path, value in fields.items():
+                head, dot, last = path.partition(".")
+                if not dot:
+                    new[path] = value
+                    continue
+                obj = sub(head, True)
+                if obj is None:
+                    return None
+                obj[last] = value
+        elif op == "$unset":
+            for path in fields:
+                head, dot, last = path.partition(".")
+                if not dot:
+                    new.pop(path, None)
+                    continue
+                cur = new.get(head, _MISSING)
+                if cur is _MISSING:
+                    continue
+                if type(cur) is not dict:
+                    if type(cur) is list or type(cur) is _Frozen:
+                        return None
+                    continue  # a scalar: nothing under it to unset
+                obj = sub(head, False)
+                assert obj is not None
+                obj.pop(last, None)
+        elif op == "$inc":
+            for path, value in fields.items():
+                if type(value) not in _NUMBER_TYPES:
+                    raise ValueError(f"$inc needs a number for {path}")
+                head, dot, last = path.partition(".")
+                target: dict[str, Any] | None = new if not dot else sub(head, True)
+                if target is None:
+                    return None
+                key = path if not dot else last
+                cur = target.get(key, _MISSING)
+                if cur is _MISSING:
+                    target[key] = value
+                elif type(cur) in _NUMBER_TYPES:
+                    target[key] = cur + value
                 else:
                     raise ValueError(f"$inc on a non-numeric field {path}")
     return new
@@ -958,63 +1094,94 @@ class _Bucket:
     slots in one bucket (every index whose last field is ``central.start`` or an
     ``_id``-ordered null) that was most of an insert. Here an insert moves one
     block. Positions are global (0..len) as in a flat list, for the planner.
+
+    Until its second entry a bucket holds its entry alone (``one``; ``blocks`` and
+    ``maxes`` are None): an index whose prefix nearly names a document (the history's
+    (tenant, type, rid): one bucket per resource; a patient's visits) makes a bucket
+    per write, and its three lists were three more objects for the garbage collector
+    to visit (the gc policy's young collection, ``gateway.gc_policy``) and to allocate.
     """
 
     LOAD = 1000
-    __slots__ = ("blocks", "maxes", "n", "starts")
+    __slots__ = ("blocks", "maxes", "n", "one", "starts")
 
-    def __init__(self) -> None:
-        self.blocks: list[list[_Entry]] = []
-        self.maxes: list[_Entry] = []  # the last entry of each block
+    def __init__(self, first: _Entry | None = None) -> None:
+        self.blocks: list[list[_Entry]] | None = None
+        self.maxes: list[_Entry] | None = None  # the last entry of each block
         self.starts: list[int] | None = None  # each block's first's global position (lazy)
-        self.n = 0
+        self.one: _Entry | None = first  # the entry, while there is at most one
+        self.n = 0 if first is None else 1
 
     def __len__(self) -> int:
         return self.n
 
     def insert(self, e: _Entry) -> None:
+        maxes = self.maxes
+        if maxes is None:
+            one = self.one
+            if one is None:
+                self.one = e
+                self.n = 1
+                return
+            # the second entry: into blocks (as ``insort`` would place it)
+            block = [e, one] if e < one else [one, e]
+            self.blocks = [block]
+            self.maxes = [block[-1]]
+            self.one = None
+            self.n = 2
+            return
         self.n += 1
         self.starts = None
-        maxes = self.maxes
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
         if not maxes:
-            self.blocks.append([e])
+            blocks.append([e])
             maxes.append(e)
             return
         if e > maxes[-1]:  # increasing keys (times, counters): the common case
             i = len(maxes) - 1
-            block = self.blocks[i]
+            block = blocks[i]
             block.append(e)
             maxes[i] = e
         else:  # below the block's last: its last stays
             i = bisect_left(maxes, e)
-            block = self.blocks[i]
+            block = blocks[i]
             insort(block, e)
         if len(block) > 2 * self.LOAD:
-            self.blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
-            self.maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
+            blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
+            maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
 
     def remove(self, e: _Entry) -> None:
-        i = bisect_left(self.maxes, e)
-        if i == len(self.maxes):
+        maxes = self.maxes
+        if maxes is None:
+            if self.one is not None and self.one == e:
+                self.one = None
+                self.n = 0
             return
-        block = self.blocks[i]
+        i = bisect_left(maxes, e)
+        if i == len(maxes):
+            return
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
+        block = blocks[i]
         j = bisect_left(block, e)
         if j < len(block) and block[j] == e:
             del block[j]
             self.n -= 1
             self.starts = None
             if block:
-                self.maxes[i] = block[-1]
+                maxes[i] = block[-1]
             else:
-                del self.blocks[i]
-                del self.maxes[i]
+                del blocks[i]
+                del maxes[i]
 
     def held_by_other(self, key: tuple[Any, ...], doc_id: str) -> bool:
         """Whether an entry of ``key`` belongs to another document than ``doc_id`` (a
         unique index's check: by blocks, without the global positions, which every insert
         drops and which take a walk over the blocks to rebuild)."""
         n = len(key)
-        blocks = self.blocks
+        if self.maxes is None:
+            one = self.one
+            return one is not None and one[:n] == key and one[n] != doc_id
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
         i = bisect_left(self.maxes, key)
         j = bisect_left(blocks[i], key) if i < len(blocks) else 0
         while i < len(blocks):
@@ -1031,9 +1198,10 @@ class _Bucket:
 
     def _starts(self) -> list[int]:
         if self.starts is None:
-            starts = [0] * len(self.blocks)
+            blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
+            starts = [0] * len(blocks)
             total = 0
-            for i, block in enumerate(self.blocks):
+            for i, block in enumerate(blocks):
                 starts[i] = total
                 total += len(block)
             self.starts = starts
@@ -1041,25 +1209,33 @@ class _Bucket:
 
     def bisect_left(self, x: Any) -> int:
         """The global position of the first entry not below ``x``."""
-        i = bisect_left(self.maxes, x)
-        if i == len(self.maxes):
+        maxes = self.maxes
+        if maxes is None:
+            return 1 if self.one is not None and self.one < x else 0
+        i = bisect_left(maxes, x)
+        if i == len(maxes):
             return self.n
-        return self._starts()[i] + bisect_left(self.blocks[i], x)
+        return self._starts()[i] + bisect_left(self.blocks[i], x)  # type: ignore[index]
 
     def range(self, lo: int, hi: int, descending: bool = False) -> Iterator[_Entry]:
         """The entries at global positions ``lo <= p < hi``, in order or reversed."""
         if hi <= lo:
             return
+        if self.maxes is None:
+            if self.one is not None and lo <= 0 < hi:
+                yield self.one
+            return
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
         starts = self._starts()
         first = bisect_right(starts, lo) - 1
         last = bisect_right(starts, hi - 1) - 1
         if not descending:
             for b in range(first, last + 1):
-                block, base = self.blocks[b], starts[b]
+                block, base = blocks[b], starts[b]
                 yield from block[max(lo - base, 0) : min(hi - base, len(block))]
         else:
             for b in range(last, first - 1, -1):
-                block, base = self.blocks[b], starts[b]
+                block, base = blocks[b], starts[b]
                 yield from reversed(block[max(lo - base, 0) : min(hi - base, len(block))])
 
 
@@ -1146,8 +1322,9 @@ class _Idx:
         for prefix, key in entries:
             bucket = self.buckets.get(prefix)
             if bucket is None:
-                bucket = self.buckets[prefix] = _Bucket()
-            bucket.insert((*key, doc_id))
+                self.buckets[prefix] = _Bucket((*key, doc_id))
+            else:
+                bucket.insert((*key, doc_id))
 
     def remove(
         self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]
@@ -1509,7 +1686,8 @@ class _Coll:
         self._entries = _compile_entries(self.indexes)
         self._cold = self._cold_fields()
         # per set of paths an update changes: the indexes it can move, and their entries
-        self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn, list[str]]] = {}
+        # (and whether one of those is unique)
+        self._by_touched: dict[frozenset[str], tuple[list[_Idx], _EntriesFn, list[str], bool]] = {}
         # per tuple of a filter's top-level fields (no operator among them): whether it
         # reads a frozen field (``_heads``' answer, for the one-document select)
         self._reads_frozen: dict[tuple[str, ...], bool] = {}
@@ -1793,8 +1971,9 @@ class _Coll:
                 for prefix, key in ents:
                     bucket = buckets.get(prefix)
                     if bucket is None:
-                        bucket = buckets[prefix] = _Bucket()
-                    bucket.insert((*key, doc_id))
+                        buckets[prefix] = _Bucket((*key, doc_id))
+                    else:
+                        bucket.insert((*key, doc_id))
 
     def replace(
         self, old: Document, new: Document, touched: frozenset[str], raw: bytes | None = None
@@ -1810,19 +1989,32 @@ class _Coll:
             # the frozen fields the update may have given a dict (a path into one)
             heads = sorted({p.split(".", 1)[0] for p in touched})
             refreeze = [h for h in heads if self.is_frozen(h)]
-            hit = self._by_touched[touched] = (mine, _compile_entries(mine), refreeze)
-        mine, entries, refreeze = hit
-        changed = []
+            unique = any(idx.unique for idx in mine)
+            hit = self._by_touched[touched] = (mine, _compile_entries(mine), refreeze, unique)
+        mine, entries, refreeze, unique = hit
         if mine:
-            for idx, o, n in zip(mine, entries(old), entries(new), strict=True):
-                if o != n:
-                    changed.append((idx, o, n))
-        for idx, _, n in changed:
-            if idx.unique and idx.conflict(doc_id, n):
-                raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
-        for idx, o, n in changed:
-            idx.remove(doc_id, o)
-            idx.add(doc_id, n)
+            olds, news = entries(old), entries(new)
+            if olds != news:
+                if unique:
+                    for idx, o, n in zip(mine, olds, news, strict=True):
+                        if o != n and idx.unique and idx.conflict(doc_id, n):
+                            raise DuplicateKey(f"duplicate key for unique index {idx.spec.name}")
+                # _Idx.remove and _Idx.add, inline
+                for idx, o, n in zip(mine, olds, news, strict=True):
+                    if o == n:
+                        continue
+                    buckets = idx.buckets
+                    for prefix, key in o:
+                        held = buckets[prefix]
+                        held.remove((*key, doc_id))
+                        if not held.n:
+                            del buckets[prefix]
+                    for prefix, key in n:
+                        bucket = buckets.get(prefix)
+                        if bucket is None:
+                            buckets[prefix] = _Bucket((*key, doc_id))
+                        else:
+                            bucket.insert((*key, doc_id))
         for k in refreeze:  # ``freeze``, of the fields the update touched only
             v = new.get(k)
             if type(v) is dict or type(v) is list:
@@ -1849,7 +2041,7 @@ def _check_doc(doc: Mapping[str, Any]) -> None:
 
 def _check_events(events: Sequence[Document]) -> None:
     for ev in events:
-        if not isinstance(ev, Mapping) or "id" not in ev:
+        if (type(ev) is not dict and not isinstance(ev, Mapping)) or "id" not in ev:
             raise ValueError("an outbox event needs an 'id' (clear_events removes by id)")
 
 
@@ -2055,13 +2247,13 @@ class MemoryStore:
         fields: Sequence[str] | None = None,
     ) -> Document | None:
         c = self._coll(coll)
-        ops = _check_update(update, c)
+        ops, touched = _checked(update, c)
         _check_events(events)
         found = c.select(filter, None, 0, 1)
         if found:
             old = found[0]
             new, raw = c.new_version(old, ops)
-            c.replace(old, new, _touched(ops), raw)
+            c.replace(old, new, touched, raw)
         elif upsert:
             new = _upserted(filter, ops)
             if "_id" not in new:
@@ -2072,10 +2264,13 @@ class MemoryStore:
             c.insert(new, raw)
         else:
             return None
-        self._write_events(coll, new["_id"], self._events_in(events))
+        if events:
+            self._write_events(coll, new["_id"], self._events_in(events))
         if fields is not None:
+            if not fields:
+                return {"_id": new["_id"]}  # "did it match?"
             new = {k: new[k] for k in ("_id", *fields) if k in new}
-            if all(type(v) in _IMMUTABLE for v in new.values()):
+            if _IMMUTABLE.issuperset(map(type, new.values())):
                 return new  # a new dict of immutable values: nothing to copy
         # a packed version is stored as bytes: the new dict (built from a decoded copy
         # and the update's own copies) is nobody else's
@@ -2084,9 +2279,8 @@ class MemoryStore:
     async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int:
         """Update every match; returns how many matched (as ``matched_count``)."""
         c = self._reading(coll)
-        ops = _check_update(update, c)
+        ops, touched = _checked(update, c)
         matched = c.select(filter)
-        touched = _touched(ops)
         for old in matched:
             new, raw = c.new_version(old, ops)
             c.replace(old, new, touched, raw)  # a DuplicateKey stops here, as on MongoDB

@@ -38,12 +38,47 @@ def test_a_bucket_is_a_sorted_list() -> None:
         assert len(bucket) == len(flat), step
         if step % 50 == 0:
             assert list(bucket.range(0, len(bucket))) == flat
-            assert all(len(b) <= 2 * _Bucket.LOAD for b in bucket.blocks)
+            assert all(len(b) <= 2 * _Bucket.LOAD for b in bucket.blocks or ())
         x = ((3, f"k{rnd.randrange(62):02d}"),)
         assert bucket.bisect_left(x) == bisect_left(flat, x)
         lo, hi = sorted(rnd.randrange(len(flat) + 1) for _ in range(2))
         assert list(bucket.range(lo, hi)) == flat[lo:hi]
         assert list(bucket.range(lo, hi, descending=True)) == flat[lo:hi][::-1]
+
+
+def test_a_bucket_of_one_entry_is_the_sorted_list_of_it() -> None:
+    """A bucket holds its first entry alone (no blocks) until a second comes: inserts,
+    removes, positions, ranges and the unique check answer as on the flat list, through
+    empty, one entry, two, and back (blocks of 2 here: they split at the fifth)."""
+    rnd = random.Random(11)
+    TOP = memory_store._TOP
+    for _ in range(300):
+        first = (3, f"k{rnd.randrange(4)}", f"id{rnd.randrange(3)}")
+        bucket, flat = (_Bucket(first), [first]) if rnd.random() < 0.5 else (_Bucket(), [])
+        for step in range(12):
+            e = (3, f"k{rnd.randrange(4)}", f"id{rnd.randrange(3)}")
+            if rnd.random() < 0.5:
+                bucket.insert(e)
+                insort(flat, e)
+            else:
+                bucket.remove(e)
+                if e in flat:
+                    flat.remove(e)
+            assert len(bucket) == len(flat), step
+            assert list(bucket.range(0, len(bucket))) == flat
+            assert list(bucket.range(0, len(bucket), descending=True)) == flat[::-1]
+            for k in range(5):
+                key = (3, f"k{k}")
+                for x in (key, (*key, TOP), (*key, "id1")):
+                    assert bucket.bisect_left(x) == bisect_left(flat, x), (x, flat)
+                for i in range(3):
+                    want = any(f[:2] == key and f[2] != f"id{i}" for f in flat)
+                    assert bucket.held_by_other(key, f"id{i}") is want
+            lo, hi = sorted(rnd.randrange(len(flat) + 1) for _ in range(2))
+            assert list(bucket.range(lo, hi)) == flat[lo:hi]
+    alone = _Bucket()
+    alone.insert((3, "k", "id"))
+    assert alone.blocks is None and alone.maxes is None  # no lists for one entry
 
 
 def test_held_by_other_reads_every_entry_of_the_key() -> None:
