@@ -780,7 +780,7 @@ class WaitingRoomService:
                 slots.append(rules.slot_facts(d))
         if not slots:
             return 0
-        queues = sorted({q for s in slots for q in rules.queues_for(s.category)})
+        queues = sorted({q for cat in {s.category for s in slots} for q in rules.queues_for(cat)})
         planner = Planner(slots)
         corr = f"unlock-{info.code}-{last.isoformat()}"
         by_tenant: dict[str, list[list[str]]] = {}
