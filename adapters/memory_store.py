@@ -1239,8 +1239,19 @@ class _Bucket:
                 yield from reversed(block[max(lo - base, 0) : min(hi - base, len(block))])
 
 
+def _flat(keys: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """A bucket's prefix: the keys of an index's leading fields in one flat tuple (a key's
+    length follows from its first item, ``_key``: equal exactly when the keys are). Not a
+    tuple of keys: a new bucket kept one more tuple per field for the garbage collector
+    (the history makes a bucket per resource), and every lookup hashed each of them."""
+    out: tuple[Any, ...] = ()
+    for k in keys:
+        out += k
+    return out
+
+
 class _Idx:
-    """One declared index: prefix values -> sorted [(key of last field, _id)]."""
+    """One declared index: prefix values (``_flat``) -> sorted [(key of last field, _id)]."""
 
     def __init__(self, spec: Index) -> None:
         self.spec = spec
@@ -1305,7 +1316,7 @@ class _Idx:
                 keys.append(_NULL_KEY)
             else:
                 keys.append(k)
-        return [(tuple(keys[:-1]), keys[-1])]
+        return [(_flat(keys[:-1]), keys[-1])]
 
     def _entries(self, doc: Document) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         first = self.getters[0](doc)
@@ -1314,9 +1325,9 @@ class _Idx:
         per_field = [_index_keys(first)] + [_index_keys(g(doc)) for g in self.getters[1:]]
         if all(len(k) == 1 for k in per_field):
             keys = [k[0] for k in per_field]
-            return [(tuple(keys[:-1]), keys[-1])]
+            return [(_flat(keys[:-1]), keys[-1])]
         self.multikey = True
-        return [(combo[:-1], combo[-1]) for combo in itertools.product(*per_field)]
+        return [(_flat(combo[:-1]), combo[-1]) for combo in itertools.product(*per_field)]
 
     def add(self, doc_id: str, entries: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
         for prefix, key in entries:
@@ -1432,10 +1443,16 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
             f"else A if (v is A or type(v) is list) else key(v)"
         )
 
-    def index_code(j: int, idx: _Idx, pad: str) -> None:
+    made: list[str] = []  # the prefix variables, each built once where it is first needed
+
+    def index_code(j: int, idx: _Idx, pad: str, scope: dict[tuple[int, ...], str]) -> None:
         ks = [paths.index(p) for p in idx.paths]
         last = ks[-1]
-        prefix = "".join(f"k{i}, " for i in ks[:-1])
+        prefix = scope.get(tuple(ks[:-1]))
+        if prefix is None:  # (an array's marker in it: unused, the index reads _entries)
+            prefix = scope[tuple(ks[:-1])] = f"q{len(made)}"
+            made.append(prefix)
+            lines.append(f"{pad}{prefix} = ({''.join(f'*k{i}, ' for i in ks[:-1])})")
         cond = "if"
         if idx.sparse:
             lines.append(f"{pad}if b{ks[0]}: e{j} = []")
@@ -1443,10 +1460,10 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
         scalar_prefix = " and ".join(f"k{i} is not A" for i in ks[:-1]) or "True"
         lines.append(f"{pad}{cond} l{last} is not None and {scalar_prefix}:")
         lines.append(f"{pad}    if len(l{last}) > 1: I[{j}].multikey = True")
-        lines.append(f"{pad}    e{j} = [(({prefix}), x) for x in l{last}]")
+        lines.append(f"{pad}    e{j} = [({prefix}, x) for x in l{last}]")
         arrays = " or ".join(f"k{i} is A" for i in ks)
         lines.append(f"{pad}elif {arrays}: e{j} = I[{j}]._entries(doc)")
-        lines.append(f"{pad}else: e{j} = [(({prefix}), k{last})]")
+        lines.append(f"{pad}else: e{j} = [({prefix}, k{last})]")
 
     heads_outside = heads
     for path in paths:
@@ -1465,9 +1482,10 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
                 tests = [f"P{m}(doc)"]
                 break
         lines.append(f"    p{m} = {' and '.join(tests)}")
+    outside: dict[tuple[int, ...], str] = {}
     for j, idx in enumerate(indexes):
         if not idx.partial:
-            index_code(j, idx, "    ")
+            index_code(j, idx, "    ", outside)
     for m, f in enumerate(filters):
         mine = [(j, idx) for j, idx in enumerate(indexes) if idx.partial == f]
         lines.append(f"    if p{m}:")
@@ -1475,8 +1493,9 @@ def _compile_entries(indexes: Sequence[_Idx]) -> _EntriesFn:
         for path in paths:
             if group[path] == m:
                 read(path, "        ")
+        scope = dict(outside)  # likewise its prefixes
         for j, idx in mine:
-            index_code(j, idx, "        ")
+            index_code(j, idx, "        ", scope)
         lines.append("    else:")
         for j, _ in mine:
             lines.append(f"        e{j} = []")
@@ -1533,9 +1552,10 @@ def _plan_on(idx: _Idx, cons: _Constraints, sort_first: str | None) -> _Plan | N
                 return None
         elif not (len(paths) == 1 and first in cons.ranges):
             return None
-    prefixes = list(itertools.product(*(cons.eq[p] for p in prefix_paths)))
-    if len(prefixes) > 256:
+    combos = list(itertools.product(*(cons.eq[p] for p in prefix_paths)))
+    if len(combos) > 256:
         return None
+    prefixes = [_flat(combo) for combo in combos]
     if last in cons.eq:
         bounds = [_point(k) for k in cons.eq[last]]
     elif last in cons.ranges:

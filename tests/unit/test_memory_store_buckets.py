@@ -232,3 +232,23 @@ async def test_an_update_moves_entries_and_leaves_no_empty_bucket() -> None:
         n = sum(1 for d in coll.docs.values() if d["status"] == status)
         assert await store.count("w", {"status": status}) == n
         assert len(await store.find("w", {"status": status}, sort=[("rank", 1)])) == n
+
+
+def test_a_flat_prefix_is_equal_exactly_when_its_keys_are() -> None:
+    """A bucket's prefix is its fields' keys in one flat tuple (``_flat``): equal, with
+    the same hash, exactly when the keys are (a key's length follows from its rank)."""
+    rnd = random.Random(4)
+    values: list[Any] = [None, 0, 1, 1.0, 2.5, True, False, "", "a", "1", [], [1], {}, {"a": 1}]
+    values += [Kind.A, (1,), [None], {"a": [1.0]}]
+    keys = [memory_store._key(v) for v in values] + [memory_store._EMPTY_KEY]
+    pairs = 0
+    for _ in range(20000):
+        n = rnd.randrange(4)
+        a = [rnd.choice(keys) for _ in range(n)]
+        b = [rnd.choice(keys) for _ in range(rnd.choice([n, n, rnd.randrange(4)]))]
+        fa, fb = memory_store._flat(a), memory_store._flat(b)
+        assert (fa == fb) is (tuple(a) == tuple(b)), (a, b)
+        if fa == fb:
+            pairs += 1
+            assert hash(fa) == hash(fb)
+    assert pairs > 100
