@@ -953,12 +953,28 @@ def _upsert_seed(filter: Filter) -> list[tuple[str, Any]]:
 
 def _upserted(filter: Filter, ops: Mapping[str, Mapping[str, Any]]) -> Document:
     """The document an upsert inserts: the filter's equalities, then the update."""
-    seed = _upsert_seed(filter)
-    if (
-        all(op == "$set" or op == "$setOnInsert" for op in ops)
-        and all("." not in path for path, _ in seed)
-        and all("." not in path for fields in ops.values() for path in fields)
-    ):
+    doc_id = filter.get("_id")
+    if len(filter) == 1 and type(doc_id) is str:
+        seed: list[tuple[str, Any]] = [("_id", doc_id)]  # most upserts: by _id alone
+    else:
+        seed = _upsert_seed(filter)
+    flat = True  # (loops, not generators: a generator costs more than these checks)
+    for op, fields in ops.items():
+        if op != "$set" and op != "$setOnInsert":
+            flat = False
+            break
+        for path in fields:
+            if "." in path:
+                flat = False
+                break
+        if not flat:
+            break
+    if flat:
+        for path, _ in seed:
+            if "." in path:
+                flat = False
+                break
+    if flat:
         # top-level fields only (most upserts: {_id} and a $set): what the writer makes,
         # built straight (setting a field again keeps its place, as the writer does)
         new: Document = {}
@@ -967,6 +983,11 @@ def _upserted(filter: Filter, ops: Mapping[str, Mapping[str, Any]]) -> Document:
         for fields in ops.values():
             new.update(fields)
         return new
+    return _written_upsert(seed, ops)
+
+
+def _written_upsert(seed: list[tuple[str, Any]], ops: Mapping[str, Mapping[str, Any]]) -> Document:
+    """``_upserted`` through ``_Writer`` (any path, any operator)."""
     w = _Writer({})
     for path, value in seed:
         w.set(_split(path), value if type(value) in _IMMUTABLE else _copy(value))

@@ -195,3 +195,34 @@ def test_a_remembered_update_shape_is_checked_and_copied_as_the_first_time(
             for path, v in fields.items():
                 if type(v) in (dict, list):
                     assert v is not update[op][path]
+
+
+FILTERS = st.dictionaries(
+    st.sampled_from(["_id", "a", "b.c", "status"]),
+    st.one_of(VALUES, st.just({"$eq": 1}), st.just({"$gt": 1})),
+    min_size=1,
+    max_size=3,
+)
+UPSERT_OPS = st.dictionaries(
+    st.sampled_from(["$set", "$setOnInsert", "$inc"]),
+    st.dictionaries(st.sampled_from(["_id", "a", "c", "b.c", "d.e"]), VALUES, min_size=1),
+    min_size=1,
+    max_size=2,
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    filter=st.one_of(FILTERS, st.builds(lambda s: {"_id": s}, st.text(max_size=3))), ops=UPSERT_OPS
+)
+def test_an_upserted_document_is_what_the_writer_makes(
+    filter: dict[str, Any], ops: dict[str, dict[str, Any]]
+) -> None:
+    """``_upserted`` builds top-level upserts straight (by ``_id`` alone: no seed walk):
+    the writer's document, key order included, or its error."""
+    fast = _outcome(lambda: memory_store._upserted(filter, ops))
+    slow = _outcome(lambda: memory_store._written_upsert(memory_store._upsert_seed(filter), ops))
+    if fast[0] == "ok":
+        assert repr(fast[1]) == repr(slow[1])
+    else:
+        assert fast == slow
