@@ -77,9 +77,28 @@ EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
 
 
+# The Appointment's fields this mapping reads as lists, and as text.
+LIST_FIELDS = ("identifier", "extension", "participant", "slot", "serviceType", "basedOn")
+TEXT_FIELDS = ("comment",)
+
+
+def _shape(res: dict[str, Any], issues: list[Issue]) -> dict[str, Any]:
+    """``res`` without the fields of the wrong JSON type, each one an issue (fhir.resources
+    refuses such input before the API maps it; a direct caller gets the 422 too)."""
+    wrong = [
+        (f, "a list") for f in LIST_FIELDS if res.get(f) is not None and type(res[f]) is not list
+    ] + [(f, "text") for f in TEXT_FIELDS if res.get(f) is not None and type(res[f]) is not str]
+    if not wrong:
+        return res
+    for f, kind in wrong:
+        issues.append(Issue("structure", f"{f} must be {kind}", [f"Appointment.{f}"]))
+    return {k: v for k, v in res.items() if k not in dict(wrong)}
+
+
 def to_central(res: dict[str, Any]) -> CentralAppointment:
     """FHIR Appointment -> central; raises ``FhirError(422)`` listing every issue found."""
     issues: list[Issue] = []
+    res = _shape(res, issues)
 
     status = res.get("status")
     if status is None:

@@ -1058,3 +1058,28 @@ def test_a_slot_service_type_that_is_not_a_list_is_a_422_issue(junk: Any) -> Non
         slot.to_central(res)
     assert err.value.status == 422
     assert any(i.expression == ["Slot.serviceType"] for i in err.value.issues)
+
+
+@pytest.mark.parametrize(
+    ("field", "junk"),
+    [
+        *((f, j) for f in appointment.LIST_FIELDS for j in (5, 1.5, True, "x", {"a": 1})),
+        *(("comment", j) for j in (5, [5], {"a": 1}, ["x"])),
+    ],
+)
+def test_an_appointment_field_of_the_wrong_json_type_is_a_422_issue(field: str, junk: Any) -> None:
+    """Called directly (fhir.resources refuses such input before the API gets here), the
+    mapping answers with the FHIR issue, never a TypeError or a pydantic error."""
+    res = example("appointment-booked.json")
+    res[field] = junk
+    with pytest.raises(FhirError) as err:
+        appointment.to_central(res)
+    assert err.value.status == 422
+    assert any(i.expression == [f"Appointment.{field}"] for i in err.value.issues)
+
+
+def test_an_appointment_field_given_as_null_is_absent() -> None:
+    res = example("appointment-booked.json")
+    with_nulls = {**res, "identifier": None, "extension": None, "comment": None}
+    without = {k: v for k, v in res.items() if k not in ("identifier", "extension", "comment")}
+    assert appointment.to_central(with_nulls) == appointment.to_central(without)
