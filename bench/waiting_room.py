@@ -24,7 +24,10 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    FHIR faces) gives the CPU per assignment. The bench watches without scanning the
    entries (it runs in the gateway's process) and reports the event loop's lag
    meanwhile (what an API request waits). Checked after: no slot booked twice, no
-   entry assigned twice, every pair meets the entry's criteria.
+   entry assigned twice, every pair meets the entry's criteria. Beside it, the
+   machine's speed just before and after (``common.speed_probe``: a fixed loop in a
+   fresh interpreter): on a 2-vCPU cloud machine it varies by 20-30 % and more from
+   one minute to the next, and the rate with it.
 3. **Cancellation to the provider's event** (timed): every provider subscribes a
    local HTTP receiver (this process); ``--cancellations`` (default 300) patients
    cancel their assigned visit (``patient.cancel``, as the patient API sends it),
@@ -508,6 +511,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await seed_entries(services, args.entries, facilities, rng)
         await quiet(services)
         out["setup_s"] = time.perf_counter() - t
+        out["probe_before"] = common.speed_probe()
         # Printed now: a profiler attached from outside (py-spy) starts on this line.
         print(f"setup (not timed): {out['setup_s']:.1f} s", flush=True)
 
@@ -552,6 +556,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if m.name.endswith("_total") and m.value
         }
         await quiet(services)
+        out["probe_after"] = common.speed_probe()
 
         # --- cancellations to the provider's event (``--cancellations 0``: none)
         booked_at: dict[str, float] = {}
@@ -704,6 +709,11 @@ async def main(args: argparse.Namespace) -> int:
         f"was done ({r['unlock_cpu_s'] / max(r['assigned'], 1) * 1e6:,.0f} us an assignment), "
         f"{r['window_cpu_s']:.1f} s until the last assignment "
         f"({r['assigned'] / max(r['window_cpu_s'], 1e-9):,.0f} assignments per CPU-second)"
+    )
+    print(
+        f"    the machine's speed meanwhile (bench.common.speed_probe, CPU ms, lower is "
+        f"faster): {r['probe_before']:.0f} before the "
+        f"unlock, {r['probe_after']:.0f} after"
     )
     lag = r["loop_lag"]
     print(
