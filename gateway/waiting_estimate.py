@@ -400,9 +400,15 @@ async def load_snapshot(
         rules.slot_facts(d) for d in slot_docs if rules.queues_for(d["central"].get("category"))
     ]
     queues: dict[str, list[rules.EntryFacts]] = {}
+    # Every queue named: the (scope, status, queue, rank) index serves the query, which
+    # then reads the active entries only, not the assigned and closed ones that pile up.
     entry_docs = await store.find(
         c.WAITING_ROOM,
-        {"scope": scope, "status": {"$in": list(rules.ACTIVE)}},
+        {
+            "scope": scope,
+            "status": {"$in": list(rules.ACTIVE)},
+            "queue": {"$in": list(rules.QUEUES)},
+        },
         sort=[("rank", 1)],
     )
     for d in entry_docs:

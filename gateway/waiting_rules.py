@@ -108,6 +108,11 @@ def unlock_day(slot_day: date, self_booking_days: int) -> date:
 # --------------------------------------------------------------------------- queues and rank
 
 
+# Every queue an entry can be in (``queue_of``'s answers): a query of the active entries
+# of a scope names them, so that the (scope, status, queue, rank) index serves it.
+QUEUES = ("stable", "urgent")
+
+
 def queue_of(medical: str | None) -> str:
     """The queue of an e-referral's medical category (urgent / stable; stable by default)."""
     return "urgent" if medical == "urgent" else "stable"

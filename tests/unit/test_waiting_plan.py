@@ -283,3 +283,46 @@ async def test_the_plan_reads_only_entries_whose_list_has_slots_left(
     )
     assert [e for _, e in sent[0]] == [d["_id"] for d in takers[:3]]
     assert sum(read) <= 4  # the Kraków entries; not one of the 396 for Gdańsk
+
+
+def test_every_queue_an_entry_can_be_in_is_named_in_queues() -> None:
+    mediums = {info.medical_category for info in codes.slot_categories().values()}
+    for medical in [*mediums, None, "urgent", "stable", "unknown"]:
+        assert rules.queue_of(medical) in rules.QUEUES
+
+
+async def test_the_estimate_reads_the_active_entries_by_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R-WAIT-5's estimate reads a scope's active entries: through the (scope, status,
+    queue, rank) index, so the assigned and closed entries that pile up over the months
+    are not read; the same entries, in rank order, as a scan finds."""
+    from adapters import memory_store
+    from gateway import waiting_estimate as est
+
+    rng = random.Random(11)
+    store = MemoryStore()
+    await store.start(INDEXES)
+    docs = [entry_doc(rng, n) for n in range(600)]
+    for n, d in enumerate(docs):
+        if n % 5:  # most are done: assigned or left long ago
+            d["status"] = rng.choice([rules.ASSIGNED, rules.LEFT])
+        await store.insert(c.WAITING_ROOM, d)
+    plans: list[Any] = []
+    real_plan = memory_store._plan
+
+    def recording(coll: Any, cons: Any, sort: Any, want: int) -> Any:
+        found = real_plan(coll, cons, sort, want)
+        if coll is store._colls[c.WAITING_ROOM]:
+            plans.append(found)
+        return found
+
+    monkeypatch.setattr(memory_store, "_plan", recording)
+    snap = await est.load_snapshot(store, "cardiology", NOW, timedelta(minutes=10))
+    active = [d for d in docs if d["scope"] == "cardiology" and d["status"] in rules.ACTIVE]
+    assert plans and plans[0] is not None and plans[0].count == len(active)
+    got = sorted((q, e.id) for q, entries in snap.queues.items() for e in entries)
+    assert got == sorted((d["queue"], d["_id"]) for d in active)
+    for entries in snap.queues.values():
+        ranks = [e.rank for e in entries]
+        assert ranks == sorted(ranks)
