@@ -38,12 +38,13 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
 
 ``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
-Xeon, 2 vCPUs, nothing else running, load average 0.5-1.4; the README has the table):
-embedded, 1,794 assignments/s (1,789 per CPU-second; 1,531 and 1,640/s in two runs with
-``--cancellations 0``; 1,131/s at that day's start on the same machine), 1.07 ms of CPU
-an assignment with everything it causes, cancellation -> provider's event p99 49 ms at
-5/s; RabbitMQ (``--cancellations 150``), 641 assignments/s (674 per CPU-second), p99
-100 ms at 5/s; earlier (AMD EPYC): p99 67 ms at 20/s, saturated at 30/s (one process).
+Xeon, 2 vCPUs, nothing else running, load average 0.6-1.2; the README has the table):
+embedded with ``--cancellations 0``, 1,346-2,276 assignments/s over 19 runs (median
+1,834; the machine's speed moves by 20-30 % from one minute to the next), against
+1,131-1,794/s at that day's start; about 1.07 ms of CPU an assignment with everything
+it causes; cancellation -> provider's event p99 29 ms at 5/s; RabbitMQ
+(``--cancellations 150``), 751 assignments/s (804 per CPU-second), p99 82 ms at 5/s;
+earlier (AMD EPYC): p99 67 ms at 20/s, saturated at 30/s (one process).
 """
 
 from __future__ import annotations
