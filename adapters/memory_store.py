@@ -845,16 +845,22 @@ def _flat_update(old: Document, ops: Mapping[str, Mapping[str, Any]]) -> Documen
                 new.pop(path, None)
         elif op == "$inc":
             for path, value in fields.items():
-                if type(value) not in _NUMBER_TYPES:
-                    raise ValueError(f"$inc needs a number for {path}")
-                cur = new.get(path, _MISSING)
-                if cur is _MISSING:
-                    new[path] = value
-                elif type(cur) in _NUMBER_TYPES:
-                    new[path] = cur + value
-                else:
-                    raise ValueError(f"$inc on a non-numeric field {path}")
+                _inc(new, path, path, value)
     return new
+
+
+def _inc(target: dict[str, Any], key: str, path: str, value: Any) -> None:
+    """``$inc`` of ``target[key]`` (the field at ``path``) by ``value``, as MongoDB: a
+    missing field is set to it; a number and a non-number field are refused."""
+    if type(value) not in _NUMBER_TYPES:
+        raise ValueError(f"$inc needs a number for {path}")
+    cur = target.get(key, _MISSING)
+    if cur is _MISSING:
+        target[key] = value
+    elif type(cur) in _NUMBER_TYPES:
+        target[key] = cur + value
+    else:
+        raise ValueError(f"$inc on a non-numeric field {path}")
 
 
 def _two_level_update(new: Document, ops: Mapping[str, Mapping[str, Any]]) -> Document | None:
@@ -923,14 +929,7 @@ def _two_level_update(new: Document, ops: Mapping[str, Mapping[str, Any]]) -> Do
                 target: dict[str, Any] | None = new if not dot else sub(head, True)
                 if target is None:
                     return None
-                key = path if not dot else last
-                cur = target.get(key, _MISSING)
-                if cur is _MISSING:
-                    target[key] = value
-                elif type(cur) in _NUMBER_TYPES:
-                    target[key] = cur + value
-                else:
-                    raise ValueError(f"$inc on a non-numeric field {path}")
+                _inc(target, path if not dot else last, path, value)
     return new
 
 

@@ -62,6 +62,7 @@ from gateway.events import event
 from gateway.ports import Index
 from gateway.schema import INDEXES as GATEWAY_INDEXES
 from gateway.timeutil import to_store
+from gateway.waiting_assign import CLAIMED_FIELDS
 
 SLOTS = "slots"
 INDEXES = {
@@ -366,19 +367,6 @@ async def write_ops(n: int) -> None:
         )
     finally:
         gc.enable()
-
-
-CLAIMED_FIELDS = (
-    "queue",
-    "rank",
-    "criteria",
-    "gave_up",
-    "referral",
-    "pesel",
-    "scope",
-    "contact",
-    "privileged",
-)
 
 
 def _assignment_docs(i: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -164,9 +164,13 @@ def expected_commands(
 
 
 async def planned(
-    slot_docs: list[dict[str, Any]], entry_docs: list[dict[str, Any]]
+    slot_docs: list[dict[str, Any]],
+    entry_docs: list[dict[str, Any]],
+    store: MemoryStore | None = None,
 ) -> tuple[list[tuple[str, list[list[str]]]], int]:
-    store = MemoryStore()
+    """The commands ``plan_days`` sends over these documents (in ``store``, a new
+    embedded store by default), and how many pairs it planned."""
+    store = store or MemoryStore()
     await store.start(INDEXES)
     for d in slot_docs:
         await store.insert(c.RESOURCES, d)
@@ -262,26 +266,12 @@ async def test_the_plan_reads_only_entries_whose_list_has_slots_left(
                 read.append(len(found))
             return found
 
-    store = Counting()
-    await store.start(INDEXES)
-    for d in slot_docs:
-        await store.insert(c.RESOURCES, d)
-    for d in entry_docs:
-        await store.insert(c.WAITING_ROOM, d)
-    clock = SandboxClock()
-    bus = MemoryBus(clock, partitions=1, retry_delays=(), prefetch=1)
-    service = ws.WaitingRoomService(store, bus, clock, Settings(), Metrics())
-    sent: list[list[list[str]]] = []
-
-    async def send(kind: str, body: dict[str, Any], tenant: str, msg_id: str, corr: str) -> None:
-        sent.append(body["pairs"])
-
-    service.send = send  # type: ignore[method-assign]
-    assert await service.plan_days(codes.scopes()["cardiology"], FIRST, LAST, NOW) == 3
+    sent, n = await planned(slot_docs, entry_docs, Counting())
+    assert n == 3
     takers = sorted(
         (d for d in entry_docs if d["criteria"]["city"] == "Kraków"), key=lambda d: d["rank"]
     )
-    assert [e for _, e in sent[0]] == [d["_id"] for d in takers[:3]]
+    assert [e for _, e in sent[0][1]] == [d["_id"] for d in takers[:3]]
     assert sum(read) <= 4  # the Kraków entries; not one of the 396 for Gdańsk
 
 
