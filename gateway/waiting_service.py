@@ -781,6 +781,9 @@ class WaitingRoomService:
         if not slots:
             return 0
         queues = sorted({q for cat in {s.category for s in slots} for q in rules.queues_for(cat)})
+        # The embedded store never suspends: between the slots' read (and their facts) and
+        # building the lists, let the API run (each page of entries yields likewise).
+        await asyncio.sleep(0)
         planner = Planner(slots)
         corr = f"unlock-{info.code}-{last.isoformat()}"
         by_tenant: dict[str, list[list[str]]] = {}

@@ -6,6 +6,7 @@ only the entries whose list of slots still has some."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -316,3 +317,46 @@ async def test_the_estimate_reads_the_active_entries_by_index(
     for entries in snap.queues.values():
         ranks = [e.rank for e in entries]
         assert ranks == sorted(ranks)
+
+
+async def test_the_plan_lets_the_event_loop_run_between_its_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded store never suspends: the plan yields between reading the slots and
+    building their lists (as after each page of entries), so API requests and the
+    bookings already sent run meanwhile."""
+    rng = random.Random(4)
+    slot_docs = [slot_doc(rng, n) for n in range(60)]
+    entry_docs = [entry_doc(rng, n) for n in range(200)]
+    ticks = 0
+    stop = False
+    seen: dict[str, int] = {}
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    class Watched(MemoryStore):
+        async def find(self, coll: str, filter: Any, **kw: Any) -> Any:
+            found = await super().find(coll, filter, **kw)
+            if coll == c.RESOURCES and filter.get("type") == "Slot":
+                seen["slots read"] = ticks
+            return found
+
+    planner_init = ws.Planner.__init__
+
+    def watched_init(self: Any, slots: Any) -> None:
+        seen["lists built"] = ticks
+        planner_init(self, slots)
+
+    monkeypatch.setattr(ws.Planner, "__init__", watched_init)
+    task = asyncio.create_task(ticker())
+    try:
+        _, n = await planned(slot_docs, entry_docs, Watched())
+    finally:
+        stop = True
+        await task
+    assert n > 0
+    assert seen["lists built"] > seen["slots read"]
