@@ -39,8 +39,8 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
 
 ``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
 Xeon, 2 vCPUs, nothing else running, load average 0.6-1.2; the README has the table):
-embedded with ``--cancellations 0``, 1,346-2,276 assignments/s over 19 runs (median
-1,834; the machine's speed moves by 20-30 % from one minute to the next), against
+embedded with ``--cancellations 0``, 1,307-2,479 assignments/s over 29 runs (median
+1,953; the machine's speed moves by 20-30 % from one minute to the next), against
 1,131-1,794/s at that day's start; about 1.07 ms of CPU an assignment with everything
 it causes; cancellation -> provider's event p99 29 ms at 5/s; RabbitMQ
 (``--cancellations 150``), 751 assignments/s (804 per CPU-second), p99 82 ms at 5/s;
