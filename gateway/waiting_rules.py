@@ -361,7 +361,8 @@ def entry_facts(doc: Mapping[str, Any], criteria: Mapping[str, Any] | None = Non
 
 
 def location_of(criteria: Mapping[str, Any]) -> tuple[str, ...]:
-    """``entry_facts(doc, criteria).location`` without making the facts."""
+    """``entry_facts(doc, criteria).location`` without making the facts (``location_key``
+    is it as text)."""
     fac = criteria.get("facility")
     if fac:
         return ("facility", fac[0] or "", fac[1])
@@ -395,14 +396,7 @@ def location_key(criteria: Mapping[str, Any]) -> str:
     of ``slot_location_key_values``. The look for a taker reads only those, in rank
     order, instead of every waiting entry ahead of the first match (R-WAIT-5).
     """
-    fac = criteria.get("facility")
-    if fac:
-        return f"facility|{fac[0] or ''}|{fac[1]}"
-    if criteria.get("postal_code"):
-        return f"postal|{criteria['postal_code']}"
-    if criteria.get("city"):
-        return f"city|{criteria['city'].casefold()}"
-    return ""
+    return "|".join(map(str, location_of(criteria)))
 
 
 def slot_location_key_values(s: SlotFacts) -> list[str]:
