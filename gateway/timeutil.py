@@ -56,17 +56,14 @@ def parse_instant(s: str) -> datetime:
 def to_fhir(dt: datetime) -> str:
     """FHIR ``instant`` text in UTC, e.g. ``2026-11-25T08:00:00Z`` (ms kept when present).
 
-    Put together from ready-made digits as ``store_text`` is: a command's instant is
-    new to the cache (the clock moves between commands), and ``strftime`` took 4 of
-    its 5 us (each assignment of the nightly unlock formats one). The same text as
-    ``strftime`` (tests/unit/test_write_fast_paths.py keeps the two in step).
+    ``store_text``'s digits, without ``.000`` when the instant has no fraction: a
+    command's instant is new to the cache (the clock moves between commands), and
+    ``strftime`` took 4 of its 5 us (each assignment of the nightly unlock formats one).
+    The same text as ``strftime`` (tests/unit/test_write_fast_paths.py keeps the two in
+    step).
     """
-    d = dt if dt.tzinfo is UTC else utc(dt)
-    two = _TWO_DIGITS
-    text = f"{d.year}-{two[d.month]}-{two[d.day]}T{two[d.hour]}:{two[d.minute]}:{two[d.second]}"
-    if d.microsecond:
-        return f"{text}.{_THREE_DIGITS[d.microsecond // 1000]}Z"
-    return f"{text}Z"
+    text = store_text(dt)  # with milliseconds, always
+    return text if dt.microsecond else f"{text[:-5]}Z"
 
 
 def warsaw_day(dt: datetime) -> date:
