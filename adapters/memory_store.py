@@ -605,19 +605,14 @@ _CHECKED: set[_Shape] = set()
 _TOUCHED: dict[tuple[_Shape, ...], frozenset[str]] = {}
 
 
-def _check_update(
-    update: Mapping[str, Any], coll: _Coll | None = None
-) -> dict[str, dict[str, Any]]:
-    """The update, checked and copied (``coll``: a whole frozen field it sets is packed
-    straight from the caller's value, not copied and packed again). Values that are not
-    scalars are copied one by one (``_copy``); scalars are immutable: kept as they are."""
-    return _checked(update, coll)[0]
-
-
 def _checked(
-    update: Mapping[str, Any], coll: _Coll | None
+    update: Mapping[str, Any], coll: _Coll | None = None
 ) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
-    """``_check_update`` and the update's ``_touched`` paths (remembered per shape)."""
+    """The update, checked and copied, and its ``_touched`` paths (remembered per shape).
+
+    ``coll``: a whole frozen field the update sets is packed straight from the caller's
+    value, not copied and packed again. Values that are not scalars are copied one by
+    one (``_copy``); scalars are immutable: kept as they are."""
     if not update:
         raise ValueError("empty update")
     frozen = coll is not None and bool(coll.frozen)
@@ -667,7 +662,7 @@ def _checked(
 
 
 def _copied(op: str, fields: Mapping[str, Any], frozen: bool, coll: _Coll | None) -> dict[str, Any]:
-    """One operator's fields with their values copied (``_check_update``)."""
+    """One operator's fields with their values copied (``_checked``)."""
     mine: dict[str, Any] = {}
     for path, v in fields.items():
         if type(v) not in _IMMUTABLE:

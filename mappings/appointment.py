@@ -92,7 +92,8 @@ def _shape(res: dict[str, Any], issues: list[Issue]) -> dict[str, Any]:
         return res
     for f, kind in wrong:
         issues.append(Issue("structure", f"{f} must be {kind}", [f"Appointment.{f}"]))
-    return {k: v for k, v in res.items() if k not in dict(wrong)}
+    bad = {f for f, _ in wrong}
+    return {k: v for k, v in res.items() if k not in bad}
 
 
 def to_central(res: dict[str, Any]) -> CentralAppointment:

@@ -1,4 +1,4 @@
-"""The embedded store's update fast paths (``_flat_update``, ``_check_update``'s remembered
+"""The embedded store's update fast paths (``_flat_update``, ``_checked``'s remembered
 shapes) against the general writer and checks."""
 
 from __future__ import annotations
@@ -127,24 +127,24 @@ def test_flat_update_leaves_deeper_paths_and_other_operators_to_the_writer(ops: 
 
 
 def test_check_update_copies_containers_and_packs_whole_frozen_fields() -> None:
-    from adapters.memory_store import _check_update, _Coll, _Frozen
+    from adapters.memory_store import _checked, _Coll, _Frozen
 
     claim = {"by": "m", "at": [1, 2]}
     update = {"$set": {"status": "x", "claim": claim, "pair": (1, 2)}, "$inc": {"rev": 1}}
-    ops = _check_update(update)
+    ops = _checked(update)[0]
     assert ops == {"$set": {"status": "x", "claim": claim, "pair": [1, 2]}, "$inc": {"rev": 1}}
     assert ops["$set"]["claim"] is not claim and ops["$set"]["claim"]["at"] is not claim["at"]
     coll = _Coll(frozen=frozenset({"resource"}))
     body = {"resourceType": "Slot", "status": "busy"}
-    ops = _check_update({"$set": {"resource": body, "resource2": body, "v": 2}}, coll)
+    ops = _checked({"$set": {"resource": body, "resource2": body, "v": 2}}, coll)[0]
     assert type(ops["$set"]["resource"]) is _Frozen
     assert ops["$set"]["resource"].value() == body
     assert ops["$set"]["resource2"] == body and ops["$set"]["resource2"] is not body
     assert ops["$set"]["v"] == 2
     with pytest.raises(ValueError, match="reserved for the outbox"):
-        _check_update({"$set": {"_outbox.x": 1}})
+        _checked({"$set": {"_outbox.x": 1}})[0]
     with pytest.raises(ValueError, match="unsupported update operator"):
-        _check_update({"$rename": {"a": "b"}})
+        _checked({"$rename": {"a": "b"}})[0]
 
 
 UPDATES = st.dictionaries(
@@ -166,7 +166,7 @@ UPDATES = st.dictionaries(
 def test_a_remembered_update_shape_is_checked_and_copied_as_the_first_time(
     update: dict[str, Any],
 ) -> None:
-    """``_check_update`` remembers the shapes that passed its checks: the second time an
+    """``_checked`` remembers the shapes that passed its checks: the second time an
     update of that shape comes, it gives what the checks and copies gave the first time
     (an error as well), with its own copies of containers, and the same ``_touched``."""
     coll = memory_store._Coll(frozen=frozenset({"resource"}))
