@@ -37,14 +37,15 @@ with ``--bus rabbitmq`` on the ``cer-bench-waiting`` vhost):
    the provider's endpoint receives the new visit booked by the waiting room (and,
    for reference, the cancelled one): p50 / p95 / p99 (target p99 < 1 s with RabbitMQ).
 
-``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Intel
-Xeon, 2 vCPUs, nothing else running, load average 0.6-1.2; the README has the table):
-embedded with ``--cancellations 0``, 1,307-2,479 assignments/s over 29 runs (median
-1,953; the machine's speed moves by 20-30 % from one minute to the next), against
-1,131-1,794/s at that day's start; about 1.07 ms of CPU an assignment with everything
-it causes; cancellation -> provider's event p99 29 ms at 5/s; RabbitMQ
-(``--cancellations 150``), 751 assignments/s (804 per CPU-second), p99 82 ms at 5/s;
-earlier (AMD EPYC): p99 67 ms at 20/s, saturated at 30/s (one process).
+``--entries 20000 --slots 2000`` is a quick look. Latest figures (2026-11-26, Python
+3.11, 2 vCPUs, nothing else running; the README has the table). AMD EPYC (load average
+0.4-1.3): embedded with ``--cancellations 0``, 2,786-4,303 assignments/s over 42 runs
+(median 3,510), 0.52-0.81 ms of CPU an assignment with everything it causes;
+cancellation -> provider's event p99 14 ms at 5/s; RabbitMQ (``--cancellations 150``),
+1,657 assignments/s, p99 39 ms at 5/s, 52 ms at 50/s, saturated at 100/s (one
+process). Intel Xeon the same day: 1,307-2,479 assignments/s over 29 runs (median
+1,953; its speed moved by 20-30 % from one minute to the next), about 1.07 ms of CPU
+an assignment; RabbitMQ 751 assignments/s, p99 82 ms at 5/s.
 """
 
 from __future__ import annotations
