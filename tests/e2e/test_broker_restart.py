@@ -42,6 +42,7 @@ async def test_broker_restart_loses_nothing_and_applies_nothing_twice(
     tenant = prov["provider_id"]
     sent = 0
     third_sent = asyncio.Event()
+    broker_down = asyncio.Event()
 
     async def send(i: int) -> None:
         nonlocal sent
@@ -53,6 +54,10 @@ async def test_broker_restart_loses_nothing_and_applies_nothing_twice(
             correlation_id=f"restart-{i}",
             now=services.clock.now(),
         )
+        if i >= N // 2:
+            # The second half goes out only once the broker is down (a loaded machine
+            # could otherwise send all of it while ``rabbitmqctl stop_app`` starts).
+            await broker_down.wait()
         await services.bus.send(msg)
         sent += 1
         if sent >= N * 0.3:
@@ -72,13 +77,17 @@ async def test_broker_restart_loses_nothing_and_applies_nothing_twice(
     try:
         await asyncio.wait_for(third_sent.wait(), 60)
         await rabbitmqctl("stop_app")
+        broker_down.set()
         await asyncio.sleep(1.0)
         resp = await client.get("/health/ready")
         ready_during_outage = resp.status
+        sent_during_outage = sent
     finally:
+        broker_down.set()
         await rabbitmqctl("start_app")
     await asyncio.wait_for(task, 120)
     assert ready_during_outage == 503
+    assert sent_during_outage < N, "every command was sent before the broker stopped"
 
     store = services.store
     tenant_filter = {"tenant": tenant, "type": "Location"}
@@ -97,5 +106,12 @@ async def test_broker_restart_loses_nothing_and_applies_nothing_twice(
             break
         await asyncio.sleep(0.1)
     assert await store.pending_events(10) == []
-    resp = await client.get("/health/ready")
-    assert resp.status == 200
+    # Ready again once the connection is back (aio-pika reconnects every second).
+    statuses = []
+    for _ in range(30):
+        resp = await client.get("/health/ready")
+        statuses.append(resp.status)
+        if resp.status == 200:
+            break
+        await asyncio.sleep(1.0)
+    assert statuses[-1] == 200, f"not ready 30 s after the broker came back: {statuses}"
