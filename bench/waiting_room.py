@@ -45,7 +45,9 @@ cancellation -> provider's event p99 14 ms at 5/s; RabbitMQ (``--cancellations 1
 1,657 assignments/s, p99 39 ms at 5/s, 52 ms at 50/s, saturated at 100/s (one
 process). Intel Xeon the same day: 1,307-2,479 assignments/s over 29 runs (median
 1,953; its speed moved by 20-30 % from one minute to the next), about 1.07 ms of CPU
-an assignment; RabbitMQ 751 assignments/s, p99 82 ms at 5/s.
+an assignment; RabbitMQ 751 assignments/s, p99 82 ms at 5/s. The EPYC again, 15:25-15:45
+UTC, 2-3 times slower than at 14:27-15:00 (the probe 248-486 ms against 103-179):
+942-1,624 assignments/s over 13 runs (median 1,279), 1.1-1.6 ms of CPU an assignment.
 """
 
 from __future__ import annotations
