@@ -2087,6 +2087,8 @@ class MemoryStore:
     ``frozen``: per collection, the fields kept as orjson bytes (``FROZEN`` by default).
     """
 
+    suspends = False  # ``Store.suspends``
+
     def __init__(
         self,
         packed: Container[str] = PACKED,

@@ -139,6 +139,8 @@ def _sort_spec(sort: Sort | None) -> list[tuple[str, int]] | None:
 class MongoStore:
     """``Store`` on MongoDB. ``client_factory`` (tests) builds the client instead of the URL."""
 
+    suspends = True  # ``Store.suspends``
+
     def __init__(
         self,
         url: str | None,

@@ -78,7 +78,13 @@ class Store(Protocol):
     single-document write, so a state change and its events are never parted.
     A relay reads ``pending_events`` and removes what it published with
     ``clear_events``. ``_outbox`` is never returned by reads.
+
+    ``suspends``: whether its calls give the event loop to other tasks (a network
+    round trip, MongoDB). The embedded store's never do: a caller that writes in a
+    long loop yields on its own (``waiting_assign.handle_assign``).
     """
+
+    suspends: bool
 
     async def start(self, indexes: Mapping[str, Sequence[Index]]) -> None:
         """Connect and make sure the collections' indexes exist."""

@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 import structlog
 
-from gateway import booking, operations, patients, resources
+from gateway import booking, operations, patients, resources, turns
 from gateway import constants as c
 from gateway import waiting_room as entries
 from gateway import waiting_rules as rules
@@ -966,44 +967,71 @@ async def handle_assign(
     tenant = _tenant(msg)
     corr = msg.correlation_id or msg.id
     booked = 0
-    for i, (slot_id, entry_id) in enumerate(msg.body["pairs"]):
-        # The embedded store never suspends: let the API and other consumers run.
-        await asyncio.sleep(0)
-        now = clock.now()
-        sub = f"{msg.id}/{i}"
-        slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
-        if slot is None or slot.get("deleted"):
-            continue
-        s = slot["central"]
-        usable = s.get("appointment_id") is None and (
-            (s.get("status") == "free" and not s.get("hold")) or booking.is_held(s)
-        )
-        if not usable:
-            continue
-        if booking.lead_time_hours(s, now) > rules.ASSIGN_ABOVE_HOURS:
-            # The planned entry, if it still waits (or this command claimed it before
-            # a redelivery) and still takes the slot; else the slot's best taker now.
-            out = await assign_pair(store, now, msg_id=sub, corr=corr, slot=slot, entry_id=entry_id)
-            if out == "booked":
-                booked += 1
-                continue
-            if out == "slot":
-                continue
-        if (
-            await offer_slot(
-                store,
-                clock,
-                settings,
-                tenant=tenant,
-                slot_id=slot_id,
-                reason="unlock",
-                msg_id=f"{sub}/offer",
-                corr=corr,
+    # The embedded store never suspends: the commands of an unlock take turns (``turns``).
+    turn = None if store.suspends else turns.turns()
+    held = False
+    ends = 0.0
+    try:
+        for i, (slot_id, entry_id) in enumerate(msg.body["pairs"]):
+            if turn is None:
+                await asyncio.sleep(0)  # next to MongoDB's round trips, a pass costs nothing
+            elif time.monotonic() >= ends:
+                if held:
+                    turn.give_up()
+                    held = False
+                await turn.take()
+                held = True
+                ends = time.monotonic() + turns.TURN_SECONDS
+            booked += await _assign_planned(
+                store, clock, settings, tenant, slot_id, entry_id, f"{msg.id}/{i}", corr
             )
-            == "booked"
-        ):
-            booked += 1
+    finally:
+        if held and turn is not None:
+            turn.give_up()
     return {"booked": booked}
+
+
+async def _assign_planned(
+    store: Store,
+    clock: Clock,
+    settings: Settings,
+    tenant: str,
+    slot_id: str,
+    entry_id: str,
+    sub: str,
+    corr: str,
+) -> int:
+    """One pair of the plan: 1 if the slot was booked (for its entry, or else for its best
+    taker now), else 0."""
+    now = clock.now()
+    slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
+    if slot is None or slot.get("deleted"):
+        return 0
+    s = slot["central"]
+    usable = s.get("appointment_id") is None and (
+        (s.get("status") == "free" and not s.get("hold")) or booking.is_held(s)
+    )
+    if not usable:
+        return 0
+    if booking.lead_time_hours(s, now) > rules.ASSIGN_ABOVE_HOURS:
+        # The planned entry, if it still waits (or this command claimed it before a
+        # redelivery) and still takes the slot; else the slot's best taker now.
+        out = await assign_pair(store, now, msg_id=sub, corr=corr, slot=slot, entry_id=entry_id)
+        if out == "booked":
+            return 1
+        if out == "slot":
+            return 0
+    offered = await offer_slot(
+        store,
+        clock,
+        settings,
+        tenant=tenant,
+        slot_id=slot_id,
+        reason="unlock",
+        msg_id=f"{sub}/offer",
+        corr=corr,
+    )
+    return 1 if offered == "booked" else 0
 
 
 async def handle_accept(
