@@ -49,7 +49,7 @@ an assignment; RabbitMQ 751 assignments/s, p99 82 ms at 5/s. The EPYC again, 15:
 UTC, 2-3 times slower than at 14:27-15:00 (the probe 248-486 ms against 103-179):
 942-1,624 assignments/s over 13 runs (median 1,279), 1.1-1.6 ms of CPU an assignment.
 With the commands taking turns (``gateway/turns.py``), ten runs side by side with the
-code before (17:50-18:25 UTC, the probe 188-339 ms): median 2,360 -> 2,728
+code before (17:03-17:09 UTC, the probe 188-339 ms): median 2,360 -> 2,728
 assignments/s, the pairs' ratios median 1.19 (0.99-1.40).
 """
 

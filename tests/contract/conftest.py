@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from adapters.memory_store import MemoryStore
+from adapters.memory_store import MemoryStore, _Bucket
 from adapters.mongo_emulator import emulator_client
 from adapters.mongo_store import MongoStore
 from gateway.ports import Index, Store
@@ -19,8 +19,9 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 # --------------------------------------------------------------------------- store
 #
 # ``store`` runs a test against every Store adapter: the embedded MemoryStore (as
-# is, with every collection packed as orjson bytes, and with every object or array
-# field frozen as orjson bytes),
+# is, with every collection packed as orjson bytes, with every object or array
+# field frozen as orjson bytes, and with every removal from a bucket of two entries or
+# more marked dead instead of done at once: ``_Bucket.LAZY``),
 # MongoStore on the in-process emulator (pymongo-async-mock, mongomock
 # underneath), and MongoStore on a real MongoDB when MONGODB_URL is set (a
 # throwaway database, dropped afterwards). A test module declares the indexes
@@ -30,6 +31,7 @@ STORE_BACKENDS = [
     "memory",
     "memory-packed",
     "memory-frozen",
+    "memory-lazy",
     "mongo-emulator",
     pytest.param("mongo-real", marks=pytest.mark.mongodb),
 ]
@@ -50,7 +52,9 @@ class _EveryField(dict[str, Container[str]]):
 
 
 @pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+async def store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Store]:
     indexes: Mapping[str, Sequence[Index]] = getattr(request.module, "STORE_INDEXES", {})
     kind: str = request.param
     db_name = f"cer_contract_{uuid.uuid4().hex[:12]}"
@@ -62,6 +66,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         s = MemoryStore(packed=_EveryName())
     elif kind == "memory-frozen":
         s = MemoryStore(packed=(), frozen=_EveryField())
+    elif kind == "memory-lazy":
+        monkeypatch.setattr(_Bucket, "LAZY", 2)
+        s = MemoryStore()
     elif kind == "mongo-emulator":
         s = MongoStore(None, db_name, client_factory=emulator_client)
     else:

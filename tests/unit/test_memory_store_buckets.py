@@ -20,7 +20,9 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_Bucket, "LOAD", 2)
 
 
-def test_a_bucket_is_a_sorted_list() -> None:
+def test_a_bucket_is_a_sorted_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every removal at once (the dead entries' test is below): an absent one is a no-op
+    monkeypatch.setattr(_Bucket, "LAZY", 10**9)
     rnd = random.Random(5)
     bucket, flat = _Bucket(), []
     for step in range(3000):
@@ -98,7 +100,55 @@ def test_held_by_other_reads_every_entry_of_the_key() -> None:
             assert bucket.held_by_other(key, doc_id) is want, (key, doc_id)
 
 
-async def test_the_store_answers_alike_with_and_without_indexes() -> None:
+@pytest.mark.parametrize("lazy", [3, 10**9])  # removals marked dead / removed at once
+def test_a_bucket_with_dead_entries_is_the_sorted_list_of_the_live(
+    monkeypatch: pytest.MonkeyPatch, lazy: int
+) -> None:
+    """From ``LAZY`` entries on, a removal marks its entry dead: positions count the dead,
+    everything read (ranges between two keys, either way; the unique check; the length)
+    is the live entries' sorted list, an entry inserted again comes back, and the dead
+    are dropped once they are an eighth of the live."""
+    monkeypatch.setattr(_Bucket, "LAZY", lazy)
+    rnd = random.Random(6)
+    bucket, flat = _Bucket(), []
+    most_dead = 0
+    for step in range(4000):
+        e = (3, f"k{rnd.randrange(60):02d}", f"id{rnd.randrange(50)}")
+        if e not in flat and (rnd.random() < 0.55 or not flat):
+            bucket.insert(e)  # new, or back from the dead
+            insort(flat, e)
+        else:
+            bucket.remove(flat.pop(rnd.randrange(len(flat))))
+        most_dead = max(most_dead, len(bucket.dead or ()))
+        assert len(bucket) == len(flat), step
+        assert len(bucket.dead or ()) * 8 <= max(len(flat), 0) + 8
+        lo_key, hi_key = sorted((3, f"k{rnd.randrange(62):02d}") for _ in range(2))
+        lo, hi = bucket.bisect_left(lo_key), bucket.bisect_left(hi_key)
+        want = [x for x in flat if lo_key <= x < hi_key]
+        assert list(bucket.range(lo, hi)) == want, step
+        assert list(bucket.range(lo, hi, descending=True)) == want[::-1], step
+        key, doc_id = (3, f"k{rnd.randrange(60):02d}"), f"id{rnd.randrange(50)}"
+        held = any(x[:2] == key and x[2] != doc_id for x in flat)
+        assert bucket.held_by_other(key, doc_id) is held, step
+        if step % 100 == 0:
+            assert list(bucket.live()) == flat
+        if step % 37 == 0:  # the count of a range, the dead counted out
+            assert hi - lo - bucket.dead_between(lo, hi) == len(want), step
+    assert (most_dead > 0) is (lazy == 3)
+    bucket.compact()
+    assert bucket.dead is None and list(bucket.live()) == flat
+    assert sum(map(len, bucket.blocks or ())) == len(flat)
+
+
+@pytest.mark.parametrize(
+    ("lazy", "counted"),
+    [(3, 64), (3, 1), (10**9, 64)],  # counts that count the dead out / drop them first
+)
+async def test_the_store_answers_alike_with_and_without_indexes(
+    monkeypatch: pytest.MonkeyPatch, lazy: int, counted: int
+) -> None:
+    monkeypatch.setattr(_Bucket, "LAZY", lazy)
+    monkeypatch.setattr(memory_store, "DEAD_COUNTED", counted)
     rnd = random.Random(9)
     store = MemoryStore()
     await store.start(
@@ -189,10 +239,14 @@ def test_the_compiled_entries_are_each_index_s_own() -> None:
         assert compiled(doc) == [idx.entries(doc) for idx in idxs], doc
 
 
-async def test_an_update_moves_entries_and_leaves_no_empty_bucket() -> None:
+@pytest.mark.parametrize("lazy", [3, 10**9])
+async def test_an_update_moves_entries_and_leaves_no_empty_bucket(
+    monkeypatch: pytest.MonkeyPatch, lazy: int
+) -> None:
     """A status change moves an entry within its bucket (the index's last field) or to
     another bucket (a leading field): every index holds exactly the documents' entries,
-    and no bucket stays empty."""
+    and no bucket stays empty (with removals marked dead or not: ``_Bucket.LAZY``)."""
+    monkeypatch.setattr(_Bucket, "LAZY", lazy)
     store = MemoryStore()
     await store.start(
         {
@@ -221,7 +275,7 @@ async def test_an_update_moves_entries_and_leaves_no_empty_bucket() -> None:
     coll = store._colls["w"]
     for idx in coll.indexes:
         assert all(len(b) for b in idx.buckets.values()), idx.spec.name
-        held = sorted((prefix, e) for prefix, b in idx.buckets.items() for e in b.range(0, len(b)))
+        held = sorted((prefix, e) for prefix, b in idx.buckets.items() for e in b.live())
         want = sorted(
             (prefix, (*key, doc_id))
             for doc_id, doc in coll.docs.items()
