@@ -17,7 +17,9 @@ turns of 20 ms side by side with a yield after every booking): 1,810-2,580 -> 2,
 assignments/s (medians 2,360 -> 2,728; the pairs' ratios 0.99-1.40, median 1.19), the
 CPU for everything the unlock caused 0.81-1.07 -> 0.80-0.86 ms an assignment, the event
 loop's lag p99 62-98 -> 70-123 ms. Turns of 10 ms gave no more (1,455-2,130 /s against
-1,657-2,450 in four pairs) for a lag p99 of 63-68 ms.
+1,657-2,450 in four pairs) for a lag p99 of 63-68 ms. On RabbitMQ (with the embedded
+store: ``--bus rabbitmq``), where fewer commands run at once, the rate stayed (943 ->
+934 /s) and the lag p99 grew to about one turn (14 -> 43 ms).
 
 Without them: a handler that yields every few milliseconds instead of after every
 booking (each on its own) made a pass of the loop a few milliseconds of each of the 50,
