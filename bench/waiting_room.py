@@ -49,8 +49,8 @@ an assignment; RabbitMQ 751 assignments/s, p99 82 ms at 5/s. The EPYC again, 15:
 UTC, 2-3 times slower than at 14:27-15:00 (the probe 248-486 ms against 103-179):
 942-1,624 assignments/s over 13 runs (median 1,279), 1.1-1.6 ms of CPU an assignment.
 With the commands taking turns (``gateway/turns.py``) and removals from big index
-buckets marked dead (``adapters/memory_store._Bucket``), against the session's first
-code, six pairs of runs alternated (17:51-17:57 UTC, the probe 183-312 ms): 2,012-2,311
+buckets marked dead (``adapters/memory_store._Bucket``), against the code before them
+(fe50a35), six pairs of runs alternated (17:51-17:57 UTC, the probe 183-312 ms): 2,012-2,311
 -> 2,282-3,073 assignments/s (medians 2,154 -> 2,655; ratios median 1.25); RabbitMQ
 943 -> 934 /s.
 """
