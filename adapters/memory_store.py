@@ -1642,6 +1642,11 @@ def _plan_on(idx: _Idx, cons: _Constraints, sort_first: str | None) -> _Plan | N
         bounds = [_point(k) for k in cons.eq[last]]
     elif last in cons.ranges:
         (lo_key, lo_inc), (hi_key, hi_inc) = cons.ranges[last]
+        if idx.multikey:
+            # An array meets a range when one element meets one end and another the
+            # other (MongoDB): its entries are found by the lower end alone (up to the
+            # top of its type), the candidates checked against the whole range.
+            hi_key, hi_inc = (lo_key[0] + 1,), False
         lo_b = lo_key if lo_inc else (*lo_key, _TOP)
         hi_b = (*hi_key, _TOP) if hi_inc else hi_key
         bounds = [(lo_b, hi_b)]

@@ -441,6 +441,9 @@ FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"flag": True}, {"a"}),
     ({"flag": False}, {"b"}),
     ({"s": {"$in": ["1", "z"]}}, {"d", "e"}),
+    # an array meets a range when one element meets one end and another the other
+    ({"tags": {"$gt": "c", "$lt": "m"}}, {"a", "b"}),
+    ({"tags": {"$gt": "c", "$lt": "f"}}, {"a"}),
     ({"when": {"$gte": "2026-02-01T00:00:00.000Z", "$lt": "2026-04-01T00:00:00.000Z"}}, {"b", "c"}),
     ({"when": {"$gt": "2026-02-01T00:00:00.000Z"}}, {"c", "d"}),
     ({"opt": {"$exists": True}}, {"c", "d"}),  # null exists
