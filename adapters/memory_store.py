@@ -2242,7 +2242,12 @@ class MemoryStore:
     # --- reads
 
     async def get(
-        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+        self,
+        coll: str,
+        doc_id: str,
+        fields: Sequence[str] | None = None,
+        *,
+        shared: bool = False,
     ) -> Document | None:
         c = self._colls.get(coll)
         if c is None:
@@ -2255,6 +2260,14 @@ class MemoryStore:
             if fields is None:
                 return got
             return {k: got[k] for k in ("_id", *fields) if k in got}
+        if shared:
+            # A new top level over the stored values, the frozen fields decoded: the
+            # caller changes nothing (the port's docstring), and a stored version is never
+            # changed in place. The copy of a whole Slot, out of the CPU's caches in the
+            # waiting room's unlock, was most of its read.
+            out = doc if fields is None else {k: doc[k] for k in ("_id", *fields) if k in doc}
+            thawed = _thawed(out)
+            return dict(doc) if thawed is doc else thawed
         if fields is None:
             return _copy(doc)
         # Copy only what was asked for (a slot's FHIR body is most of its copy).

@@ -237,7 +237,12 @@ class MongoStore:
     # --- reads
 
     async def get(
-        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+        self,
+        coll: str,
+        doc_id: str,
+        fields: Sequence[str] | None = None,
+        *,
+        shared: bool = False,  # decoded afresh from the server's reply either way
     ) -> Document | None:
         doc: Document | None = await self._coll(coll).find_one({"_id": doc_id}, _projection(fields))
         return doc

@@ -111,11 +111,21 @@ class Store(Protocol):
         """
 
     async def get(
-        self, coll: str, doc_id: str, fields: Sequence[str] | None = None
+        self,
+        coll: str,
+        doc_id: str,
+        fields: Sequence[str] | None = None,
+        *,
+        shared: bool = False,
     ) -> Document | None:
         """The document with this ``_id``, or None. ``fields`` (top-level names) returns
         only those and ``_id``, as ``find`` does: a check of a slot's central model need
-        not copy its FHIR resource."""
+        not copy its FHIR resource.
+
+        ``shared``: as ``find``'s: the caller changes nothing in the document, nor in
+        anything it hands the document's values to (it may keep reading it, and build
+        new documents from its values: a stored version is never changed in place, so
+        what it reads stays the version it read). The answer is the same."""
 
     async def find_one(
         self, coll: str, filter: Filter, sort: Sort | None = None

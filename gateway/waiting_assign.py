@@ -1004,7 +1004,8 @@ async def _assign_planned(
     """One pair of the plan: 1 if the slot was booked (for its entry, or else for its best
     taker now), else 0."""
     now = clock.now()
-    slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id))
+    # Shared: the booking only reads the Slot and builds new documents from it.
+    slot = await store.get(c.RESOURCES, resources.doc_id(tenant, "Slot", slot_id), shared=True)
     if slot is None or slot.get("deleted"):
         return 0
     s = slot["central"]

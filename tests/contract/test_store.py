@@ -603,6 +603,36 @@ async def test_a_shared_find_answers_as_find_and_later_writes_leave_it_alone(
     ]
 
 
+async def test_a_shared_get_answers_as_get_and_later_writes_leave_it_alone(
+    store: Store,
+) -> None:
+    """``get(..., shared=True)`` (the waiting room's read of the Slot it books): the same
+    document as ``get``, with or without ``fields``; a write after it changes nothing the
+    caller holds, and a change of its top level is not the store's."""
+    doc = {"_id": "g1", "i": 1, "crit": {"days": [1, 2], "city": "Kraków"}, "tags": ["a"]}
+    await store.insert("shared_get", doc, events=[ev(1)])
+    for fields in (None, ["crit"], ["tags", "i"], [], ["nothing"]):
+        plain = await store.get("shared_get", "g1", fields)
+        held = await store.get("shared_get", "g1", fields, shared=True)
+        assert held == plain
+        assert held is not None
+        assert_clean(held)
+    assert await store.get("shared_get", "nobody", shared=True) is None
+    held = await store.get("shared_get", "g1", shared=True)
+    assert held is not None
+    held["i"] = 2  # its top level is the caller's own
+    held.pop("tags")
+    await store.update_one("shared_get", {"_id": "g1"}, {"$set": {"crit.days.0": 7}})
+    await store.update_one("shared_get", {"_id": "g1"}, {"$push": {"tags": "b"}})
+    assert held == {"_id": "g1", "i": 2, "crit": {"days": [1, 2], "city": "Kraków"}}
+    assert await store.get("shared_get", "g1", shared=True) == {
+        "_id": "g1",
+        "i": 1,
+        "crit": {"days": [7, 2], "city": "Kraków"},
+        "tags": ["a", "b"],
+    }
+
+
 async def test_iterate_streams_what_find_returns(store: Store) -> None:
     """``iterate`` (reports, the public slot feed) gives find's documents, in its order,
     in batches smaller than the result, without the outbox and without aliasing."""

@@ -123,9 +123,11 @@ async def test_a_new_slot_the_waiting_room_cannot_take_now_is_not_read() -> None
     reads: list[str] = []
 
     class CountingStore(MemoryStore):
-        async def get(self, coll: str, doc_id: str, fields: Any = None) -> Any:
+        async def get(
+            self, coll: str, doc_id: str, fields: Any = None, *, shared: bool = False
+        ) -> Any:
             reads.append(doc_id)
-            return await super().get(coll, doc_id, fields)
+            return await super().get(coll, doc_id, fields, shared=shared)
 
     store = CountingStore()
     await store.start(INDEXES)
