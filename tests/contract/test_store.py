@@ -441,6 +441,9 @@ FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"flag": True}, {"a"}),
     ({"flag": False}, {"b"}),
     ({"s": {"$in": ["1", "z"]}}, {"d", "e"}),
+    # an index answers some conditions on its fields, the candidates meet the rest
+    ({"s": "x", "n": {"$gt": 0, "$ne": 1}}, {"c"}),
+    ({"s": {"$in": ["x", "y"], "$nin": ["y"]}, "n": {"$gte": 1}}, {"a", "c"}),
     # an array meets a range when one element meets one end and another the other
     ({"tags": {"$gt": "c", "$lt": "m"}}, {"a", "b"}),
     ({"tags": {"$gt": "c", "$lt": "f"}}, {"a"}),
