@@ -1133,11 +1133,27 @@ class _Bucket:
     ``n`` counts the live entries; positions (``bisect_left``, ``range``) count the dead
     with them. Only entries that are in the bucket are ever removed (the store removes
     the entries it computed for the version it stored).
+
+    In a bucket of ``PENDING_FROM`` entries or more an insert below its last entry waits in
+    ``pending`` (unsorted) until the bucket is next read, or until ``LOAD`` wait: then
+    they go in together
+    (``_settle``: sorted, and each block merged with its share). An insert's searches
+    went through entries out of the CPU's caches as a removal's did, and most big buckets
+    take far more inserts than reads: in the waiting room's unlock a booking inserts
+    into about ten buckets of hundreds to thousands (the Appointments' of its provider,
+    the busy Slots of its scope, the entries being assigned) that nothing reads
+    meanwhile. Every reader settles first; a pending entry can be removed (it is marked
+    dead, and settles dead). A waiting entry costs a reader nothing until it reads, so
+    pending starts in smaller buckets than dead entries do.
     """
 
     LOAD = 1000
     LAZY = 512
-    __slots__ = ("blocks", "dead", "maxes", "n", "one", "starts")
+    PENDING_FROM = 64
+    # Fewer pending entries than this settle one by one (a read of a bucket that is read
+    # often meets one or two); more are merged block by block.
+    MERGE_FROM = 16
+    __slots__ = ("blocks", "dead", "maxes", "n", "one", "pending", "starts")
 
     def __init__(self, first: _Entry | None = None) -> None:
         self.blocks: list[list[_Entry]] | None = None
@@ -1146,15 +1162,69 @@ class _Bucket:
         self.one: _Entry | None = first  # the entry, while there is at most one
         self.n = 0 if first is None else 1  # the live entries
         self.dead: set[_Entry] | None = None  # entries removed but still in their blocks
+        self.pending: list[_Entry] | None = None  # inserted, not yet in their blocks
 
     def __len__(self) -> int:
         return self.n
+
+    def _settle(self) -> None:
+        """Put the pending entries into their blocks."""
+        pend = self.pending
+        if pend is None:
+            return
+        self.pending = None
+        self.starts = None
+        if len(pend) < self.MERGE_FROM:
+            for e in pend:
+                self._place(e)
+            return
+        pend.sort()
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
+        maxes: list[_Entry] = self.maxes  # type: ignore[assignment]
+        load = self.LOAD
+        out: list[list[_Entry]] = []
+        j, last = 0, len(blocks) - 1
+        for i, block in enumerate(blocks):
+            k = len(pend) if i == last else bisect_right(pend, maxes[i], j)
+            if k > j:
+                block.extend(pend[j:k])
+                block.sort()  # two sorted runs: a merge
+                j = k
+            if len(block) > 2 * load:
+                out.extend(block[x : x + load] for x in range(0, len(block), load))
+            else:
+                out.append(block)
+        self.blocks = out
+        self.maxes = [b[-1] for b in out]
+
+    def _place(self, e: _Entry) -> None:
+        """``e`` into its block (``n`` counted it already)."""
+        maxes: list[_Entry] = self.maxes  # type: ignore[assignment]
+        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
+        self.starts = None
+        if not maxes:
+            blocks.append([e])
+            maxes.append(e)
+            return
+        if e > maxes[-1]:  # increasing keys (times, counters): the common case
+            i = len(maxes) - 1
+            block = blocks[i]
+            block.append(e)
+            maxes[i] = e
+        else:  # below the block's last: its last stays
+            i = bisect_left(maxes, e)
+            block = blocks[i]
+            insort(block, e)
+        if len(block) > 2 * self.LOAD:
+            blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
+            maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
 
     def compact(self) -> None:
         """Drop the dead entries from the blocks."""
         dead = self.dead
         if dead is None:
             return
+        self._settle()
         self.dead = None
         blocks = [kept for b in self.blocks or () if (kept := [e for e in b if e not in dead])]
         self.blocks = blocks
@@ -1184,25 +1254,18 @@ class _Bucket:
             self.one = None
             self.n = 2
             return
-        self.n += 1
-        self.starts = None
-        blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
-        if not maxes:
-            blocks.append([e])
-            maxes.append(e)
+        n = self.n
+        self.n = n + 1
+        if n >= self.PENDING_FROM and maxes and not e > maxes[-1]:
+            pend = self.pending
+            if pend is None:
+                self.pending = [e]
+            else:
+                pend.append(e)
+                if len(pend) >= self.LOAD:
+                    self._settle()
             return
-        if e > maxes[-1]:  # increasing keys (times, counters): the common case
-            i = len(maxes) - 1
-            block = blocks[i]
-            block.append(e)
-            maxes[i] = e
-        else:  # below the block's last: its last stays
-            i = bisect_left(maxes, e)
-            block = blocks[i]
-            insort(block, e)
-        if len(block) > 2 * self.LOAD:
-            blocks[i : i + 1] = [block[: self.LOAD], block[self.LOAD :]]
-            maxes[i : i + 1] = [block[self.LOAD - 1], block[-1]]
+        self._place(e)
 
     def remove(self, e: _Entry) -> None:
         maxes = self.maxes
@@ -1223,6 +1286,9 @@ class _Bucket:
                 self.one = None
                 self.n = 0
             return
+        self._settle()
+        maxes = self.maxes
+        assert maxes is not None
         i = bisect_left(maxes, e)
         if i == len(maxes):
             return
@@ -1247,6 +1313,7 @@ class _Bucket:
         if self.maxes is None:
             one = self.one
             return one is not None and one[:n] == key and one[n] != doc_id
+        self._settle()
         blocks: list[list[_Entry]] = self.blocks  # type: ignore[assignment]
         dead = self.dead or ()
         i = bisect_left(self.maxes, key)
@@ -1276,9 +1343,10 @@ class _Bucket:
 
     def bisect_left(self, x: Any) -> int:
         """The global position of the first entry not below ``x``."""
-        maxes = self.maxes
-        if maxes is None:
+        if self.maxes is None:
             return 1 if self.one is not None and self.one < x else 0
+        self._settle()
+        maxes = self.maxes
         i = bisect_left(maxes, x)
         if i == len(maxes):
             return self.n + len(self.dead or ())
@@ -1292,6 +1360,7 @@ class _Bucket:
             if self.one is not None and lo <= 0 < hi:
                 yield self.one
             return
+        self._settle()
         dead = self.dead
         if dead:
             yield from (e for e in self._range(lo, hi, descending) if e not in dead)

@@ -21,7 +21,8 @@ from tests.contract.bus_fixtures import *  # noqa: F403
 # ``store`` runs a test against every Store adapter: the embedded MemoryStore (as
 # is, with every collection packed as orjson bytes, with every object or array
 # field frozen as orjson bytes, and with every removal from a bucket of two entries or
-# more marked dead instead of done at once: ``_Bucket.LAZY``),
+# more marked dead instead of done at once and every insert into one below its last
+# entry waiting until the bucket is read: ``_Bucket.LAZY``, ``PENDING_FROM``),
 # MongoStore on the in-process emulator (pymongo-async-mock, mongomock
 # underneath), and MongoStore on a real MongoDB when MONGODB_URL is set (a
 # throwaway database, dropped afterwards). A test module declares the indexes
@@ -68,6 +69,7 @@ async def store(
         s = MemoryStore(packed=(), frozen=_EveryField())
     elif kind == "memory-lazy":
         monkeypatch.setattr(_Bucket, "LAZY", 2)
+        monkeypatch.setattr(_Bucket, "PENDING_FROM", 2)
         s = MemoryStore()
     elif kind == "mongo-emulator":
         s = MongoStore(None, db_name, client_factory=emulator_client)

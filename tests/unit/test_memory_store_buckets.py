@@ -21,8 +21,10 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_bucket_is_a_sorted_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    # every removal at once (the dead entries' test is below): an absent one is a no-op
+    # every removal and insert at once (the dead and pending entries' tests are below): an
+    # absent one is a no-op
     monkeypatch.setattr(_Bucket, "LAZY", 10**9)
+    monkeypatch.setattr(_Bucket, "PENDING_FROM", 10**9)
     rnd = random.Random(5)
     bucket, flat = _Bucket(), []
     for step in range(3000):
@@ -140,6 +142,62 @@ def test_a_bucket_with_dead_entries_is_the_sorted_list_of_the_live(
     assert sum(map(len, bucket.blocks or ())) == len(flat)
 
 
+@pytest.mark.parametrize("merge_from", [1, 10**9])  # pending settle merged / one by one
+@pytest.mark.parametrize("load", [2, 5])
+@pytest.mark.parametrize("lazy", [3, 10**9])  # removals marked dead / removed at once
+def test_pending_inserts_are_read_as_the_sorted_list(
+    monkeypatch: pytest.MonkeyPatch, merge_from: int, load: int, lazy: int
+) -> None:
+    """From ``PENDING_FROM`` entries on, an insert below the last entry waits
+    (``pending``) until the next read or ``LOAD`` of them: bursts of inserts and removals
+    (of waiting entries too, and entries back from the dead) between reads, then every
+    reader answers as the flat sorted list does."""
+    monkeypatch.setattr(_Bucket, "LAZY", lazy)
+    monkeypatch.setattr(_Bucket, "PENDING_FROM", 3)
+    monkeypatch.setattr(_Bucket, "LOAD", load)
+    monkeypatch.setattr(_Bucket, "MERGE_FROM", merge_from)
+    rnd = random.Random(7)
+    bucket, flat = _Bucket(), []
+    most_pending = 0
+    last = None
+    for step in range(3000):
+        for _ in range(rnd.randrange(12)):  # a burst of writes, nothing read
+            e = (3, f"k{rnd.randrange(60):02d}", f"id{rnd.randrange(50)}")
+            if e not in flat and (rnd.random() < 0.6 or not flat):
+                bucket.insert(e)
+                insort(flat, e)
+                last = e
+            else:
+                bucket.remove(flat.pop(rnd.randrange(len(flat))))
+            most_pending = max(most_pending, len(bucket.pending or ()))
+            assert len(bucket) == len(flat), step
+        read = rnd.randrange(4)
+        if read == 0:
+            key, doc_id = (3, f"k{rnd.randrange(60):02d}"), f"id{rnd.randrange(50)}"
+            if last is not None and rnd.random() < 0.5:
+                key, doc_id = last[:2], "id-other"  # the last insert's key (maybe waiting)
+            held = any(x[:2] == key and x[2] != doc_id for x in flat)
+            assert bucket.held_by_other(key, doc_id) is held, step
+        elif read == 1:
+            lo_key, hi_key = sorted((3, f"k{rnd.randrange(62):02d}") for _ in range(2))
+            lo, hi = bucket.bisect_left(lo_key), bucket.bisect_left(hi_key)
+            want = [x for x in flat if lo_key <= x < hi_key]
+            assert list(bucket.range(lo, hi, descending=rnd.random() < 0.5)) in (
+                want,
+                want[::-1],
+            ), step
+            assert hi - lo - bucket.dead_between(lo, hi) == len(want), step
+        elif read == 2:
+            assert list(bucket.live()) == flat, step
+        if bucket.blocks is not None and bucket.pending is None:
+            assert all(0 < len(b) <= 2 * load for b in bucket.blocks), step
+            assert bucket.maxes == [b[-1] for b in bucket.blocks], step
+    assert most_pending == load - 1  # they wait up to LOAD
+    bucket.compact()
+    assert bucket.pending is None and bucket.dead is None
+    assert [e for b in bucket.blocks or () for e in b] == flat
+
+
 @pytest.mark.parametrize(
     ("lazy", "counted"),
     [(3, 64), (3, 1), (10**9, 64)],  # counts that count the dead out / drop them first
@@ -148,6 +206,7 @@ async def test_the_store_answers_alike_with_and_without_indexes(
     monkeypatch: pytest.MonkeyPatch, lazy: int, counted: int
 ) -> None:
     monkeypatch.setattr(_Bucket, "LAZY", lazy)
+    monkeypatch.setattr(_Bucket, "PENDING_FROM", lazy)
     monkeypatch.setattr(memory_store, "DEAD_COUNTED", counted)
     rnd = random.Random(9)
     store = MemoryStore()
@@ -245,8 +304,10 @@ async def test_an_update_moves_entries_and_leaves_no_empty_bucket(
 ) -> None:
     """A status change moves an entry within its bucket (the index's last field) or to
     another bucket (a leading field): every index holds exactly the documents' entries,
-    and no bucket stays empty (with removals marked dead or not: ``_Bucket.LAZY``)."""
+    and no bucket stays empty (with removals marked dead or not: ``_Bucket.LAZY``; inserts
+    waiting or not: ``PENDING_FROM``)."""
     monkeypatch.setattr(_Bucket, "LAZY", lazy)
+    monkeypatch.setattr(_Bucket, "PENDING_FROM", lazy)
     store = MemoryStore()
     await store.start(
         {
