@@ -344,6 +344,7 @@ class MongoStore:
         events: Sequence[Document] = (),
         upsert: bool = False,
         fields: Sequence[str] | None = None,
+        shared: bool = False,  # decoded afresh from the server's reply either way
     ) -> Document | None:
         _check_update(update)
         _check_events(events)

@@ -179,6 +179,7 @@ class Store(Protocol):
         events: Sequence[Document] = (),
         upsert: bool = False,
         fields: Sequence[str] | None = None,
+        shared: bool = False,
     ) -> Document | None:
         """Atomically update the first match and return it *after* the update.
 
@@ -188,6 +189,7 @@ class Store(Protocol):
         ``fields`` (top-level names) returns only those and ``_id``, as ``get``
         does; ``fields=()`` when only "did it match?" matters (the copy of a
         whole document was most of a guarded write's cost on the embedded store).
+        ``shared``: as ``get``'s (the caller changes nothing in what it gets back).
         """
 
     async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int: ...

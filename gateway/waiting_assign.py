@@ -420,6 +420,7 @@ async def _claim(
             "$inc": {"rev": 1},
         },
         fields=CLAIMED_FIELDS,
+        shared=True,  # only read: its facts, its e-referral, the visit's central model
     )
     if done is None:
         found = await store.find(

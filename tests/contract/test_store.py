@@ -636,6 +636,37 @@ async def test_a_shared_get_answers_as_get_and_later_writes_leave_it_alone(
     }
 
 
+async def test_a_shared_update_answers_as_update_and_later_writes_leave_it_alone(
+    store: Store,
+) -> None:
+    """``update_one(..., shared=True)`` (the waiting room's claim of an entry): the same
+    version back as without it, with and without ``fields``; a later write changes
+    nothing the caller holds, and its top level is the caller's own."""
+    for i in (1, 2):
+        await store.insert(
+            "shared_upd",
+            {"_id": f"u{i}", "n": 0, "crit": {"days": [1, 2]}, "ref": {"key": "k"}},
+            events=[ev(i)],
+        )
+    for fields in (None, ["crit", "n"], ["ref"], ["nothing"]):
+        plain = await store.update_one("shared_upd", {"_id": "u1"}, {"$inc": {"n": 1}})
+        held = await store.update_one(
+            "shared_upd", {"_id": "u2"}, {"$inc": {"n": 1}}, fields=fields, shared=True
+        )
+        assert plain is not None and held is not None
+        want = {k: v for k, v in plain.items() if fields is None or k in ("_id", *fields)}
+        assert held == {**want, "_id": "u2"}
+        assert_clean(held)
+    held = await store.update_one("shared_upd", {"_id": "u2"}, {"$set": {"st": "a"}}, shared=True)
+    assert held is not None
+    held["n"] = 99  # its top level is the caller's own
+    await store.update_one("shared_upd", {"_id": "u2"}, {"$set": {"crit.days.0": 7}})
+    await store.update_one("shared_upd", {"_id": "u2"}, {"$push": {"crit.days": 3}})
+    assert held["crit"] == {"days": [1, 2]}
+    got = await store.get("shared_upd", "u2")
+    assert got is not None and got["n"] == 4 and got["crit"] == {"days": [7, 2, 3]}
+
+
 async def test_iterate_streams_what_find_returns(store: Store) -> None:
     """``iterate`` (reports, the public slot feed) gives find's documents, in its order,
     in batches smaller than the result, without the outbox and without aliasing."""
