@@ -1134,17 +1134,16 @@ class _Bucket:
     with them. Only entries that are in the bucket are ever removed (the store removes
     the entries it computed for the version it stored).
 
-    In a bucket of ``PENDING_FROM`` entries or more an insert below its last entry waits in
-    ``pending`` (unsorted) until the bucket is next read, or until ``LOAD`` wait: then
-    they go in together
-    (``_settle``: sorted, and each block merged with its share). An insert's searches
-    went through entries out of the CPU's caches as a removal's did, and most big buckets
-    take far more inserts than reads: in the waiting room's unlock a booking inserts
-    into about ten buckets of hundreds to thousands (the Appointments' of its provider,
-    the busy Slots of its scope, the entries being assigned) that nothing reads
-    meanwhile. Every reader settles first; a pending entry can be removed (it is marked
-    dead, and settles dead). A waiting entry costs a reader nothing until it reads, so
-    pending starts in smaller buckets than dead entries do.
+    In a bucket of ``PENDING_FROM`` entries or more an insert below its last entry waits
+    in ``pending`` (unsorted) until the bucket is next read, or until ``LOAD`` wait: then
+    they go in together (``_settle``: sorted, and each block merged with its share). An
+    insert's searches went through entries out of the CPU's caches as a removal's did,
+    and most big buckets take far more inserts than reads: in the waiting room's unlock a
+    booking inserts into about ten buckets of hundreds to thousands (the Appointments' of
+    its provider, the busy Slots of its scope, the entries being assigned) that nothing
+    reads meanwhile. Every reader settles first; a pending entry can be removed (it is
+    marked dead, and settles dead). A waiting entry costs a reader nothing until it
+    reads, so pending starts in smaller buckets than dead entries do.
     """
 
     LOAD = 1000

@@ -52,7 +52,10 @@ With the commands taking turns (``gateway/turns.py``) and removals from big inde
 buckets marked dead (``adapters/memory_store._Bucket``), against the code before them
 (fe50a35), six pairs of runs alternated (17:51-17:57 UTC, the probe 183-312 ms): 2,012-2,311
 -> 2,282-3,073 assignments/s (medians 2,154 -> 2,655; ratios median 1.25); RabbitMQ
-943 -> 934 /s.
+943 -> 934 /s. That evening, with the Slot read and the claim shared, the residual filter
+and pending inserts into big buckets, against c6a61fc: 14 pairs alternated (19:19-19:47
+UTC, the probe 150-271 ms), medians 3,120 -> 3,416 assignments/s (ratios median 1.085);
+ten runs of the final code (19:45-19:49, the probe 168-294 ms) 2,286-3,455, median 2,915.
 """
 
 from __future__ import annotations
