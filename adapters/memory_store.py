@@ -149,6 +149,15 @@ def _thawed(doc: Any) -> Any:
     return doc
 
 
+def _shared(out: Document, stored: Document) -> Document:
+    """A read's answer that shares the stored values (``shared=True``): ``out`` (the
+    stored document ``stored`` or a new dict of some of its fields) under a top level of
+    the caller's own, its frozen fields decoded. Nothing is copied: a stored version is
+    never changed in place."""
+    thawed = _thawed(out)
+    return dict(out) if thawed is stored else thawed
+
+
 def _copy(value: Any) -> Any:
     """A private deep copy: orjson round trip (fast), deepcopy for anything else."""
     try:
@@ -2355,13 +2364,10 @@ class MemoryStore:
                 return got
             return {k: got[k] for k in ("_id", *fields) if k in got}
         if shared:
-            # A new top level over the stored values, the frozen fields decoded: the
-            # caller changes nothing (the port's docstring), and a stored version is never
-            # changed in place. The copy of a whole Slot, out of the CPU's caches in the
-            # waiting room's unlock, was most of its read.
+            # The copy of a whole Slot, out of the CPU's caches in the waiting room's
+            # unlock, was most of its read.
             out = doc if fields is None else {k: doc[k] for k in ("_id", *fields) if k in doc}
-            thawed = _thawed(out)
-            return dict(doc) if thawed is doc else thawed
+            return _shared(out, doc)
         if fields is None:
             return _copy(doc)
         # Copy only what was asked for (a slot's FHIR body is most of its copy).
@@ -2505,11 +2511,9 @@ class MemoryStore:
             # and the update's own copies) is nobody else's
             return out
         if shared:
-            # the stored values under a new top level (``get``'s shared read): the copy
-            # of a claimed waiting-room entry's criteria, e-referral and contact was the
-            # most of its claim (2.6 % of the unlock's assignments, py-spy)
-            thawed = _thawed(out)
-            return dict(out) if thawed is new else thawed
+            # the copy of a claimed waiting-room entry's criteria, e-referral and contact
+            # was most of its claim (2.6 % of the unlock's assignments, py-spy)
+            return _shared(out, new)
         return _copy(out)
 
     async def update_many(self, coll: str, filter: Filter, update: Mapping[str, Any]) -> int:
